@@ -1,0 +1,1 @@
+"""The durable ledger: PostgreSQL fed from the outbox streams. It never imports HTTP."""

@@ -1,0 +1,155 @@
+"""Request bodies: their schemas, and reading them safely off the wire.
+
+The structs here both validate requests (msgspec, compiled) and describe them in the OpenAPI
+document, so nothing is described twice. A body is refused before it is decoded when it is too
+large (413) or not JSON by its content type (415); JSON that does not parse is 400; JSON of the
+wrong shape is 422 with every invalid field listed.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+
+from service.booking import EventId, TicketCount, UserId
+from service.problems import (
+    MALFORMED,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    VALIDATION,
+    FieldError,
+    ProblemRaised,
+)
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+class InitializeRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    event_id: EventId
+    total_tickets: TicketCount
+
+
+class BookingRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    """Body of `/book` and `/cancel`."""
+
+    user_id: UserId
+    event_id: EventId
+
+
+Body = TypeVar("Body", bound=msgspec.Struct)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def read_bytes(request: Request) -> bytes:
+    """The raw body, refusing anything over MAX_BODY_BYTES without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            too_large = int(declared) > MAX_BODY_BYTES
+        except ValueError:
+            raise ProblemRaised(MALFORMED, "Content-Length is not a number.") from None
+        if too_large:
+            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class BodyReader(typing.Generic[Body]):
+    """Reads and validates one kind of request body."""
+
+    def __init__(self, schema: type[Body]) -> None:
+        self.schema = schema
+        self._decoder = msgspec.json.Decoder(schema)
+
+    async def read(self, request: Request) -> Body:
+        if not _is_json(request.headers.get("content-type")):
+            raise ProblemRaised(
+                UNSUPPORTED_MEDIA_TYPE, "Send the body as Content-Type: application/json."
+            )
+        raw = await read_bytes(request)
+        try:
+            return self._decoder.decode(raw)
+        except msgspec.ValidationError:
+            raise ProblemRaised(
+                VALIDATION, "The request body is invalid.", field_errors(self.schema, raw)
+            ) from None
+        except msgspec.DecodeError:
+            raise ProblemRaised(MALFORMED, "The body is not well-formed JSON.") from None
+
+
+def _clean(message: str) -> str:
+    """msgspec's message without its `- at $.path` suffix."""
+    return message.split(" - at `$", 1)[0]
+
+
+def _description(annotation: Any) -> str | None:
+    for extra in typing.get_args(annotation)[1:]:
+        if isinstance(extra, msgspec.Meta) and extra.description:
+            return extra.description
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def field_errors(schema: type[msgspec.Struct], raw: bytes) -> list[FieldError]:
+    """Every invalid field of a body that failed validation (msgspec stops at the first)."""
+    data = msgspec.json.decode(raw)
+    if not isinstance(data, dict):
+        return [FieldError("", "#", f"Expected a JSON object, got {_json_kind(data)}.")]
+    errors: list[FieldError] = []
+    fields = msgspec.structs.fields(schema)
+    for field in fields:
+        name = field.encode_name
+        if name not in data:
+            if field.required:
+                errors.append(FieldError(name, f"#/{name}", "This field is required."))
+            continue
+        try:
+            msgspec.convert(data[name], field.type, strict=True)
+        except msgspec.ValidationError as error:
+            detail = _clean(str(error))
+            described = _description(field.type)
+            if "regex" in detail and described:
+                detail = f"Expected a string of {described}."
+            errors.append(FieldError(name, f"#/{name}", detail))
+    known = {field.encode_name for field in fields}
+    for name in data:
+        if name not in known:
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            errors.append(
+                FieldError(shown, f"#/{_escape_pointer(shown)}", "Unknown field; remove it.")
+            )
+    return errors
+
+
+def _escape_pointer(name: str) -> str:
+    return name.replace("~", "~0").replace("/", "~1")

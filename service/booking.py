@@ -1,0 +1,159 @@
+"""The booking engine: the domain operations of boxoffice, each one script call.
+
+Results are msgspec structs shaped as the API's JSON bodies (camelCase on the wire), so the HTTP
+layer encodes them without copying. Domain failures are `service.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from service.errors import EventConflict, NotBooked, UnknownEvent
+from service.keys import Keyspace
+from service.scripts import Scripts
+
+# `$` alone would also accept one trailing newline (Python's `re.search`); the lookahead
+# refuses it and keeps the pattern valid ECMAScript for the OpenAPI document.
+ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,64}(?!\n)$"
+ID_DESCRIPTION = "1-64 characters of A-Z a-z 0-9 . _ : @ -"
+MAX_TICKETS = 10_000_000
+
+EventId = Annotated[
+    str, msgspec.Meta(pattern=ID_PATTERN, description=ID_DESCRIPTION, examples=["concert-2026"])
+]
+UserId = Annotated[
+    str, msgspec.Meta(pattern=ID_PATTERN, description=ID_DESCRIPTION, examples=["user-42"])
+]
+TicketCount = Annotated[
+    int, msgspec.Meta(ge=0, le=MAX_TICKETS, description="Number of tickets", examples=[100])
+]
+
+
+class EventStatus(msgspec.Struct, frozen=True, rename="camel"):
+    event_id: str
+    total_tickets: int
+    available_tickets: int
+    booked_count: int
+    waiting_list_count: int
+
+
+class Promotion(msgspec.Struct, frozen=True, rename="camel"):
+    """The head of the waiting list, who received the freed ticket."""
+
+    user_id: str
+    booking_id: str
+
+
+class Booked(msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="booked"):
+    event_id: str
+    user_id: str
+    booking_id: str
+
+
+class Waitlisted(
+    msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="waitlisted"
+):
+    event_id: str
+    user_id: str
+    position: int
+    """1-based place in the waiting list."""
+
+
+class NoBooking(msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="none"):
+    event_id: str
+    user_id: str
+
+
+class Cancelled(msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="cancelled"):
+    event_id: str
+    user_id: str
+    booking_id: str
+    promoted: Promotion | None
+
+
+class LeftWaitlist(
+    msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="left_waitlist"
+):
+    event_id: str
+    user_id: str
+
+
+UserState = Booked | Waitlisted | NoBooking
+BookResult = Booked | Waitlisted
+CancelResult = Cancelled | LeftWaitlist
+
+
+def _status(event_id: str, reply: list[Any]) -> EventStatus:
+    return EventStatus(event_id, reply[1], reply[2], reply[3], reply[4])
+
+
+class BookingEngine:
+    """Domain operations on the events of one keyspace."""
+
+    def __init__(self, scripts: Scripts, keyspace: Keyspace) -> None:
+        self._scripts = scripts
+        self._keys = keyspace
+
+    @property
+    def keyspace(self) -> Keyspace:
+        return self._keys
+
+    async def initialize(self, event_id: str, total_tickets: int) -> tuple[EventStatus, bool]:
+        """Open an event. Returns its status and whether it was created by this call; an event
+        opened before with the same total is a safe retry."""
+        keys = self._keys.event(event_id)
+        reply = await self._scripts.call("initialize", keys.writes, (event_id, total_tickets))
+        status = _status(event_id, reply)
+        if reply[0] == "conflict":
+            raise EventConflict(
+                f"Event {event_id!r} already exists with {status.total_tickets} tickets."
+            )
+        return status, reply[0] == "created"
+
+    async def book(self, event_id: str, user_id: str) -> tuple[BookResult, bool]:
+        """Book a ticket, or join the waiting list when sold out. Returns the user's place and
+        whether this call changed anything (False: a safe retry)."""
+        keys = self._keys.event(event_id)
+        reply = await self._scripts.call("book", keys.writes, (event_id, user_id))
+        kind = reply[0]
+        if kind == "booked":
+            return Booked(event_id, user_id, reply[1]), reply[2] == 1
+        if kind == "waitlisted":
+            return Waitlisted(event_id, user_id, reply[1]), reply[2] == 1
+        raise UnknownEvent(f"Event {event_id!r} does not exist.")
+
+    async def cancel(self, event_id: str, user_id: str) -> CancelResult:
+        """Give back a booking (the head of the waiting list gets it in the same step), or
+        leave the waiting list."""
+        keys = self._keys.event(event_id)
+        reply = await self._scripts.call("cancel", keys.writes, (event_id, user_id))
+        kind = reply[0]
+        if kind == "cancelled":
+            promoted = Promotion(reply[2], reply[3]) if len(reply) == 4 else None
+            return Cancelled(event_id, user_id, reply[1], promoted)
+        if kind == "left_waitlist":
+            return LeftWaitlist(event_id, user_id)
+        if kind == "none":
+            raise NotBooked(
+                f"User {user_id!r} holds no booking and is not waiting for event {event_id!r}."
+            )
+        raise UnknownEvent(f"Event {event_id!r} does not exist.")
+
+    async def status(self, event_id: str) -> EventStatus:
+        reply = await self._scripts.call("status", self._keys.event(event_id).reads, ())
+        if reply[0] == "unknown":
+            raise UnknownEvent(f"Event {event_id!r} does not exist.")
+        return _status(event_id, reply)
+
+    async def user_state(self, event_id: str, user_id: str) -> UserState:
+        reply = await self._scripts.call("user_state", self._keys.event(event_id).reads, (user_id,))
+        kind = reply[0]
+        if kind == "booked":
+            return Booked(event_id, user_id, reply[1])
+        if kind == "waitlisted":
+            return Waitlisted(event_id, user_id, reply[1])
+        if kind == "none":
+            return NoBooking(event_id, user_id)
+        raise UnknownEvent(f"Event {event_id!r} does not exist.")

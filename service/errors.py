@@ -1,0 +1,35 @@
+"""Domain errors. Each class's docstring is its default message; the HTTP layer maps them to
+RFC 9457 problem documents in one place."""
+
+from __future__ import annotations
+
+
+class BoxofficeError(Exception):
+    """Something went wrong in boxoffice."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigurationError(BoxofficeError):
+    """A setting is invalid."""
+
+
+class UnknownEvent(BoxofficeError):
+    """No event with this id has been initialized."""
+
+
+class EventConflict(BoxofficeError):
+    """The event already exists with a different number of tickets."""
+
+
+class NotBooked(BoxofficeError):
+    """The user holds no booking and is not on the waiting list of this event."""
+
+
+class BackendUnavailable(BoxofficeError):
+    """The booking store cannot be reached right now; retry shortly."""

@@ -1,0 +1,264 @@
+"""The HTTP API (Starlette): routes, status codes and problem documents as DESIGN.md's table.
+
+The lifespan owns the Redis connection pool; handlers reach the booking engine through the
+`Api` object they are bound to, never through globals.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from redis.asyncio import BlockingConnectionPool, Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import problems
+from service.booking import ID_DESCRIPTION, ID_PATTERN, BookingEngine
+from service.bodies import BodyReader, BookingRequest, InitializeRequest
+from service.errors import (
+    BackendUnavailable,
+    BoxofficeError,
+    ConfigurationError,
+    EventConflict,
+    NotBooked,
+    UnknownEvent,
+)
+from service.keys import Keyspace
+from service.problems import FieldError, ProblemRaised
+from service.scripts import Scripts
+from service.settings import Settings
+
+log = logging.getLogger("boxoffice.http")
+
+JSON = "application/json"
+_ID = re.compile(ID_PATTERN)
+_encode = msgspec.json.Encoder().encode
+_DOMAIN_PROBLEMS: dict[type[BoxofficeError], problems.ProblemType] = {
+    UnknownEvent: problems.UNKNOWN_EVENT,
+    NotBooked: problems.NOT_BOOKED,
+    EventConflict: problems.EVENT_CONFLICT,
+    BackendUnavailable: problems.UNAVAILABLE,
+}
+_RETRY_AFTER_SECONDS = "1"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(body), status, headers, JSON)
+
+
+def problem_response(
+    kind: problems.ProblemType,
+    detail: str,
+    request: Request | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    instance = request.url.path if request is not None else None
+    body = kind.problem(detail, instance, errors)
+    if kind.status == 503:
+        headers = {"Retry-After": _RETRY_AFTER_SECONDS, **(headers or {})}
+    return Response(_encode(body), kind.status, headers, problems.MEDIA_TYPE)
+
+
+def _path_id(request: Request, name: str) -> str:
+    value: str = request.path_params[name]
+    if not _ID.search(value):
+        raise ProblemRaised(
+            problems.VALIDATION,
+            f"The path parameter {name} is invalid.",
+            [FieldError(name, f"path/{name}", f"Expected {ID_DESCRIPTION}.")],
+        )
+    return value
+
+
+async def connect_redis(url: str, max_connections: int) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        decode_responses=True,
+    )
+    return Redis(connection_pool=pool)
+
+
+async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
+    """The partition count is fixed for a keyspace: events would be looked for under the wrong
+    hash tag if it changed. The first process records it; the others must agree."""
+    await redis.set(keyspace.partitions_key, keyspace.partitions, nx=True)
+    recorded = int(await redis.get(keyspace.partitions_key))
+    if recorded != keyspace.partitions:
+        raise ConfigurationError(
+            f"BOXOFFICE_PARTITIONS={keyspace.partitions}, but the keyspace "
+            f"{keyspace.prefix!r} was created with {recorded}; keep {recorded} "
+            "(or restore into a new BOXOFFICE_KEY_PREFIX)."
+        )
+
+
+class Api:
+    """Route handlers bound to one booking engine."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keyspace = Keyspace(settings.key_prefix, settings.partitions)
+        self._engine: BookingEngine | None = None
+        self._redis: Redis | None = None
+        self._initialize_body = BodyReader(InitializeRequest)
+        self._booking_body = BodyReader(BookingRequest)
+        token = settings.admin_token
+        self._admin_bearer = f"Bearer {token}".encode() if token else None
+
+    @property
+    def engine(self) -> BookingEngine:
+        if self._engine is None:
+            raise BackendUnavailable("The service is starting or stopping.")
+        return self._engine
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        url = self.settings.redis_url
+        if url is None:
+            raise ConfigurationError("REDIS_URL is not set (boxoffice serve sets it).")
+        redis = await connect_redis(url, self.settings.redis_max_connections)
+        try:
+            scripts = Scripts(redis)
+            await scripts.load()
+            await claim_partitions(redis, self.keyspace)
+            self._redis = redis
+            self._engine = BookingEngine(scripts, self.keyspace)
+            yield
+        finally:
+            self._engine = None
+            self._redis = None
+            await redis.aclose()
+
+    def _authorize(self, request: Request) -> None:
+        if self._admin_bearer is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._admin_bearer):
+            raise ProblemRaised(
+                problems.UNAUTHORIZED,
+                "Send the admin token as Authorization: Bearer <token>.",
+                headers={"WWW-Authenticate": 'Bearer realm="boxoffice"'},
+            )
+
+    async def initialize(self, request: Request) -> Response:
+        self._authorize(request)
+        body = await self._initialize_body.read(request)
+        status, created = await self.engine.initialize(body.event_id, body.total_tickets)
+        if created:
+            return json_response(status, 201, {"Location": f"/status/{body.event_id}"})
+        return json_response(status, 200, {"Location": f"/status/{body.event_id}"})
+
+    async def book(self, request: Request) -> Response:
+        body = await self._booking_body.read(request)
+        result, changed = await self.engine.book(body.event_id, body.user_id)
+        if not changed:
+            return json_response(result, 200)
+        return json_response(result, 201 if result.__struct_config__.tag == "booked" else 202)
+
+    async def cancel(self, request: Request) -> Response:
+        body = await self._booking_body.read(request)
+        return json_response(await self.engine.cancel(body.event_id, body.user_id))
+
+    async def status(self, request: Request) -> Response:
+        return json_response(await self.engine.status(_path_id(request, "eventId")))
+
+    async def user_state(self, request: Request) -> Response:
+        event_id = _path_id(request, "eventId")
+        user_id = _path_id(request, "userId")
+        return json_response(await self.engine.user_state(event_id, user_id))
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        redis = self._redis
+        try:
+            if redis is None:
+                raise BackendUnavailable("The service is starting or stopping.")
+            await redis.ping()
+        except Exception:
+            log.warning("readiness check failed", exc_info=True)
+            return problem_response(
+                problems.UNAVAILABLE, "Redis is not reachable.", request
+            )
+        return json_response({"status": "ready", "redis": "ok"})
+
+    async def problem_type(self, request: Request) -> Response:
+        kind = problems.ALL.get(request.path_params["slug"])
+        if kind is None:
+            raise HTTPException(404)
+        return json_response(
+            {"type": kind.uri, "title": kind.title, "status": kind.status,
+             "description": kind.description}
+        )
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemRaised)
+    return problem_response(exc.kind, exc.detail, request, exc.errors, exc.headers)
+
+
+async def _on_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BoxofficeError)
+    for cls in type(exc).__mro__:
+        kind = _DOMAIN_PROBLEMS.get(cls)  # type: ignore[arg-type]
+        if kind is not None:
+            return problem_response(kind, exc.message, request)
+    log.error("unmapped domain error", exc_info=exc)
+    return problem_response(problems.INTERNAL, problems.INTERNAL.description, request)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return problem_response(
+            problems.METHOD_NOT_ALLOWED,
+            f"{request.method} is not allowed here.",
+            request,
+            headers=dict(exc.headers or {}),
+        )
+    return problem_response(problems.NOT_FOUND, f"Nothing at {request.url.path}.", request)
+
+
+async def _on_crash(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log (Starlette re-raises after this), never to the client.
+    return problem_response(problems.INTERNAL, problems.INTERNAL.description, request)
+
+
+def create_app(settings: Settings) -> Starlette:
+    api = Api(settings)
+    routes = [
+        Route("/initialize", api.initialize, methods=["POST"]),
+        Route("/book", api.book, methods=["POST"]),
+        Route("/cancel", api.cancel, methods=["POST"]),
+        Route("/status/{eventId}", api.status, methods=["GET"]),
+        Route("/events/{eventId}/users/{userId}", api.user_state, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/problems/{slug}", api.problem_type, methods=["GET"]),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ProblemRaised: _on_problem,
+        BoxofficeError: _on_domain_error,
+        HTTPException: _on_http_error,
+        Exception: _on_crash,
+    }
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=api.lifespan)
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory: `uvicorn --factory service.http:app_from_env`."""
+    return create_app(Settings.from_env())

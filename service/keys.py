@@ -1,0 +1,75 @@
+"""Every Redis key boxoffice uses is built here.
+
+All keys of one event and the outbox stream its scripts append to share one hash tag, the
+event's outbox partition, so every script call touches a single cluster slot:
+
+    <prefix>:{pNN}:ev:<eventId>:meta       hash    total, available, seq
+    <prefix>:{pNN}:ev:<eventId>:holders    hash    userId -> bookingId
+    <prefix>:{pNN}:ev:<eventId>:waitlist   zset    userId scored by the seq of joining
+    <prefix>:{pNN}:outbox                  stream  state changes of the partition's events
+    <prefix>:partitions                    string  the partition count this keyspace was made with
+
+Event ids never contain braces (see `service.booking.ID_PATTERN`), so the first `{...}` of a
+key is always the partition tag.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EventKeys:
+    meta: str
+    holders: str
+    waitlist: str
+    outbox: str
+
+    @property
+    def writes(self) -> tuple[str, str, str, str]:
+        """KEYS of the scripts that change state (they append to the outbox)."""
+        return (self.meta, self.holders, self.waitlist, self.outbox)
+
+    @property
+    def reads(self) -> tuple[str, str, str]:
+        """KEYS of the read-only scripts."""
+        return (self.meta, self.holders, self.waitlist)
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    prefix: str
+    partitions: int
+
+    def partition_of(self, event_id: str) -> int:
+        """Stable across processes, machines and Python versions (unlike `hash`)."""
+        return zlib.crc32(event_id.encode()) % self.partitions
+
+    def tag(self, partition: int) -> str:
+        return f"{{p{partition:02d}}}"
+
+    def outbox(self, partition: int) -> str:
+        return f"{self.prefix}:{self.tag(partition)}:outbox"
+
+    def outboxes(self) -> list[str]:
+        return [self.outbox(p) for p in range(self.partitions)]
+
+    def event(self, event_id: str) -> EventKeys:
+        tag = self.tag(self.partition_of(event_id))
+        base = f"{self.prefix}:{tag}:ev:{event_id}:"
+        return EventKeys(
+            meta=base + "meta",
+            holders=base + "holders",
+            waitlist=base + "waitlist",
+            outbox=f"{self.prefix}:{tag}:outbox",
+        )
+
+    @property
+    def partitions_key(self) -> str:
+        return f"{self.prefix}:partitions"
+
+    @property
+    def pattern(self) -> str:
+        """Glob matching every key of this keyspace (for SCAN)."""
+        return f"{self.prefix}:*"

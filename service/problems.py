@@ -1,0 +1,141 @@
+"""RFC 9457 problem documents: every error boxoffice answers is one of these types.
+
+`type` is a relative URI (`/problems/<slug>`), resolved against the request's URI; the
+service answers it with a short description of the problem type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """One invalid field of a request."""
+
+    field: str
+    """Name of the field (body member, path parameter or header)."""
+    pointer: str
+    """JSON Pointer (RFC 6901) to the field, as `#/field` for the body."""
+    detail: str
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    slug: str
+    status: int
+    title: str
+    description: str
+
+    @property
+    def uri(self) -> str:
+        return f"/problems/{self.slug}"
+
+    def problem(
+        self, detail: str, instance: str | None = None, errors: list[FieldError] | None = None
+    ) -> Problem:
+        return Problem(self.uri, self.title, self.status, detail, instance, errors)
+
+
+MALFORMED = ProblemType(
+    "malformed-request", 400, "Malformed request", "The body is not well-formed JSON."
+)
+UNAUTHORIZED = ProblemType(
+    "unauthorized",
+    401,
+    "Unauthorized",
+    "This route needs `Authorization: Bearer <admin token>`; the token was missing or wrong.",
+)
+NOT_FOUND = ProblemType("not-found", 404, "Not found", "No route answers this path.")
+UNKNOWN_EVENT = ProblemType(
+    "unknown-event", 404, "Unknown event", "No event with this id has been initialized."
+)
+NOT_BOOKED = ProblemType(
+    "not-booked",
+    404,
+    "No booking",
+    "The user holds no booking and is not on the waiting list of this event.",
+)
+METHOD_NOT_ALLOWED = ProblemType(
+    "method-not-allowed", 405, "Method not allowed", "The route does not answer this method."
+)
+EVENT_CONFLICT = ProblemType(
+    "event-conflict",
+    409,
+    "Event exists",
+    "The event was initialized before with a different number of tickets.",
+)
+TOO_LARGE = ProblemType(
+    "payload-too-large", 413, "Payload too large", "Request bodies are limited to 16 KiB."
+)
+UNSUPPORTED_MEDIA_TYPE = ProblemType(
+    "unsupported-media-type",
+    415,
+    "Unsupported media type",
+    "Request bodies must be sent as `Content-Type: application/json`.",
+)
+VALIDATION = ProblemType(
+    "validation-error",
+    422,
+    "Invalid request",
+    "One or more fields are invalid; `errors` lists each with a JSON Pointer.",
+)
+INTERNAL = ProblemType(
+    "internal-error",
+    500,
+    "Internal error",
+    "The server failed to answer. Nothing about the failure is disclosed; it is logged.",
+)
+UNAVAILABLE = ProblemType(
+    "service-unavailable",
+    503,
+    "Service unavailable",
+    "The booking store cannot take requests right now; retry after `Retry-After` seconds.",
+)
+
+ALL: dict[str, ProblemType] = {
+    p.slug: p
+    for p in (
+        MALFORMED,
+        UNAUTHORIZED,
+        NOT_FOUND,
+        UNKNOWN_EVENT,
+        NOT_BOOKED,
+        METHOD_NOT_ALLOWED,
+        EVENT_CONFLICT,
+        TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
+        VALIDATION,
+        INTERNAL,
+        UNAVAILABLE,
+    )
+}
+
+
+class ProblemRaised(Exception):
+    """Raised inside the HTTP layer to answer with a problem document."""
+
+    def __init__(
+        self,
+        kind: ProblemType,
+        detail: str,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
