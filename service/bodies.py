@@ -85,13 +85,13 @@ class BodyReader(typing.Generic[Body]):
             )
         raw = await read_bytes(request)
         try:
-            return self._decoder.decode(raw)
-        except msgspec.ValidationError:
-            raise ProblemRaised(
-                VALIDATION, "The request body is invalid.", field_errors(self.schema, raw)
-            ) from None
-        except msgspec.DecodeError:
-            raise ProblemRaised(MALFORMED, "The body is not well-formed JSON.") from None
+            try:
+                return self._decoder.decode(raw)
+            except msgspec.ValidationError:
+                errors = field_errors(self.schema, raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise ProblemRaised(MALFORMED, "The body is not well-formed UTF-8 JSON.") from None
+        raise ProblemRaised(VALIDATION, "The request body is invalid.", errors)
 
 
 def _clean(message: str) -> str:
@@ -106,25 +106,20 @@ def _description(annotation: Any) -> str | None:
     return None
 
 
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+_KINDS = {ord("["): "an array", ord('"'): "a string", ord("n"): "null", ord("t"): "a boolean",
+          ord("f"): "a boolean"}  # fmt: skip
 
 
 def field_errors(schema: type[msgspec.Struct], raw: bytes) -> list[FieldError]:
-    """Every invalid field of a body that failed validation (msgspec stops at the first)."""
-    data = msgspec.json.decode(raw)
-    if not isinstance(data, dict):
-        return [FieldError("", "#", f"Expected a JSON object, got {_json_kind(data)}.")]
+    """Every invalid field of a body that failed validation (msgspec stops at the first).
+
+    Only the top level is decoded freely; each member is decoded straight into its field's type,
+    so nothing here recurses into what a client nests."""
+    try:
+        data = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+    except msgspec.ValidationError:
+        kind = _KINDS.get(raw.lstrip()[:1][0], "a number") if raw.strip() else "nothing"
+        return [FieldError("", "#", f"Expected a JSON object, got {kind}.")]
     errors: list[FieldError] = []
     fields = msgspec.structs.fields(schema)
     for field in fields:
@@ -134,7 +129,7 @@ def field_errors(schema: type[msgspec.Struct], raw: bytes) -> list[FieldError]:
                 errors.append(FieldError(name, f"#/{name}", "This field is required."))
             continue
         try:
-            msgspec.convert(data[name], field.type, strict=True)
+            msgspec.json.decode(data[name], type=field.type, strict=True)
         except msgspec.ValidationError as error:
             detail = _clean(str(error))
             described = _description(field.type)

@@ -52,9 +52,7 @@ class Booked(msgspec.Struct, frozen=True, rename="camel", tag_field="status", ta
     booking_id: str
 
 
-class Waitlisted(
-    msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="waitlisted"
-):
+class Waitlisted(msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="waitlisted"):
     event_id: str
     user_id: str
     position: int

@@ -93,9 +93,7 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (BOXOFFICE_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (BOXOFFICE_PORT, 8000)")
-    serve.add_argument(
-        "--workers", type=int, help="HTTP worker processes (BOXOFFICE_WORKERS, 1)"
-    )
+    serve.add_argument("--workers", type=int, help="HTTP worker processes (BOXOFFICE_WORKERS, 1)")
     serve.set_defaults(run=_serve)
 
     config = commands.add_parser("config", help="print the effective settings, secrets masked")

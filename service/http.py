@@ -22,8 +22,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import problems
-from service.booking import ID_DESCRIPTION, ID_PATTERN, BookingEngine
 from service.bodies import BodyReader, BookingRequest, InitializeRequest
+from service.booking import ID_DESCRIPTION, ID_PATTERN, BookingEngine
 from service.errors import (
     BackendUnavailable,
     BoxofficeError,
@@ -89,14 +89,14 @@ async def connect_redis(url: str, max_connections: int) -> Redis:
         socket_connect_timeout=3,
         decode_responses=True,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
     """The partition count is fixed for a keyspace: events would be looked for under the wrong
     hash tag if it changed. The first process records it; the others must agree."""
     await redis.set(keyspace.partitions_key, keyspace.partitions, nx=True)
-    recorded = int(await redis.get(keyspace.partitions_key))
+    recorded = int(await redis.get(keyspace.partitions_key) or keyspace.partitions)
     if recorded != keyspace.partitions:
         raise ConfigurationError(
             f"BOXOFFICE_PARTITIONS={keyspace.partitions}, but the keyspace "
@@ -191,9 +191,7 @@ class Api:
             await redis.ping()
         except Exception:
             log.warning("readiness check failed", exc_info=True)
-            return problem_response(
-                problems.UNAVAILABLE, "Redis is not reachable.", request
-            )
+            return problem_response(problems.UNAVAILABLE, "Redis is not reachable.", request)
         return json_response({"status": "ready", "redis": "ok"})
 
     async def problem_type(self, request: Request) -> Response:
@@ -201,8 +199,12 @@ class Api:
         if kind is None:
             raise HTTPException(404)
         return json_response(
-            {"type": kind.uri, "title": kind.title, "status": kind.status,
-             "description": kind.description}
+            {
+                "type": kind.uri,
+                "title": kind.title,
+                "status": kind.status,
+                "description": kind.description,
+            }
         )
 
 
@@ -214,7 +216,7 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BoxofficeError)
     for cls in type(exc).__mro__:
-        kind = _DOMAIN_PROBLEMS.get(cls)  # type: ignore[arg-type]
+        kind = _DOMAIN_PROBLEMS.get(cls)
         if kind is not None:
             return problem_response(kind, exc.message, request)
     log.error("unmapped domain error", exc_info=exc)

@@ -13,7 +13,7 @@ may route them to replicas.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -67,6 +67,8 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._scripts = read_all()
+        # redis-py leaves execute_command untyped; this is its typed face.
+        self._execute: Callable[..., Awaitable[Any]] = redis.execute_command
 
     async def load(self) -> None:
         """Load every script into the server's cache (idempotent)."""
@@ -81,14 +83,10 @@ class Scripts:
         command = "EVALSHA_RO" if script.read_only else "EVALSHA"
         try:
             try:
-                return await self._redis.execute_command(
-                    command, script.sha, len(keys), *keys, *args
-                )
+                return await self._execute(command, script.sha, len(keys), *keys, *args)
             except redis_errors.NoScriptError:
                 await self._redis.script_load(script.source)
-                return await self._redis.execute_command(
-                    command, script.sha, len(keys), *keys, *args
-                )
+                return await self._execute(command, script.sha, len(keys), *keys, *args)
         except _UNAVAILABLE as error:
             raise BackendUnavailable() from error
         except redis_errors.ResponseError as error:

@@ -1,0 +1,123 @@
+"""Helpers shared by the tests: free ports, waiting on conditions, a served boxoffice process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from service.keys import EventKeys, Keyspace
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def delete_keyspace(client: redis.Redis, keyspace: Keyspace) -> None:
+    batch: list[Any] = []
+    for key in client.scan_iter(match=keyspace.pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.delete(*batch)
+            batch.clear()
+    if batch:
+        client.delete(*batch)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class ServedBoxoffice:
+    """`boxoffice serve` in a child process, as a user runs it."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        workers: int = 1,
+        cwd: Path | None = None,
+        keyspace: Keyspace | None = None,
+    ) -> None:
+        self.keyspace = keyspace
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (cwd or Path.cwd()) / f"serve-{self.port}.log"
+        command = [
+            sys.executable, "-m", "service.cli", "serve",
+            "--port", str(self.port), "--workers", str(workers),
+        ]  # fmt: skip
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, env={**env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_for(self._ready, 60, f"boxoffice serve on {self.url}")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"boxoffice serve did not start:\n{self.output()}") from None
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"boxoffice serve exited early:\n{self.output()}")
+        return _answers(f"{self.url}/healthz")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"boxoffice serve ignored {sig.name}:\n{self.output()}") from None
+
+
+def child_env(**overrides: str | None) -> dict[str, str]:
+    """The test process's environment with `overrides` applied (None removes a variable)."""
+    env = dict(os.environ)
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def check_invariants(client: redis.Redis, keys: EventKeys) -> None:
+    """DESIGN.md's invariants 1-3, read straight from Redis."""
+    total, available = (int(str(v)) for v in client.hmget(keys.meta, "total", "available"))
+    holders = client.hgetall(keys.holders)
+    waiting = client.zrange(keys.waitlist, 0, -1)
+    assert len(holders) + available == total
+    assert available >= 0
+    assert not set(holders) & set(waiting), "a user is both booked and waiting"
+    if available > 0:
+        assert waiting == [], "a ticket is free while someone waits"
+    assert len(set(holders.values())) == len(holders), "a booking id is held twice"
