@@ -1,0 +1,12 @@
+# The boxoffice API image (used by compose.yaml).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY ledger ./ledger
+COPY lua ./lua
+RUN pip install --no-cache-dir . && useradd --system boxoffice
+USER boxoffice
+ENV BOXOFFICE_HOST=0.0.0.0 BOXOFFICE_PORT=8000
+EXPOSE 8000
+CMD ["boxoffice", "serve"]

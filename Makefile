@@ -1,0 +1,37 @@
+# The two commands of the README, and the checks CI runs. Each target sets up .venv itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test lint typecheck pytest smoke bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "boxoffice needs Python 3.11 or newer (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+serve: $(STAMP)  ## run the service (embedded Valkey unless REDIS_URL is set)
+	$(BIN)/boxoffice serve
+
+test: lint typecheck pytest  ## everything CI checks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+smoke: $(STAMP)  ## start `boxoffice serve` with no URLs, book, stop
+	bash .ci/smoke $(BIN)/boxoffice
+
+bench: $(STAMP)  ## /book throughput with wrk, against the bare ASGI ceiling
+	$(BIN)/python -m benchmarks.book
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
