@@ -8,10 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
 from service.http import create_app
+from service.keys import Keyspace
 from service.settings import Settings
 from tests.support import free_port
 
@@ -252,3 +254,23 @@ async def test_partition_count_is_fixed_for_a_keyspace(settings: Settings) -> No
     with pytest.raises(ConfigurationError, match=r"BOXOFFICE_PARTITIONS=8.*created with 16"):
         async with other.router.lifespan_context(other):
             pass
+
+
+async def test_internal_failure_is_a_bare_500(
+    settings: Settings, redis_client: redis.Redis, event_id: str
+) -> None:
+    """A script error (here: a key of the wrong type) reaches the client as a 500 problem
+    without any internal detail."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
+            await post(http, "/initialize", {"eventId": event_id, "totalTickets": 1})
+            holders = Keyspace(settings.key_prefix, settings.partitions).event(event_id).holders
+            redis_client.set(holders, "not a hash")
+            response = await post(http, "/book", {"userId": "u", "eventId": event_id})
+    problem = assert_problem(response, 500, "internal-error")
+    assert "WRONGTYPE" not in response.text
+    assert "Traceback" not in response.text
+    assert holders not in response.text
+    assert set(problem) == {"type", "title", "status", "detail", "instance"}

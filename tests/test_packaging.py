@@ -1,0 +1,30 @@
+"""The distribution: the wheel carries the Lua scripts and the console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from service.scripts import NAMES
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_wheel_ships_lua_scripts_and_the_boxoffice_command(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("boxoffice-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "boxoffice = service.cli:main" in archive.read(entry_points).decode()
+    assert {f"lua/{name}.lua" for name in NAMES} <= names
+    assert {"service/http.py", "ledger/records.py", "lua/__init__.py"} <= names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
