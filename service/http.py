@@ -6,6 +6,8 @@ The lifespan owns the Redis connection pool; handlers reach the booking engine t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import re
@@ -13,8 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -33,9 +36,11 @@ from service.errors import (
     UnknownEvent,
 )
 from service.keys import Keyspace
+from service.outbox import ensure_groups, ledger_lag
 from service.problems import FieldError, ProblemRaised
 from service.scripts import Scripts
 from service.settings import Settings
+from service.stores import connect_redis
 
 log = logging.getLogger("boxoffice.http")
 
@@ -49,6 +54,7 @@ _DOMAIN_PROBLEMS: dict[type[BoxofficeError], problems.ProblemType] = {
     BackendUnavailable: problems.UNAVAILABLE,
 }
 _RETRY_AFTER_SECONDS = "1"
+LAG_POLL_S = 0.25
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -80,18 +86,6 @@ def _path_id(request: Request, name: str) -> str:
     return value
 
 
-async def connect_redis(url: str, max_connections: int) -> Redis:
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=5,
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        decode_responses=True,
-    )
-    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
-
-
 async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
     """The partition count is fixed for a keyspace: events would be looked for under the wrong
     hash tag if it changed. The first process records it; the others must agree."""
@@ -105,6 +99,20 @@ async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
         )
 
 
+async def _postgres_answers(url: str) -> str:
+    try:
+        connection = await asyncpg.connect(url, timeout=2)
+    except Exception:
+        return "unreachable"
+    try:
+        await connection.fetchval("SELECT 1", timeout=2)
+    except Exception:
+        return "unreachable"
+    finally:
+        await connection.close(timeout=2)
+    return "ok"
+
+
 class Api:
     """Route handlers bound to one booking engine."""
 
@@ -113,6 +121,8 @@ class Api:
         self.keyspace = Keyspace(settings.key_prefix, settings.partitions)
         self._engine: BookingEngine | None = None
         self._redis: Redis | None = None
+        self.lag = 0
+        """Records the ledger trails by, as last polled."""
         self._initialize_body = BodyReader(InitializeRequest)
         self._booking_body = BodyReader(BookingRequest)
         token = settings.admin_token
@@ -130,17 +140,43 @@ class Api:
         if url is None:
             raise ConfigurationError("REDIS_URL is not set (boxoffice serve sets it).")
         redis = await connect_redis(url, self.settings.redis_max_connections)
+        watcher: asyncio.Task[None] | None = None
         try:
             scripts = Scripts(redis)
             await scripts.load()
             await claim_partitions(redis, self.keyspace)
+            await ensure_groups(redis, self.keyspace)
+            self.lag = await ledger_lag(redis, self.keyspace)
+            watcher = asyncio.create_task(self._watch_lag(redis))
             self._redis = redis
             self._engine = BookingEngine(scripts, self.keyspace)
             yield
         finally:
             self._engine = None
             self._redis = None
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await redis.aclose()
+
+    async def _watch_lag(self, redis: Redis) -> None:
+        """Keep `self.lag` fresh, so requests check the bound without a round trip."""
+        while True:
+            await asyncio.sleep(LAG_POLL_S)
+            try:
+                self.lag = await ledger_lag(redis, self.keyspace)
+            except Exception:
+                log.debug("ledger lag poll failed", exc_info=True)
+
+    def _admit_write(self) -> None:
+        bound = self.settings.max_ledger_lag
+        if bound and self.lag > bound:
+            raise ProblemRaised(
+                problems.LEDGER_BEHIND,
+                f"The ledger is {self.lag} records behind (bound {bound}); retry shortly.",
+                headers={"Retry-After": _RETRY_AFTER_SECONDS},
+            )
 
     def _authorize(self, request: Request) -> None:
         if self._admin_bearer is None:
@@ -163,6 +199,7 @@ class Api:
 
     async def book(self, request: Request) -> Response:
         body = await self._booking_body.read(request)
+        self._admit_write()
         result, changed = await self.engine.book(body.event_id, body.user_id)
         if not changed:
             return json_response(result, 200)
@@ -170,6 +207,7 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         body = await self._booking_body.read(request)
+        self._admit_write()
         return json_response(await self.engine.cancel(body.event_id, body.user_id))
 
     async def status(self, request: Request) -> Response:
@@ -184,15 +222,32 @@ class Api:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        redis = self._redis
+        """Ready when Redis answers, the ledger's PostgreSQL answers (when configured) and the
+        ledger is within its lag bound."""
+        report: dict[str, Any] = {"redis": "ok", "ledger": "not configured"}
+        problems_found: list[str] = []
         try:
-            if redis is None:
-                raise BackendUnavailable("The service is starting or stopping.")
-            await redis.ping()
-        except Exception:
-            log.warning("readiness check failed", exc_info=True)
-            return problem_response(problems.UNAVAILABLE, "Redis is not reachable.", request)
-        return json_response({"status": "ready", "redis": "ok"})
+            if self._redis is None:
+                raise BackendUnavailable("starting or stopping")
+            await self._redis.ping()
+        except Exception as error:
+            report["redis"] = "unreachable"
+            problems_found.append(f"Redis is unreachable ({type(error).__name__})")
+        if self.settings.database_url:
+            report["ledger"] = await _postgres_answers(self.settings.database_url)
+            if report["ledger"] != "ok":
+                problems_found.append("the ledger's PostgreSQL is unreachable")
+        bound = self.settings.max_ledger_lag
+        report["ledgerLag"] = self.lag
+        report["maxLedgerLag"] = bound
+        if bound and self.lag > bound:
+            problems_found.append(f"the ledger is {self.lag} records behind (bound {bound})")
+        if problems_found:
+            log.warning("not ready: %s", "; ".join(problems_found))
+            return problem_response(
+                problems.UNAVAILABLE, "Not ready: " + "; ".join(problems_found) + ".", request
+            )
+        return json_response({"status": "ready", **report})
 
     async def problem_type(self, request: Request) -> Response:
         kind = problems.ALL.get(request.path_params["slug"])

@@ -7,6 +7,8 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:{pNN}:ev:<eventId>:holders    hash    userId -> bookingId
     <prefix>:{pNN}:ev:<eventId>:waitlist   zset    userId scored by the seq of joining
     <prefix>:{pNN}:outbox                  stream  state changes of the partition's events
+    <prefix>:{pNN}:lease                   string  the ledger writer draining the partition
+    <prefix>:writers                       zset    live ledger writers, scored by expiry (ms)
     <prefix>:partitions                    string  the partition count this keyspace was made with
 
 Event ids never contain braces (see `service.booking.ID_PATTERN`), so the first `{...}` of a
@@ -54,6 +56,21 @@ class Keyspace:
 
     def outboxes(self) -> list[str]:
         return [self.outbox(p) for p in range(self.partitions)]
+
+    def lease(self, partition: int) -> str:
+        return f"{self.prefix}:{self.tag(partition)}:lease"
+
+    @property
+    def writers(self) -> str:
+        return f"{self.prefix}:writers"
+
+    def event_meta_pattern(self) -> str:
+        """Glob matching the meta key of every event (for SCAN)."""
+        return f"{self.prefix}:{{p*}}:ev:*:meta"
+
+    def event_id_of(self, meta_key: str) -> str:
+        """The event id inside a meta key."""
+        return meta_key.split(":ev:", 1)[1].removesuffix(":meta")
 
     def event(self, event_id: str) -> EventKeys:
         tag = self.tag(self.partition_of(event_id))

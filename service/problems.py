@@ -104,6 +104,13 @@ UNAVAILABLE = ProblemType(
     "Service unavailable",
     "The booking store cannot take requests right now; retry after `Retry-After` seconds.",
 )
+LEDGER_BEHIND = ProblemType(
+    "ledger-behind",
+    503,
+    "Ledger behind",
+    "The durable ledger trails the booking store by more than its bound; writes are refused "
+    "until it catches up. Retry after `Retry-After` seconds.",
+)
 
 ALL: dict[str, ProblemType] = {
     p.slug: p
@@ -120,6 +127,7 @@ ALL: dict[str, ProblemType] = {
         VALIDATION,
         INTERNAL,
         UNAVAILABLE,
+        LEDGER_BEHIND,
     )
 }
 

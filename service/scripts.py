@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from service.errors import BackendUnavailable
 
-NAMES = ("initialize", "book", "cancel", "status", "user_state")
+NAMES = ("initialize", "book", "cancel", "status", "user_state", "lease")
 
 
 @dataclass(frozen=True, slots=True)

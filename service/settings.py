@@ -44,6 +44,8 @@ class Settings:
 
     redis_url: str | None = None
     """`REDIS_URL`; unset: start the embedded Valkey under `data_dir`."""
+    database_url: str | None = None
+    """`DATABASE_URL`; unset: start the embedded PostgreSQL under `data_dir`."""
     key_prefix: str = "bo"
     """`BOXOFFICE_KEY_PREFIX`: first part of every Redis key."""
     partitions: int = 16
@@ -60,6 +62,13 @@ class Settings:
     """`BOXOFFICE_DATA_DIR`: where embedded servers keep their data."""
     embedded_redis_port: int = 6390
     """`BOXOFFICE_EMBEDDED_REDIS_PORT`: fixed port of the embedded Valkey."""
+    embedded_pg_port: int = 6391
+    """`BOXOFFICE_EMBEDDED_PG_PORT`: fixed port of the embedded PostgreSQL."""
+    max_ledger_lag: int = 100_000
+    """`BOXOFFICE_MAX_LEDGER_LAG`: records the ledger may trail by before `/book` and `/cancel`
+    answer 503; 0 for no bound."""
+    run_writer: bool = True
+    """`BOXOFFICE_WRITER`: whether `serve` runs a ledger writer beside the API."""
     redis_max_connections: int = 64
     """`BOXOFFICE_REDIS_MAX_CONNECTIONS`: connection pool size per worker."""
     access_log: bool = False
@@ -83,6 +92,7 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             redis_url=env.get("REDIS_URL") or None,
+            database_url=env.get("DATABASE_URL") or None,
             key_prefix=env.get("BOXOFFICE_KEY_PREFIX") or "bo",
             partitions=_int(env, "BOXOFFICE_PARTITIONS", 16, 1, 16384),
             admin_token=env.get("BOXOFFICE_ADMIN_TOKEN") or None,
@@ -91,6 +101,9 @@ class Settings:
             workers=_int(env, "BOXOFFICE_WORKERS", 1, 1, 256),
             data_dir=Path(env.get("BOXOFFICE_DATA_DIR") or ".boxoffice"),
             embedded_redis_port=_int(env, "BOXOFFICE_EMBEDDED_REDIS_PORT", 6390, 1, 65535),
+            embedded_pg_port=_int(env, "BOXOFFICE_EMBEDDED_PG_PORT", 6391, 1, 65535),
+            max_ledger_lag=_int(env, "BOXOFFICE_MAX_LEDGER_LAG", 100_000, 0, 10**12),
+            run_writer=_bool(env, "BOXOFFICE_WRITER", True),
             redis_max_connections=_int(env, "BOXOFFICE_REDIS_MAX_CONNECTIONS", 64, 1, 10000),
             access_log=_bool(env, "BOXOFFICE_ACCESS_LOG", False),
             log_level=(env.get("BOXOFFICE_LOG_LEVEL") or "info").lower(),
@@ -103,7 +116,7 @@ class Settings:
             value = getattr(self, field.name)
             if field.name == "admin_token" and value:
                 value = "****"
-            elif field.name == "redis_url" and value:
-                value = re.sub(r"//[^@/]*@", "//****@", value)
+            elif field.name in ("redis_url", "database_url") and value:
+                value = re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:****@", value)
             shown[field.name] = "" if value is None else str(value)
         return shown

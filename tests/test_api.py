@@ -175,7 +175,36 @@ async def test_unknown_event_is_404_on_every_route(
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "redis": "ok"})
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {
+            "status": "ready",
+            "redis": "ok",
+            "ledger": "not configured",
+            "ledgerLag": 0,
+            "maxLedgerLag": 100_000,
+        },
+    )
+
+
+async def test_readiness_checks_the_ledger_database(ledger_settings: Settings) -> None:
+    app = create_app(ledger_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
+            assert (await http.get("/readyz")).json()["ledger"] == "ok"
+    unreachable = Settings(
+        redis_url=ledger_settings.redis_url,
+        key_prefix=ledger_settings.key_prefix,
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none",
+    )
+    app = create_app(unreachable)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
+            response = await http.get("/readyz")
+    problem = assert_problem(response, 503, "service-unavailable")
+    assert "PostgreSQL is unreachable" in problem["detail"]
 
 
 async def test_problem_types_are_described(client: httpx.AsyncClient) -> None:

@@ -19,20 +19,30 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_serve_without_redis_url_keeps_its_data_across_restarts(
-    tmp_path: Path, stop_signal: signal.Signals
-) -> None:
-    valkey_port = free_port()
-    env = child_env(
+def embedded_env(home: Path) -> dict[str, str]:
+    """The environment of a user who set nothing: embedded stores on free ports."""
+    return child_env(
         REDIS_URL=None,
-        BOXOFFICE_DATA_DIR=str(tmp_path / "data"),
-        BOXOFFICE_EMBEDDED_REDIS_PORT=str(valkey_port),
+        DATABASE_URL=None,
+        BOXOFFICE_DATA_DIR=str(home / "data"),
+        BOXOFFICE_EMBEDDED_REDIS_PORT=str(free_port()),
+        BOXOFFICE_EMBEDDED_PG_PORT=str(free_port()),
         BOXOFFICE_KEY_PREFIX=None,
         BOXOFFICE_ADMIN_TOKEN=None,
     )
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_without_urls_keeps_its_data_across_restarts(
+    shared_tmp: Path, stop_signal: signal.Signals
+) -> None:
+    tmp_path = shared_tmp
+    env = embedded_env(tmp_path)
+    valkey_port = int(env["BOXOFFICE_EMBEDDED_REDIS_PORT"])
+    pg_port = int(env["BOXOFFICE_EMBEDDED_PG_PORT"])
     first = ServedBoxoffice(env, workers=2, cwd=tmp_path)
-    assert f"embedded Valkey at redis://127.0.0.1:{valkey_port}/0" in first.output()
+    assert f"Valkey embedded at redis://127.0.0.1:{valkey_port}/0 (AOF on" in first.output()
+    assert f"PostgreSQL embedded at postgresql://postgres@127.0.0.1:{pg_port}/" in first.output()
     assert f"listening {first.url}" in first.output()
     assert f"API docs  {first.url}/api" in first.output()
     httpx.post(f"{first.url}/initialize", json={"eventId": "show", "totalTickets": 1})
@@ -42,8 +52,10 @@ def test_serve_without_redis_url_keeps_its_data_across_restarts(
 
     assert first.stop(stop_signal) == 0
     assert not _listening(valkey_port), "the embedded Valkey outlived boxoffice serve"
-    assert "embedded Valkey stopped" in first.output()
+    assert not _listening(pg_port), "the embedded PostgreSQL outlived boxoffice serve"
+    assert "embedded stores stopped" in first.output()
     assert (tmp_path / "data" / "valkey" / "appendonlydir").is_dir()
+    assert (tmp_path / "data" / "postgres" / "PG_VERSION").is_file()
 
     second = ServedBoxoffice(env, workers=1, cwd=tmp_path)
     try:
@@ -54,6 +66,7 @@ def test_serve_without_redis_url_keeps_its_data_across_restarts(
     finally:
         assert second.stop() == 0
     assert not _listening(valkey_port)
+    assert not _listening(pg_port)
 
 
 def test_taken_embedded_port_is_one_clear_line(tmp_path: Path) -> None:
@@ -63,6 +76,7 @@ def test_taken_embedded_port_is_one_clear_line(tmp_path: Path) -> None:
         port = blocker.getsockname()[1]
         env = child_env(
             REDIS_URL=None,
+            DATABASE_URL=None,
             BOXOFFICE_DATA_DIR=str(tmp_path),
             BOXOFFICE_EMBEDDED_REDIS_PORT=str(port),
         )

@@ -22,9 +22,9 @@ from service.booking import (
     Waitlisted,
 )
 from service.errors import EventConflict, NotBooked, UnknownEvent
-from service.http import connect_redis
 from service.keys import Keyspace
 from service.scripts import NAMES, Scripts
+from service.stores import connect_redis
 from tests.support import check_invariants
 
 pytestmark = pytest.mark.anyio
@@ -179,6 +179,9 @@ async def test_every_script_call_touches_one_cluster_slot(
     await probe.cancel(event_id, "u2")
     await probe.status(event_id)
     await probe.user_state(event_id, "u1")
+    await recording.call(
+        "lease", (keyspace.lease(keyspace.partition_of(event_id)),), ("w", 100, "hold")
+    )
     assert {name for name, _ in recording.calls} == set(NAMES)
     for name, keys in recording.calls:
         slots = {key_slot(key.encode()) for key in keys}

@@ -1,0 +1,36 @@
+-- Named queries of the ledger. Each block starts with `-- name: <name>`; `ledger.queries`
+-- loads them. `$1` of the reading queries is an event id, or NULL for every event.
+
+-- name: apply_batch
+SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: events
+SELECT event_id, total_tickets, last_seq
+  FROM events
+ WHERE $1::text IS NULL OR event_id = $1
+ ORDER BY event_id;
+
+-- name: active_bookings
+SELECT event_id, user_id, booking_id
+  FROM bookings
+ WHERE ($1::text IS NULL OR event_id = $1) AND cancelled_seq IS NULL
+ ORDER BY event_id, booked_seq;
+
+-- name: waitlist
+SELECT event_id, user_id, seq
+  FROM waitlist
+ WHERE $1::text IS NULL OR event_id = $1
+ ORDER BY event_id, seq;
+
+-- name: journal_extent
+SELECT event_id, count(*) AS entries, min(seq) AS first, max(seq) AS last
+  FROM ledger_entries
+ WHERE $1::text IS NULL OR event_id = $1
+ GROUP BY event_id;
+
+-- name: journal_gaps
+SELECT s AS seq
+  FROM generate_series(1, $2::bigint) AS s
+ WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.event_id = $1 AND e.seq = s)
+ ORDER BY s
+ LIMIT $3;

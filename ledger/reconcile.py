@@ -1,0 +1,210 @@
+"""Reconcile: prove that Redis and the ledger agree, event by event, or say where they do not.
+
+Compared per event: the totals, the booked and available counts, who holds which booking, the
+waiting list in order, the sequence counters, and the journal's continuity (every sequence
+number from 1 to the last one present, each once). Each difference is one line.
+
+Run it once the writer has drained (`wait_for_drain`); under traffic, records on their way to
+the ledger show up as the ledger being behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from redis.asyncio import Redis
+
+from ledger.database import Connection
+from ledger.records import MalformedRecord, Record, parse
+from ledger.state import Continuity, EventState, continuity, ledger_states, redis_event_ids
+from ledger.state import redis_state as read_redis_state
+from ledger.writer import ACKABLE, apply_records
+from service.keys import Keyspace
+from service.outbox import GROUP, ledger_lag, read_range
+
+_SHOWN = 5  # examples named per difference
+
+
+@dataclass(slots=True)
+class EventReport:
+    event_id: str
+    differences: list[str] = field(default_factory=list)
+    missing_seqs: list[int] = field(default_factory=list)
+    """Sequence numbers Redis has passed that the journal lacks (at most a few)."""
+    ledger_behind_from: int | None = None
+    """When Redis is ahead: the first sequence number the ledger has not applied."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+@dataclass(slots=True)
+class Report:
+    events: list[EventReport]
+    lag: int
+    repaired: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(event.ok for event in self.events)
+
+    @property
+    def drifted(self) -> list[EventReport]:
+        return [event for event in self.events if not event.ok]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "consistent": self.ok,
+            "events": len(self.events),
+            "drifted": len(self.drifted),
+            "ledgerLag": self.lag,
+            "repairedRecords": self.repaired,
+            "differences": [
+                {"eventId": event.event_id, "differences": event.differences}
+                for event in self.drifted
+            ],
+        }
+
+
+def _examples(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def compare(
+    event_id: str,
+    redis: EventState | None,
+    ledger: EventState | None,
+    journal: Continuity | None,
+) -> EventReport:
+    """Every way one event's Redis state and ledger state differ, one line each."""
+    report = EventReport(event_id)
+    say = report.differences.append
+    if redis is None and ledger is None:
+        say("unknown to both Redis and the ledger")
+        return report
+    if redis is None:
+        say("in the ledger but not in Redis (lost from Redis? `boxoffice restore`)")
+        return report
+    if redis.available + len(redis.holders) != redis.total:
+        say(
+            f"Redis counters disagree: available {redis.available} + booked "
+            f"{len(redis.holders)} != total {redis.total}"
+        )
+    if ledger is None:
+        say(f"in Redis (seq {redis.seq}) but not in the ledger")
+        report.missing_seqs = list(range(1, min(redis.seq, _SHOWN * 4) + 1))
+        report.ledger_behind_from = 1
+        return report
+
+    if redis.total != ledger.total:
+        say(f"total tickets: Redis {redis.total}, ledger {ledger.total}")
+    if redis.available != ledger.available:
+        say(f"available tickets: Redis {redis.available}, ledger {ledger.available}")
+    if len(redis.holders) != len(ledger.holders):
+        say(f"booked count: Redis {len(redis.holders)}, ledger {len(ledger.holders)}")
+    only_redis = sorted(set(redis.holders) - set(ledger.holders))
+    only_ledger = sorted(set(ledger.holders) - set(redis.holders))
+    other_id = sorted(
+        u for u in set(redis.holders) & set(ledger.holders) if redis.holders[u] != ledger.holders[u]
+    )
+    if only_redis:
+        say(f"booked in Redis only: {_examples(only_redis)}")
+    if only_ledger:
+        say(f"booked in the ledger only: {_examples(only_ledger)}")
+    if other_id:
+        say(f"different booking ids: {_examples(other_id)}")
+    if redis.waitlist != ledger.waitlist:
+        at = next(
+            (
+                i
+                for i, (a, b) in enumerate(zip(redis.waitlist, ledger.waitlist, strict=False))
+                if a != b
+            ),
+            min(len(redis.waitlist), len(ledger.waitlist)),
+        )
+        say(
+            f"waiting list differs from position {at + 1}: Redis has {len(redis.waitlist)} "
+            f"waiting, the ledger {len(ledger.waitlist)}"
+        )
+    if redis.seq > ledger.seq:
+        say(f"ledger behind: Redis is at seq {redis.seq}, the ledger at {ledger.seq}")
+        report.ledger_behind_from = ledger.seq + 1
+    elif redis.seq < ledger.seq:
+        say(f"Redis behind: the ledger is at seq {ledger.seq}, Redis at {redis.seq} (lost writes?)")
+    if journal is None:
+        say("the journal has no entries for this event")
+    else:
+        if journal.first != 1 or journal.missing:
+            report.missing_seqs = journal.missing
+            say(f"journal gaps: seq {_examples([str(s) for s in journal.missing])} missing")
+        if journal.last != ledger.seq:
+            say(f"journal ends at seq {journal.last}, the event row says {ledger.seq}")
+    return report
+
+
+async def reconcile(
+    redis: Redis, connection: Connection, keyspace: Keyspace, event_id: str | None = None
+) -> Report:
+    ledger = await ledger_states(connection, event_id)
+    journal = await continuity(connection, event_id)
+    ids = (
+        [event_id]
+        if event_id
+        else sorted(set(await redis_event_ids(redis, keyspace)) | set(ledger))
+    )
+    events = []
+    for eid in ids:
+        state = await read_redis_state(redis, keyspace, eid)
+        events.append(compare(eid, state, ledger.get(eid), journal.get(eid)))
+    return Report(events, await ledger_lag(redis, keyspace))
+
+
+async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> int:
+    """Wait until the writer has acknowledged everything (or `seconds` pass); the lag left."""
+    deadline = time.monotonic() + seconds
+    # The condition lives in another process: polling is the way to wait for it.
+    while (lag := await ledger_lag(redis, keyspace)) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    return lag
+
+
+async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report) -> int:
+    """Re-deliver records the ledger lacks that are still in the outbox streams; returns how
+    many were written."""
+    wanted: dict[str, tuple[set[int], int | None]] = {
+        e.event_id: (set(e.missing_seqs), e.ledger_behind_from)
+        for e in report.events
+        if e.missing_seqs or e.ledger_behind_from is not None
+    }
+    if not wanted:
+        return 0
+    by_stream: dict[str, list[Record]] = {}
+    for stream in {keyspace.event(eid).outbox for eid in wanted}:
+        after: str | None = None
+        while True:
+            entries = await read_range(redis, stream, after, 5000)
+            for stream_id, fields in entries:
+                try:
+                    record = parse(stream_id, fields)
+                except MalformedRecord:
+                    continue
+                missing, behind_from = wanted.get(record.event, (set(), None))
+                if record.seq in missing or (behind_from is not None and record.seq >= behind_from):
+                    by_stream.setdefault(stream, []).append(record)
+            if len(entries) < 5000:
+                break
+            after = entries[-1][0]
+    written = 0
+    for stream, records in by_stream.items():
+        outcomes = await apply_records(pool, records)
+        done = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
+        if done:
+            # Written now: the writer need not see them again.
+            await redis.xack(stream, GROUP, *done)
+        written += len(done)
+    return written

@@ -1,0 +1,73 @@
+"""Where the stores are: the URLs from the environment, or the embedded servers.
+
+`serve` starts the embedded servers it needs and owns them. The operator commands (`migrate`,
+`writer`, `reconcile`, `restore`) use the embedded servers of a running `serve` when they answer
+on their fixed ports, and otherwise start them for the length of the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from service.embedded import (
+    ChildServer,
+    EmbeddedPostgres,
+    EmbeddedValkey,
+    answers_ping,
+    port_open,
+)
+from service.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    redis_url: str
+    database_url: str
+    embedded: list[str] = field(default_factory=list)
+    """One line per embedded server in use, for the start banner."""
+
+
+@contextmanager
+def open_stores(settings: Settings, *, share_running: bool) -> Iterator[Stores]:
+    """The stores' URLs, starting embedded servers for whatever has no URL. With
+    `share_running`, embedded servers already answering on their ports are used as they are."""
+    with ExitStack() as stack:
+        lines: list[str] = []
+
+        def embedded(server: ChildServer, url: str, running: bool, what: str) -> str:
+            if share_running and running:
+                lines.append(f"{server.name} embedded at {url} (already running)")
+                return url
+            stack.enter_context(server)
+            lines.append(f"{server.name} embedded at {url} ({what}, data in {server.data_dir})")
+            return url
+
+        redis_url = settings.redis_url
+        if redis_url is None:
+            valkey = EmbeddedValkey(settings.data_dir / "valkey", settings.embedded_redis_port)
+            running = answers_ping(valkey.host, valkey.port)
+            redis_url = embedded(valkey, valkey.url, running, "AOF on")
+        database_url = settings.database_url
+        if database_url is None:
+            postgres = EmbeddedPostgres(settings.data_dir / "postgres", settings.embedded_pg_port)
+            running = port_open(postgres.host, postgres.port)
+            database_url = embedded(postgres, postgres.url, running, "fsync on")
+        yield Stores(redis_url, database_url, lines)
+
+
+async def connect_redis(url: str, max_connections: int) -> Redis:
+    """A client on a bounded pool: callers wait up to 5 s for a free connection, and no call
+    waits more than 5 s for its reply, so a lost server is an error, never a hang."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        decode_responses=True,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
