@@ -37,12 +37,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+async def eventually(condition: Callable[[], bool], seconds: float, what: str) -> None:
     """`wait_for` for async tests: polls without blocking the event loop."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
