@@ -204,7 +204,8 @@ async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: R
         outcomes = await apply_records(pool, records)
         done = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
         if done:
-            # Written now: the writer need not see them again.
+            # Records some consumer holds pending need not wait for it any more. Records never
+            # delivered stay in the group's lag: a writer will find them already written.
             await redis.xack(stream, GROUP, *done)
         written += len(done)
     return written

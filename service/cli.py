@@ -167,7 +167,7 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            config = WriterConfig(batch_size=args.batch_size)
+            config = WriterConfig(batch_size=args.batch_size, lease_ms=int(args.lease * 1000))
             await Writer(c.redis, c.pool, c.keyspace, config=config).run(stop)
 
     with open_stores(settings, share_running=True) as stores:
@@ -274,6 +274,13 @@ def parser() -> argparse.ArgumentParser:
 
     writer = commands.add_parser("writer", help="drain the outbox into the ledger until SIGTERM")
     writer.add_argument("--batch-size", type=int, default=2000, help="records per transaction")
+    writer.add_argument(
+        "--lease",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a partition stays with a writer that stopped answering",
+    )
     writer.set_defaults(run=_writer)
 
     reconcile = commands.add_parser(

@@ -77,6 +77,8 @@ class ServedBoxoffice:
     ) -> None:
         self.keyspace = keyspace
         self.database_url = database_url
+        self.env = dict(env)
+        self.cwd = cwd
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (cwd or Path.cwd()) / f"serve-{self.port}.log"
@@ -98,6 +100,18 @@ class ServedBoxoffice:
         if self.process.poll() is not None:
             raise AssertionError(f"boxoffice serve exited early:\n{self.output()}")
         return _answers(f"{self.url}/healthz")
+
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Another `boxoffice` command in the same environment (an operator beside serve)."""
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -154,3 +168,63 @@ def check_invariants(client: redis.Redis, keys: EventKeys) -> None:
     if available > 0:
         assert waiting == [], "a ticket is free while someone waits"
     assert len(set(holders.values())) == len(holders), "a booking id is held twice"
+
+
+class PausableProxy:
+    """A TCP proxy on loopback that can cut its target off: while paused it drops every
+    connection it carries and refuses new ones at once, as a dead server's host would."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.paused = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        self.pause()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def pause(self) -> None:
+        self.paused = True
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.paused:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.discard(writer)
+        self._writers.discard(up_writer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -49,6 +50,10 @@ def test_serve_without_urls_keeps_its_data_across_restarts(
     booked = httpx.post(f"{first.url}/book", json={"userId": "ann", "eventId": "show"})
     waiting = httpx.post(f"{first.url}/book", json={"userId": "bob", "eventId": "show"})
     assert (booked.status_code, waiting.status_code) == (201, 202)
+    # An operator beside serve: the commands find the running embedded stores.
+    reconciled = first.command("reconcile", "--wait", "30", "--json")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert json.loads(reconciled.stdout)["consistent"] is True
 
     assert first.stop(stop_signal) == 0
     assert not _listening(valkey_port), "the embedded Valkey outlived boxoffice serve"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
+import asyncpg
 import httpx
 import pytest
 import redis
@@ -21,6 +23,14 @@ async def http(served: ServedBoxoffice) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     async with httpx.AsyncClient(base_url=served.url, limits=limits, timeout=60) as client:
         yield client
+
+
+def assert_reconciled(served: ServedBoxoffice, event_id: str) -> None:
+    """Once the writer has drained, the ledger agrees with Redis (invariant 5)."""
+    done = served.command("reconcile", "--event", event_id, "--wait", "60", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert (report["consistent"], report["events"], report["ledgerLag"]) == (True, 1, 0)
 
 
 async def race(
@@ -73,6 +83,7 @@ async def test_1000_users_race_for_100_tickets(
         assert state == body
     assert served.keyspace is not None
     check_invariants(redis_client, served.keyspace.event(event_id))
+    assert_reconciled(served, event_id)
 
 
 @pytest.mark.parametrize("tickets", [1, 0])
@@ -92,8 +103,15 @@ async def test_one_user_racing_himself_gets_one_place(
     status = (await http.get(f"/status/{event_id}")).json()
     assert (status["bookedCount"], status["waitingListCount"]) == (tickets, 1 - tickets)
     assert served.keyspace is not None
-    assert redis_client.xlen(served.keyspace.event(event_id).outbox) >= 2
     check_invariants(redis_client, served.keyspace.event(event_id))
+    assert_reconciled(served, event_id)
+    # Exactly two changes happened: the event opened, and the one place was taken.
+    database = await asyncpg.connect(str(served.database_url))
+    try:
+        journal = "SELECT count(*) FROM ledger_entries WHERE event_id = $1"
+        assert await database.fetchval(journal, event_id) == 2
+    finally:
+        await database.close()
 
 
 async def test_concurrent_cancels_promote_in_fifo_order(
@@ -121,6 +139,7 @@ async def test_concurrent_cancels_promote_in_fifo_order(
     assert (status["bookedCount"], status["waitingListCount"]) == (50, 50)
     assert served.keyspace is not None
     check_invariants(redis_client, served.keyspace.event(event_id))
+    assert_reconciled(served, event_id)
 
 
 async def test_mixed_books_and_cancels_keep_the_invariants(
@@ -144,3 +163,4 @@ async def test_mixed_books_and_cancels_keep_the_invariants(
     assert status["bookedCount"] == 30, "the waiting list is long enough to refill every ticket"
     assert served.keyspace is not None
     check_invariants(redis_client, served.keyspace.event(event_id))
+    assert_reconciled(served, event_id)
