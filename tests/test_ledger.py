@@ -22,7 +22,7 @@ from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
-FAST = WriterConfig(batch_size=50, block_ms=100, lease_ms=2000, trim_every_s=0.2)
+FAST = WriterConfig(batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2)
 
 
 @asynccontextmanager
