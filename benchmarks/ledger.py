@@ -112,7 +112,8 @@ def main() -> int:
         finally:
             server.stop()
         records = lag_now(redis_url, keyspace)
-        results.update(book_rps_alone=rps, book_p99_ms_alone=p99, records=records)
+        results.update(book_rps_alone=rps, book_p99_ms_alone=p99, book_errors=errors)
+        results["records"] = records
         print(f"  /book without writer  {rps:>9.0f} req/s   {records} records waiting", flush=True)
 
         # 2. the writer alone
