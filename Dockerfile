@@ -9,4 +9,4 @@ RUN pip install --no-cache-dir . && useradd --system boxoffice
 USER boxoffice
 ENV BOXOFFICE_HOST=0.0.0.0 BOXOFFICE_PORT=8000
 EXPOSE 8000
-CMD ["boxoffice", "serve"]
+CMD ["boxoffice", "serve", "--host", "0.0.0.0"]

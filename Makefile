@@ -30,8 +30,9 @@ pytest: $(STAMP)
 smoke: $(STAMP)  ## start `boxoffice serve` with no URLs, book, stop
 	bash .ci/smoke $(BIN)/boxoffice
 
-bench: $(STAMP)  ## /book throughput with wrk, against the bare ASGI ceiling
+bench: $(STAMP)  ## /book against the bare ASGI ceiling; the ledger writer against /book
 	$(BIN)/python -m benchmarks.book
+	$(BIN)/python -m benchmarks.ledger
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
