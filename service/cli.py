@@ -90,9 +90,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         base = f"http://{host}:{port}"
         store_lines = stores.embedded or []
         if settings.redis_url:
-            store_lines.append(f"Redis at {masked['redis_url']}")
+            store_lines.append(f"Redis at {masked['REDIS_URL']}")
         if settings.database_url:
-            store_lines.append(f"PostgreSQL at {masked['database_url']}")
+            store_lines.append(f"PostgreSQL at {masked['DATABASE_URL']}")
         print(
             f"boxoffice {version('boxoffice')}\n"
             + "".join(f"  store     {line}\n" for line in store_lines)
@@ -249,7 +249,7 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
     for name, value in settings.masked().items():
-        print(f"{name:<24}{value}")
+        print(f"{name:<32}{value or '(unset)'}")
     return EXIT_OK
 
 

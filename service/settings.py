@@ -1,40 +1,101 @@
-"""Typed, frozen settings, built once from the environment and passed down explicitly."""
+"""Typed, frozen settings, built once from the environment and passed down explicitly.
+
+Each field names its environment variable, how its text is read, and what it means; that one
+declaration drives `Settings.from_env`, `boxoffice config` and the check that README and
+compose.yaml name only real settings. A bad value stops the start with one line naming it.
+A `.env` file (`BOXOFFICE_ENV_FILE`, default `./.env`) fills in variables the environment
+does not set.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from service.errors import ConfigurationError
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r}: expected an integer") from None
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name}={value}: expected {low}..{high}")
-    return value
+def _text(raw: str) -> str:
+    return raw
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in {"1", "true", "yes", "on"}:
+def _optional(raw: str) -> str | None:
+    return raw or None
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def read(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected {low}..{high}")
+        return value
+
+    return read
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
         return True
-    if raw in {"0", "false", "no", "off"}:
+    if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ConfigurationError(f"{name}={raw!r}: expected true or false")
+    raise ValueError("expected true or false")
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def read(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw.lower()
+
+    return read
+
+
+def _rate(raw: str) -> str | None:
+    """`off`, or a `limits` rate such as `100/second` or `1000 per minute`."""
+    if raw.strip().lower() in {"", "off", "none", "0"}:
+        return None
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ValueError("expected off or a rate like 100/second") from None
+    return raw.strip()
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in raw.split(",")
+            if part.strip()
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"expected addresses or CIDR networks, comma-separated ({error})"
+        ) from None
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _setting(env: str, read: Callable[[str], Any], default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "read": read, "help": help})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,81 +103,129 @@ class Settings:
     """Every setting of a boxoffice process. `from_env` is the only constructor used in
     production; tests build instances directly."""
 
-    redis_url: str | None = None
-    """`REDIS_URL`; unset: start the embedded Valkey under `data_dir`."""
-    database_url: str | None = None
-    """`DATABASE_URL`; unset: start the embedded PostgreSQL under `data_dir`."""
-    key_prefix: str = "bo"
-    """`BOXOFFICE_KEY_PREFIX`: first part of every Redis key."""
-    partitions: int = 16
-    """`BOXOFFICE_PARTITIONS`: outbox partitions (hash tags); fixed for a deployment."""
-    admin_token: str | None = None
-    """`BOXOFFICE_ADMIN_TOKEN`: when set, `/initialize` requires it as a bearer token."""
-    host: str = "127.0.0.1"
-    """`BOXOFFICE_HOST`"""
-    port: int = 8000
-    """`BOXOFFICE_PORT`"""
-    workers: int = 1
-    """`BOXOFFICE_WORKERS`: HTTP worker processes."""
-    data_dir: Path = Path(".boxoffice")
-    """`BOXOFFICE_DATA_DIR`: where embedded servers keep their data."""
-    embedded_redis_port: int = 6390
-    """`BOXOFFICE_EMBEDDED_REDIS_PORT`: fixed port of the embedded Valkey."""
-    embedded_pg_port: int = 6391
-    """`BOXOFFICE_EMBEDDED_PG_PORT`: fixed port of the embedded PostgreSQL."""
-    max_ledger_lag: int = 100_000
-    """`BOXOFFICE_MAX_LEDGER_LAG`: records the ledger may trail by before `/book` and `/cancel`
-    answer 503; 0 for no bound."""
-    run_writer: bool = True
-    """`BOXOFFICE_WRITER`: whether `serve` runs a ledger writer beside the API."""
-    redis_max_connections: int = 64
-    """`BOXOFFICE_REDIS_MAX_CONNECTIONS`: connection pool size per worker."""
-    access_log: bool = False
-    """`BOXOFFICE_ACCESS_LOG`: log every request (costs throughput)."""
-    log_level: str = "info"
-    """`BOXOFFICE_LOG_LEVEL`"""
+    redis_url: str | None = _setting(
+        "REDIS_URL", _optional, None, "Redis/Valkey URL; unset: the embedded Valkey"
+    )
+    database_url: str | None = _setting(
+        "DATABASE_URL", _optional, None, "PostgreSQL URL of the ledger; unset: embedded"
+    )
+    key_prefix: str = _setting("BOXOFFICE_KEY_PREFIX", _text, "bo", "first part of every Redis key")
+    partitions: int = _setting(
+        "BOXOFFICE_PARTITIONS",
+        _int_in(1, 16384),
+        16,
+        "outbox partitions (hash tags); fixed for a keyspace",
+    )
+    admin_token: str | None = _setting(
+        "BOXOFFICE_ADMIN_TOKEN", _optional, None, "bearer token `/initialize` requires"
+    )
+    host: str = _setting("BOXOFFICE_HOST", _text, "127.0.0.1", "address `serve` listens on")
+    port: int = _setting("BOXOFFICE_PORT", _int_in(0, 65535), 8000, "port `serve` listens on")
+    workers: int = _setting("BOXOFFICE_WORKERS", _int_in(1, 256), 1, "HTTP worker processes")
+    data_dir: Path = _setting(
+        "BOXOFFICE_DATA_DIR", Path, Path(".boxoffice"), "data of the embedded servers"
+    )
+    embedded_redis_port: int = _setting(
+        "BOXOFFICE_EMBEDDED_REDIS_PORT", _int_in(1, 65535), 6390, "port of the embedded Valkey"
+    )
+    embedded_pg_port: int = _setting(
+        "BOXOFFICE_EMBEDDED_PG_PORT", _int_in(1, 65535), 6391, "port of the embedded PostgreSQL"
+    )
+    max_ledger_lag: int = _setting(
+        "BOXOFFICE_MAX_LEDGER_LAG",
+        _int_in(0, 10**12),
+        100_000,
+        "records the ledger may trail by before writes get 503; 0: no bound",
+    )
+    run_writer: bool = _setting(
+        "BOXOFFICE_WRITER", _bool, True, "whether `serve` runs a ledger writer"
+    )
+    rate_limit: str | None = _setting(
+        "BOXOFFICE_RATE_LIMIT", _rate, None, "reads per client, e.g. 100/second; off"
+    )
+    write_rate_limit: str | None = _setting(
+        "BOXOFFICE_WRITE_RATE_LIMIT",
+        _rate,
+        None,
+        "writes (POST) per client, e.g. 20/second; off",
+    )
+    rate_limit_strategy: str = _setting(
+        "BOXOFFICE_RATE_LIMIT_STRATEGY",
+        _one_of(*STRATEGIES),
+        "sliding-window-counter",
+        "how limits count: " + ", ".join(STRATEGIES),
+    )
+    trusted_proxies: tuple[Network, ...] = _setting(
+        "BOXOFFICE_TRUSTED_PROXIES",
+        _networks,
+        (),
+        "proxies whose X-Forwarded-For names the client (comma-separated IPs/CIDRs)",
+    )
+    cors_origins: tuple[str, ...] = _setting(
+        "BOXOFFICE_CORS_ORIGINS", _list, (), "origins allowed by CORS (comma-separated); off"
+    )
+    redis_max_connections: int = _setting(
+        "BOXOFFICE_REDIS_MAX_CONNECTIONS",
+        _int_in(1, 10000),
+        64,
+        "Redis connections per worker",
+    )
+    access_log: bool = _setting(
+        "BOXOFFICE_ACCESS_LOG", _bool, False, "log every request as a JSON line"
+    )
+    log_level: str = _setting(
+        "BOXOFFICE_LOG_LEVEL", _one_of(*_LOG_LEVELS), "info", "one of " + ", ".join(_LOG_LEVELS)
+    )
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.fullmatch(self.key_prefix):
             raise ConfigurationError(
                 f"BOXOFFICE_KEY_PREFIX={self.key_prefix!r}: expected 1-32 of [A-Za-z0-9_.-]"
             )
-        if self.log_level not in {"critical", "error", "warning", "info", "debug"}:
-            raise ConfigurationError(
-                f"BOXOFFICE_LOG_LEVEL={self.log_level!r}: "
-                "expected critical, error, warning, info or debug"
-            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        return cls(
-            redis_url=env.get("REDIS_URL") or None,
-            database_url=env.get("DATABASE_URL") or None,
-            key_prefix=env.get("BOXOFFICE_KEY_PREFIX") or "bo",
-            partitions=_int(env, "BOXOFFICE_PARTITIONS", 16, 1, 16384),
-            admin_token=env.get("BOXOFFICE_ADMIN_TOKEN") or None,
-            host=env.get("BOXOFFICE_HOST") or "127.0.0.1",
-            port=_int(env, "BOXOFFICE_PORT", 8000, 0, 65535),
-            workers=_int(env, "BOXOFFICE_WORKERS", 1, 1, 256),
-            data_dir=Path(env.get("BOXOFFICE_DATA_DIR") or ".boxoffice"),
-            embedded_redis_port=_int(env, "BOXOFFICE_EMBEDDED_REDIS_PORT", 6390, 1, 65535),
-            embedded_pg_port=_int(env, "BOXOFFICE_EMBEDDED_PG_PORT", 6391, 1, 65535),
-            max_ledger_lag=_int(env, "BOXOFFICE_MAX_LEDGER_LAG", 100_000, 0, 10**12),
-            run_writer=_bool(env, "BOXOFFICE_WRITER", True),
-            redis_max_connections=_int(env, "BOXOFFICE_REDIS_MAX_CONNECTIONS", 64, 1, 10000),
-            access_log=_bool(env, "BOXOFFICE_ACCESS_LOG", False),
-            log_level=(env.get("BOXOFFICE_LOG_LEVEL") or "info").lower(),
-        )
+        """Settings from `env` (default: the process environment, then the `.env` file)."""
+        if env is None:
+            env = {**read_env_file(os.environ.get("BOXOFFICE_ENV_FILE", ".env")), **os.environ}
+        values: dict[str, Any] = {}
+        for setting in fields(cls):
+            name = setting.metadata["env"]
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[setting.name] = setting.metadata["read"](raw)
+            except ValueError as error:
+                raise ConfigurationError(f"{name}={raw!r}: {error}") from None
+        return cls(**values)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Every environment variable read, with what it means."""
+        return {s.metadata["env"]: s.metadata["help"] for s in fields(cls)}
 
     def masked(self) -> dict[str, str]:
-        """The effective settings as text, secrets hidden."""
+        """The effective settings by variable, as text, secrets hidden."""
         shown: dict[str, str] = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.name == "admin_token" and value:
-                value = "****"
-            elif field.name in ("redis_url", "database_url") and value:
-                value = re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:****@", value)
-            shown[field.name] = "" if value is None else str(value)
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if setting.name == "admin_token" and value:
+                text = "****"
+            elif setting.name in ("redis_url", "database_url") and value:
+                text = re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:****@", value)
+            elif isinstance(value, tuple):
+                text = ",".join(str(item) for item in value)
+            else:
+                text = "" if value is None else str(value)
+            shown[setting.metadata["env"]] = text
         return shown
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Variables of a `.env` file (none when it does not exist)."""
+    if not Path(path).is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {name: value for name, value in dotenv_values(path).items() if value is not None}
