@@ -122,7 +122,7 @@ class Settings:
     host: str = _setting("BOXOFFICE_HOST", _text, "127.0.0.1", "address `serve` listens on")
     port: int = _setting("BOXOFFICE_PORT", _int_in(0, 65535), 8000, "port `serve` listens on")
     workers: int = _setting("BOXOFFICE_WORKERS", _int_in(1, 256), 1, "HTTP worker processes")
-    data_dir: Path = _setting(
+    data_dir: Path = _setting(  # noqa: RUF009 - _setting returns a dataclass field
         "BOXOFFICE_DATA_DIR", Path, Path(".boxoffice"), "data of the embedded servers"
     )
     embedded_redis_port: int = _setting(
