@@ -9,10 +9,12 @@ import argparse
 import asyncio
 import json
 import logging
+import logging.config
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,10 +57,9 @@ async def connections(settings: Settings, stores: Stores) -> AsyncIterator[Conne
 
 
 def _log_setup(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from service.observability import log_config
+
+    logging.config.dictConfig(log_config(settings.log_level))
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -78,10 +79,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _exit)
 
-    with open_stores(settings, share_running=False) as stores:
+    from service.observability import MULTIPROCESS_ENV, log_config
+
+    with (
+        open_stores(settings, share_running=False) as stores,
+        tempfile.TemporaryDirectory(prefix="boxoffice-metrics-") as metrics_dir,
+    ):
         # Workers and the writer are separate processes: they find the stores in the environment.
         os.environ["REDIS_URL"] = stores.redis_url
         os.environ["DATABASE_URL"] = stores.database_url
+        # Every worker writes its metrics there; /metrics adds them up.
+        os.environ[MULTIPROCESS_ENV] = metrics_dir
         applied = asyncio.run(_migrate_url(stores.database_url))
         writer = None
         if settings.run_writer:
@@ -112,8 +120,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 workers=workers,
                 loop="uvloop",
                 http="httptools",
-                access_log=settings.access_log,
+                access_log=False,  # boxoffice logs requests itself, as JSON with their id
+                log_config=log_config(settings.log_level),
                 log_level=settings.log_level,
+                proxy_headers=False,  # trusted proxies are the app's business
                 server_header=False,
                 timeout_graceful_shutdown=10,
             )

@@ -13,20 +13,25 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
-import asyncpg
 import msgspec
+from openapi_ui_bundles import swagger_ui
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service import problems
+from service import observability, openapi, problems
 from service.bodies import BodyReader, BookingRequest, InitializeRequest
-from service.booking import ID_DESCRIPTION, ID_PATTERN, BookingEngine
+from service.booking import ID_DESCRIPTION, ID_PATTERN, BookingEngine, Cancelled
 from service.errors import (
     BackendUnavailable,
     BoxofficeError,
@@ -37,7 +42,9 @@ from service.errors import (
 )
 from service.keys import Keyspace
 from service.outbox import ensure_groups, ledger_lag
+from service.probes import Health, ProblemDescription, Readiness, postgres_answers
 from service.problems import FieldError, ProblemRaised
+from service.ratelimit import RateLimitMiddleware, RateLimits
 from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import connect_redis
@@ -69,10 +76,11 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     instance = request.url.path if request is not None else None
-    body = kind.problem(detail, instance, errors)
     if kind.status == 503:
         headers = {"Retry-After": _RETRY_AFTER_SECONDS, **(headers or {})}
-    return Response(_encode(body), kind.status, headers, problems.MEDIA_TYPE)
+    return Response(
+        kind.render(detail, instance, errors), kind.status, headers, problems.MEDIA_TYPE
+    )
 
 
 def _path_id(request: Request, name: str) -> str:
@@ -99,20 +107,6 @@ async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
         )
 
 
-async def _postgres_answers(url: str) -> str:
-    try:
-        connection = await asyncpg.connect(url, timeout=2)
-    except Exception:
-        return "unreachable"
-    try:
-        await connection.fetchval("SELECT 1", timeout=2)
-    except Exception:
-        return "unreachable"
-    finally:
-        await connection.close(timeout=2)
-    return "ok"
-
-
 class Api:
     """Route handlers bound to one booking engine."""
 
@@ -123,6 +117,9 @@ class Api:
         self._redis: Redis | None = None
         self.lag = 0
         """Records the ledger trails by, as last polled."""
+        self.rate_limits: RateLimits | None = None
+        """In force once the lifespan has connected, when any limit is set."""
+        self._openapi = msgspec.json.encode(openapi.document(settings))
         self._initialize_body = BodyReader(InitializeRequest)
         self._booking_body = BodyReader(BookingRequest)
         token = settings.admin_token
@@ -150,10 +147,17 @@ class Api:
             watcher = asyncio.create_task(self._watch_lag(redis))
             self._redis = redis
             self._engine = BookingEngine(scripts, self.keyspace)
+            if self.settings.rate_limit or self.settings.write_rate_limit:
+                limits = RateLimits(self.settings, redis.connection_pool)
+                limits.on_error = observability.LIMITER_ERRORS.inc
+                limits.on_limited = lambda policy: observability.RATE_LIMITED.labels(policy).inc()
+                self.rate_limits = limits
             yield
         finally:
+            self.rate_limits = None
             self._engine = None
             self._redis = None
+            observability.worker_exited()
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +170,7 @@ class Api:
             await asyncio.sleep(LAG_POLL_S)
             try:
                 self.lag = await ledger_lag(redis, self.keyspace)
+                observability.LEDGER_LAG.set(self.lag)
             except Exception:
                 log.debug("ledger lag poll failed", exc_info=True)
 
@@ -203,12 +208,18 @@ class Api:
         result, changed = await self.engine.book(body.event_id, body.user_id)
         if not changed:
             return json_response(result, 200)
-        return json_response(result, 201 if result.__struct_config__.tag == "booked" else 202)
+        change = result.__struct_config__.tag
+        observability.BOOKINGS.labels(change).inc()
+        return json_response(result, 201 if change == "booked" else 202)
 
     async def cancel(self, request: Request) -> Response:
         body = await self._booking_body.read(request)
         self._admit_write()
-        return json_response(await self.engine.cancel(body.event_id, body.user_id))
+        result = await self.engine.cancel(body.event_id, body.user_id)
+        observability.BOOKINGS.labels(result.__struct_config__.tag).inc()
+        if isinstance(result, Cancelled) and result.promoted is not None:
+            observability.BOOKINGS.labels("promoted").inc()
+        return json_response(result)
 
     async def status(self, request: Request) -> Response:
         return json_response(await self.engine.status(_path_id(request, "eventId")))
@@ -219,47 +230,49 @@ class Api:
         return json_response(await self.engine.user_state(event_id, user_id))
 
     async def healthz(self, request: Request) -> Response:
-        return json_response({"status": "ok"})
+        return json_response(Health())
 
     async def readyz(self, request: Request) -> Response:
         """Ready when Redis answers, the ledger's PostgreSQL answers (when configured) and the
         ledger is within its lag bound."""
-        report: dict[str, Any] = {"redis": "ok", "ledger": "not configured"}
-        problems_found: list[str] = []
+        found: list[str] = []
         try:
             if self._redis is None:
                 raise BackendUnavailable("starting or stopping")
             await self._redis.ping()
         except Exception as error:
-            report["redis"] = "unreachable"
-            problems_found.append(f"Redis is unreachable ({type(error).__name__})")
-        if self.settings.database_url:
-            report["ledger"] = await _postgres_answers(self.settings.database_url)
-            if report["ledger"] != "ok":
-                problems_found.append("the ledger's PostgreSQL is unreachable")
+            found.append(f"Redis is unreachable ({type(error).__name__})")
+        url = self.settings.database_url
+        if url and not await postgres_answers(url):
+            found.append("the ledger's PostgreSQL is unreachable")
         bound = self.settings.max_ledger_lag
-        report["ledgerLag"] = self.lag
-        report["maxLedgerLag"] = bound
         if bound and self.lag > bound:
-            problems_found.append(f"the ledger is {self.lag} records behind (bound {bound})")
-        if problems_found:
-            log.warning("not ready: %s", "; ".join(problems_found))
+            found.append(f"the ledger is {self.lag} records behind (bound {bound})")
+        if found:
+            log.warning("not ready: %s", "; ".join(found))
             return problem_response(
-                problems.UNAVAILABLE, "Not ready: " + "; ".join(problems_found) + ".", request
+                problems.UNAVAILABLE, "Not ready: " + "; ".join(found) + ".", request
             )
-        return json_response({"status": "ready", **report})
+        return json_response(
+            Readiness("ready", "ok", "ok" if url else "not configured", self.lag, bound)
+        )
+
+    async def metrics(self, request: Request) -> Response:
+        body, media_type = observability.metrics_text()
+        return Response(body, 200, media_type=media_type)
+
+    async def openapi_document(self, request: Request) -> Response:
+        return Response(self._openapi, 200, media_type=JSON)
+
+    async def swagger(self, request: Request) -> Response:
+        return HTMLResponse(openapi.SWAGGER_PAGE)
 
     async def problem_type(self, request: Request) -> Response:
         kind = problems.ALL.get(request.path_params["slug"])
         if kind is None:
             raise HTTPException(404)
         return json_response(
-            {
-                "type": kind.uri,
-                "title": kind.title,
-                "status": kind.status,
-                "description": kind.description,
-            }
+            ProblemDescription(kind.uri, kind.title, kind.status, kind.description)
         )
 
 
@@ -295,6 +308,18 @@ async def _on_crash(request: Request, exc: Exception) -> Response:
     return problem_response(problems.INTERNAL, problems.INTERNAL.description, request)
 
 
+class BoxofficeApp(Starlette):
+    """Starlette, with `outer` middleware wrapped around everything — Starlette's own error
+    handler included — so that even a 500 carries its request id and is counted."""
+
+    def __init__(self, outer: Callable[[ASGIApp], ASGIApp], **options: Any) -> None:
+        super().__init__(**options)
+        self._outer = outer
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self._outer(super().build_middleware_stack())
+
+
 def create_app(settings: Settings) -> Starlette:
     api = Api(settings)
     routes = [
@@ -305,7 +330,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/events/{eventId}/users/{userId}", api.user_state, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/problems/{slug}", api.problem_type, methods=["GET"]),
+        Route("/api", api.swagger, methods=["GET"]),
+        Route("/api/openapi.json", api.openapi_document, methods=["GET"]),
+        Mount("/api/assets", StaticFiles(directory=swagger_ui.static_path), name="assets"),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ProblemRaised: _on_problem,
@@ -313,7 +342,40 @@ def create_app(settings: Settings) -> Starlette:
         HTTPException: _on_http_error,
         Exception: _on_crash,
     }
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=api.lifespan)
+    middleware = [Middleware(RateLimitMiddleware, current=lambda: api.rate_limits)]
+    if settings.cors_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                expose_headers=[
+                    "X-Request-ID",
+                    "Location",
+                    "Retry-After",
+                    "RateLimit",
+                    "RateLimit-Policy",
+                ],
+            ),
+        )
+
+    def outer(app: ASGIApp) -> ASGIApp:
+        app = observability.RequestObserver(app, settings.access_log)
+        if settings.trusted_proxies:
+            trusted = [str(network) for network in settings.trusted_proxies]
+            # uvicorn types ASGI more narrowly than Starlette; the protocol is the same.
+            app = cast("ASGIApp", ProxyHeadersMiddleware(cast("Any", app), trusted_hosts=trusted))
+        return app
+
+    return BoxofficeApp(
+        outer,
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=handlers,
+        lifespan=api.lifespan,
+    )
 
 
 def app_from_env() -> Starlette:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import msgspec
 
 MEDIA_TYPE = "application/problem+json"
+_encode = msgspec.json.Encoder().encode
 
 
 class FieldError(msgspec.Struct, frozen=True):
@@ -47,6 +48,12 @@ class ProblemType:
         self, detail: str, instance: str | None = None, errors: list[FieldError] | None = None
     ) -> Problem:
         return Problem(self.uri, self.title, self.status, detail, instance, errors)
+
+    def render(
+        self, detail: str, instance: str | None = None, errors: list[FieldError] | None = None
+    ) -> bytes:
+        """The problem document as the body of a response."""
+        return _encode(self.problem(detail, instance, errors))
 
 
 MALFORMED = ProblemType(
@@ -112,6 +119,14 @@ LEDGER_BEHIND = ProblemType(
     "until it catches up. Retry after `Retry-After` seconds.",
 )
 
+RATE_LIMITED = ProblemType(
+    "rate-limited",
+    429,
+    "Too many requests",
+    "The client exceeded its rate limit; `Retry-After` says when to try again, `RateLimit` and "
+    "`RateLimit-Policy` (IETF draft) describe the quota.",
+)
+
 ALL: dict[str, ProblemType] = {
     p.slug: p
     for p in (
@@ -128,6 +143,7 @@ ALL: dict[str, ProblemType] = {
         INTERNAL,
         UNAVAILABLE,
         LEDGER_BEHIND,
+        RATE_LIMITED,
     )
 }
 

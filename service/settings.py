@@ -68,10 +68,10 @@ def _rate(raw: str) -> str | None:
     """`off`, or a `limits` rate such as `100/second` or `1000 per minute`."""
     if raw.strip().lower() in {"", "off", "none", "0"}:
         return None
-    from limits import parse_many
+    from limits import parse
 
     try:
-        parse_many(raw)
+        parse(raw)
     except ValueError:
         raise ValueError("expected off or a rate like 100/second") from None
     return raw.strip()

@@ -1,0 +1,415 @@
+"""The OpenAPI 3.1 document (apispec) and the Swagger UI that shows it, offline.
+
+Schemas come from the msgspec structs that validate requests and shape responses
+(`msgspec.json.schema_components`), so nothing is described twice. Swagger UI's assets come from
+the `openapi-ui-bundles` wheel (Swagger UI 5, which renders OpenAPI 3.1) and are served from
+`/api/assets`; the page loads nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+import msgspec
+from apispec import APISpec
+
+from service import problems
+from service.bodies import MAX_BODY_BYTES, BookingRequest, InitializeRequest
+from service.booking import (
+    ID_DESCRIPTION,
+    ID_PATTERN,
+    BookResult,
+    CancelResult,
+    EventStatus,
+    UserState,
+)
+from service.probes import Health, ProblemDescription, Readiness
+from service.problems import Problem
+from service.settings import Settings
+
+_REF = "#/components/schemas/{name}"
+PROBLEM = problems.MEDIA_TYPE
+JSON = "application/json"
+
+
+def _header(description: str, schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    header: dict[str, Any] = {"description": description, "schema": schema}
+    if example is not None:
+        header["example"] = example
+    return header
+
+
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": _header(
+        "This request's id: the client's `X-Request-ID` when it sent a sane one, else a new one. "
+        "Log lines about the request carry it.",
+        {"type": "string"},
+        "3f2a9c1e0b7d4a66",
+    ),
+    "Location": _header("Where the event's status is read.", {"type": "string"}, "/status/gala"),
+    "Retry-After": _header("Seconds to wait before trying again.", {"type": "integer"}, 1),
+    "RateLimit-Policy": _header(
+        "The quota this request counted against (IETF draft-ietf-httpapi-ratelimit-headers): "
+        "policy name, `q` requests per `w` seconds. Present when rate limits are on.",
+        {"type": "string"},
+        '"writes";q=20;w=1',
+    ),
+    "RateLimit": _header(
+        "What is left of the quota: `r` requests remaining, `t` seconds until it grows again.",
+        {"type": "string"},
+        '"writes";r=0;t=1',
+    ),
+    "WWW-Authenticate": _header("The authentication scheme expected.", {"type": "string"}),
+    "Allow": _header("The methods the route answers.", {"type": "string"}, "POST"),
+}
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    chosen = ("X-Request-ID", "RateLimit-Policy", *names)
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in chosen}
+
+
+def _json(description: str, schema: str, example: Any = None, *headers: str) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": {"$ref": _REF.format(name=schema)}}
+    if example is not None:
+        content["example"] = example
+    return {"description": description, "headers": _headers(*headers), "content": {JSON: content}}
+
+
+def _problem(*kinds: problems.ProblemType, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    described = "; ".join(f"`{k.uri}`: {k.description}" for k in kinds)
+    first = kinds[0]
+    return {
+        "description": described,
+        "headers": _headers(*headers),
+        "content": {
+            PROBLEM: {
+                "schema": {"$ref": _REF.format(name="Problem")},
+                "example": msgspec.to_builtins(first.problem("…", "/…")),
+            }
+        },
+    }
+
+
+def _common(*, body: bool) -> dict[str, Any]:
+    """Problems every route (or every route with a body) may answer."""
+    common: dict[str, Any] = {
+        "429": _problem(problems.RATE_LIMITED, headers=("Retry-After", "RateLimit")),
+        "500": _problem(problems.INTERNAL),
+        "503": _problem(problems.UNAVAILABLE, problems.LEDGER_BEHIND, headers=("Retry-After",)),
+    }
+    if body:
+        common.update(
+            {
+                "400": _problem(problems.MALFORMED),
+                "413": _problem(problems.TOO_LARGE),
+                "415": _problem(problems.UNSUPPORTED_MEDIA_TYPE),
+                "422": _problem(problems.VALIDATION),
+            }
+        )
+    return common
+
+
+def _id_parameter(name: str, example: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": ID_DESCRIPTION,
+        "schema": {"type": "string", "pattern": ID_PATTERN},
+        "example": example,
+    }
+
+
+def _body(schema: str, example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": f"JSON, at most {MAX_BODY_BYTES} bytes; unknown fields are refused.",
+        "content": {JSON: {"schema": {"$ref": _REF.format(name=schema)}, "example": example}},
+    }
+
+
+STATUS_EXAMPLE = {
+    "eventId": "gala",
+    "totalTickets": 100,
+    "availableTickets": 97,
+    "bookedCount": 3,
+    "waitingListCount": 0,
+}
+BOOKED = {"status": "booked", "eventId": "gala", "userId": "ann", "bookingId": "bk-2"}
+WAITING = {"status": "waitlisted", "eventId": "gala", "userId": "bob", "position": 1}
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this service as configured."""
+    spec = APISpec(
+        title="boxoffice",
+        version=version("boxoffice"),
+        openapi_version="3.1.0",
+        info={
+            "description": (
+                "Event ticket booking. Every state change is one atomic step in Redis; "
+                "PostgreSQL keeps the durable ledger. Errors are RFC 9457 problem documents."
+            ),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+    )
+    types: list[Any] = [
+        InitializeRequest,
+        BookingRequest,
+        EventStatus,
+        BookResult,
+        CancelResult,
+        UserState,
+        Problem,
+        Health,
+        Readiness,
+        ProblemDescription,
+    ]
+    roots, components = msgspec.json.schema_components(types, ref_template=_REF)
+    for name, schema in components.items():
+        spec.components.schema(name, schema)
+    for name, (root, alias) in {
+        "BookResult": (roots[3], "booked or waitlisted"),
+        "CancelResult": (roots[4], "cancelled or left the waiting list"),
+        "UserState": (roots[5], "booked, waitlisted or none"),
+    }.items():
+        spec.components.schema(name, {**root, "description": f"The user's place: {alias}."})
+    for name, header in HEADERS.items():
+        spec.components.header(name, header)
+
+    guarded = settings.admin_token is not None
+    if guarded:
+        spec.components.security_scheme(
+            "adminToken",
+            {"type": "http", "scheme": "bearer", "description": "BOXOFFICE_ADMIN_TOKEN"},
+        )
+
+    initialize: dict[str, Any] = {
+        "summary": "Open an event with a number of tickets",
+        "operationId": "initialize",
+        "tags": ["events"],
+        "requestBody": _body("InitializeRequest", {"eventId": "gala", "totalTickets": 100}),
+        "responses": {
+            "201": _json("Opened now.", "EventStatus", STATUS_EXAMPLE, "Location"),
+            "200": _json(
+                "Opened before with the same total: a safe retry.",
+                "EventStatus",
+                STATUS_EXAMPLE,
+                "Location",
+            ),
+            "409": _problem(problems.EVENT_CONFLICT),
+            **_common(body=True),
+        },
+    }
+    if guarded:
+        initialize["security"] = [{"adminToken": []}]
+        initialize["responses"]["401"] = _problem(
+            problems.UNAUTHORIZED, headers=("WWW-Authenticate",)
+        )
+    spec.path(path="/initialize", operations={"post": initialize})
+
+    spec.path(
+        path="/book",
+        operations={
+            "post": {
+                "summary": "Book a ticket, or join the waiting list when sold out",
+                "operationId": "book",
+                "tags": ["bookings"],
+                "requestBody": _body("BookingRequest", {"userId": "ann", "eventId": "gala"}),
+                "responses": {
+                    "201": _json("Booked now.", "Booked", BOOKED),
+                    "202": _json(
+                        "Sold out: on the waiting list now, at `position` (1-based).",
+                        "Waitlisted",
+                        WAITING,
+                    ),
+                    "200": _json(
+                        "Booked or waiting already: the same answer again (a safe retry).",
+                        "BookResult",
+                        BOOKED,
+                    ),
+                    "404": _problem(problems.UNKNOWN_EVENT),
+                    **_common(body=True),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/cancel",
+        operations={
+            "post": {
+                "summary": "Cancel a booking (the head of the waiting list gets it at once), "
+                "or leave the waiting list",
+                "operationId": "cancel",
+                "tags": ["bookings"],
+                "requestBody": _body("BookingRequest", {"userId": "ann", "eventId": "gala"}),
+                "responses": {
+                    "200": _json(
+                        "Cancelled (with the promoted user, if any), or left the waiting list.",
+                        "CancelResult",
+                        {
+                            "status": "cancelled",
+                            "eventId": "gala",
+                            "userId": "ann",
+                            "bookingId": "bk-2",
+                            "promoted": {"userId": "bob", "bookingId": "bk-9"},
+                        },
+                    ),
+                    "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_BOOKED),
+                    **_common(body=True),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/status/{eventId}",
+        operations={
+            "get": {
+                "summary": "The event's counters",
+                "operationId": "status",
+                "tags": ["events"],
+                "parameters": [_id_parameter("eventId", "gala")],
+                "responses": {
+                    "200": _json("The event's counters.", "EventStatus", STATUS_EXAMPLE),
+                    "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_FOUND),
+                    "422": _problem(problems.VALIDATION),
+                    **_common(body=False),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/events/{eventId}/users/{userId}",
+        operations={
+            "get": {
+                "summary": "Where one user stands in an event",
+                "operationId": "userState",
+                "tags": ["bookings"],
+                "parameters": [_id_parameter("eventId", "gala"), _id_parameter("userId", "ann")],
+                "responses": {
+                    "200": _json("Booked, waitlisted or none.", "UserState", WAITING),
+                    "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_FOUND),
+                    "422": _problem(problems.VALIDATION),
+                    **_common(body=False),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/healthz",
+        operations={
+            "get": {
+                "summary": "Liveness: the process answers",
+                "operationId": "healthz",
+                "tags": ["operations"],
+                "responses": {
+                    "200": _json("Alive.", "Health", {"status": "ok"}),
+                    **_common(body=False),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/readyz",
+        operations={
+            "get": {
+                "summary": "Readiness: Redis and the ledger answer, the ledger lag is in bounds",
+                "operationId": "readyz",
+                "tags": ["operations"],
+                "responses": {
+                    "200": _json(
+                        "Ready.",
+                        "Readiness",
+                        {
+                            "status": "ready",
+                            "redis": "ok",
+                            "ledger": "ok",
+                            "ledgerLag": 0,
+                            "maxLedgerLag": 100000,
+                        },
+                    ),
+                    **_common(body=False),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text exposition format.",
+                        "headers": _headers(),
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_common(body=False),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/problems/{slug}",
+        operations={
+            "get": {
+                "summary": "What a problem type means",
+                "operationId": "problemType",
+                "tags": ["operations"],
+                "parameters": [
+                    {
+                        "name": "slug",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(problems.ALL)},
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        "The problem type.",
+                        "ProblemDescription",
+                        msgspec.to_builtins(
+                            ProblemDescription(
+                                problems.UNKNOWN_EVENT.uri,
+                                problems.UNKNOWN_EVENT.title,
+                                404,
+                                problems.UNKNOWN_EVENT.description,
+                            )
+                        ),
+                    ),
+                    "404": _problem(problems.NOT_FOUND),
+                    **_common(body=False),
+                },
+            }
+        },
+    )
+    return spec.to_dict()
+
+
+SWAGGER_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>boxoffice API</title>
+  <link rel="stylesheet" href="/api/assets/swagger-ui.css">
+  <link rel="icon" type="image/png" href="/api/assets/favicon-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/api/assets/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({
+      url: "/api/openapi.json",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      validatorUrl: null,
+      presets: [SwaggerUIBundle.presets.apis],
+    });
+  </script>
+</body>
+</html>
+"""

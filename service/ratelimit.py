@@ -1,0 +1,174 @@
+"""Per-client rate limits, counted in Redis by `limits`, so they hold across workers and
+instances.
+
+Each request counts against one budget: writes (POST) against `BOXOFFICE_WRITE_RATE_LIMIT`,
+everything else against `BOXOFFICE_RATE_LIMIT` — one round trip to Redis per limited request.
+Over the limit: 429 problem+json with `Retry-After` and the IETF draft fields
+(draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy: "writes";q=20;w=1` on every limited
+response, `RateLimit: "writes";r=0;t=1` on the 429.
+
+The client is the peer address; behind proxies listed in `BOXOFFICE_TRUSTED_PROXIES`, the
+address they forward (uvicorn's ProxyHeadersMiddleware rewrites the peer before this runs).
+
+When Redis cannot answer the limiter, requests pass (fail open): the booking itself needs the
+same Redis and fails on its own with a 503 if it is really gone, while a limiter hiccup should
+not refuse traffic the store could serve. Each such pass is counted in
+`boxoffice_rate_limiter_errors_total` and logged at most once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from redis.asyncio import ConnectionPool
+
+from service import problems
+from service.settings import Settings
+
+log = logging.getLogger("boxoffice.ratelimit")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+STRATEGIES: dict[str, type[RateLimiter]] = {
+    "fixed-window": FixedWindowRateLimiter,
+    "moving-window": MovingWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    item: RateLimitItem
+
+    @property
+    def window_s(self) -> int:
+        return int(self.item.get_expiry())
+
+    @property
+    def header(self) -> bytes:
+        """This policy as a member of the `RateLimit-Policy` field."""
+        return f'"{self.name}";q={self.item.amount};w={self.window_s}'.encode()
+
+
+class RateLimits:
+    """The two budgets and the strategy counting them."""
+
+    def __init__(self, settings: Settings, pool: ConnectionPool) -> None:
+        self.reads = Policy("reads", parse(settings.rate_limit)) if settings.rate_limit else None
+        self.writes = (
+            Policy("writes", parse(settings.write_rate_limit))
+            if settings.write_rate_limit
+            else None
+        )
+        # The API's own pool: no second set of connections, closed with the rest.
+        self._storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=f"{settings.key_prefix}:rl",
+            connection_pool=pool,  # type: ignore[arg-type]  # limits types its options loosely
+        )
+        self.strategy = STRATEGIES[settings.rate_limit_strategy](self._storage)
+        self.on_error: Callable[[], None] = lambda: None
+        self.on_limited: Callable[[str], None] = lambda policy: None
+        self._last_error_log = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.reads is not None or self.writes is not None
+
+    def policy_for(self, method: str) -> Policy | None:
+        return self.writes if method == "POST" else self.reads
+
+    async def hit(self, policy: Policy, client: str) -> bool:
+        """Count one request; False when it is over the limit."""
+        try:
+            return await self.strategy.hit(policy.item, policy.name, client)
+        except Exception:
+            self.on_error()
+            now = time.monotonic()
+            if now - self._last_error_log > 1:
+                self._last_error_log = now
+                log.warning("rate limiter unavailable; letting requests pass", exc_info=True)
+            return True
+
+    async def reset_after(self, policy: Policy, client: str) -> tuple[int, int]:
+        """Remaining quota and seconds until it grows again (for the 429's headers)."""
+        try:
+            stats = await self.strategy.get_window_stats(policy.item, policy.name, client)
+        except Exception:
+            return 0, policy.window_s
+        return stats.remaining, max(1, math.ceil(stats.reset_time - time.time()))
+
+
+class RateLimitMiddleware:
+    """Pure ASGI: refuses over-limit requests before any route runs. `current()` gives the
+    limits in force (None while the lifespan has not connected, or when limits are off)."""
+
+    def __init__(self, app: ASGIApp, current: Callable[[], RateLimits | None]) -> None:
+        self.app = app
+        self.current = current
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limits = self.current()
+        if scope["type"] != "http" or limits is None:
+            await self.app(scope, receive, send)
+            return
+        policy = limits.policy_for(scope["method"])
+        if policy is None:
+            await self.app(scope, receive, send)
+            return
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        if not await limits.hit(policy, client):
+            limits.on_limited(policy.name)
+            remaining, reset = await limits.reset_after(policy, client)
+            await _refuse(send, scope["path"], policy, remaining, reset)
+            return
+        header = (b"ratelimit-policy", policy.header)
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
+
+
+async def _refuse(send: Send, path: str, policy: Policy, remaining: int, reset: int) -> None:
+    kind = problems.RATE_LIMITED
+    body = kind.render(
+        f"Over the {policy.name} limit of {policy.item.amount} per {policy.window_s} s; "
+        f"retry in {reset} s.",
+        path,
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": kind.status,
+            "headers": [
+                (b"content-type", problems.MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(reset).encode()),
+                (b"ratelimit-policy", policy.header),
+                (b"ratelimit", f'"{policy.name}";r={remaining};t={reset}'.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
