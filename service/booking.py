@@ -27,7 +27,13 @@ UserId = Annotated[
     str, msgspec.Meta(pattern=ID_PATTERN, description=ID_DESCRIPTION, examples=["user-42"])
 ]
 TicketCount = Annotated[
-    int, msgspec.Meta(ge=0, le=MAX_TICKETS, description="Number of tickets", examples=[100])
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_TICKETS,
+        description='Number of tickets: a JSON integer literal (5.0, true and "5" are refused)',
+        examples=[100],
+    ),
 ]
 
 

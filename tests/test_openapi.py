@@ -1,0 +1,71 @@
+"""The OpenAPI document and the Swagger UI: valid, complete, derived from the code, offline."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from openapi_spec_validator import validate
+from starlette.routing import Route
+
+from service.bodies import BookingRequest, InitializeRequest
+from service.http import create_app
+from service.openapi import document
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    spec = document(Settings())
+    assert spec["openapi"] == "3.1.0"
+    validate(spec)  # raises on any violation
+
+
+def test_every_route_and_status_is_documented() -> None:
+    spec = document(Settings(admin_token="t"))
+    app = create_app(Settings(redis_url="redis://unused"))
+    served = {
+        (route.path, method.lower())
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in set(route.methods or ()) - {"HEAD"}
+    }
+    documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert documented == served - {("/api", "get"), ("/api/openapi.json", "get")}
+    book = spec["paths"]["/book"]["post"]["responses"]
+    assert set(book) >= {"200", "201", "202", "400", "404", "413", "415", "422", "429", "503"}
+    assert "401" in spec["paths"]["/initialize"]["post"]["responses"]
+
+
+def test_schemas_are_the_validating_structs() -> None:
+    components = document(Settings())["components"]["schemas"]
+    for struct in (InitializeRequest, BookingRequest):
+        _, generated = msgspec.json.schema_components(
+            [struct], ref_template="#/components/schemas/{name}"
+        )
+        assert components[struct.__name__] == generated[struct.__name__]
+    assert components["InitializeRequest"]["properties"]["totalTickets"]["maximum"] == 10_000_000
+
+
+def test_admin_security_appears_only_when_a_token_is_set() -> None:
+    assert "security" not in document(Settings())["paths"]["/initialize"]["post"]
+    guarded = document(Settings(admin_token="t"))
+    assert guarded["paths"]["/initialize"]["post"]["security"] == [{"adminToken": []}]
+
+
+async def test_swagger_ui_is_served_from_local_assets(client: httpx.AsyncClient) -> None:
+    page = await client.get("/api")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    references = re.findall(r'(?:src|href|url)\s*[:=]\s*"([^"]+)"', page.text)
+    assert references, "the page references nothing"
+    assert all(ref.startswith("/api/") for ref in references), references
+    for ref in references:
+        asset = await client.get(ref)
+        assert asset.status_code == 200, ref
+    served: dict[str, Any] = (await client.get("/api/openapi.json")).json()
+    assert served == document(Settings(key_prefix="x"))
