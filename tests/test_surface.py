@@ -85,6 +85,10 @@ def test_limits_hold_across_two_workers_with_the_draft_headers(
         read = httpx.get(f"{server.url}/status/nope")
         assert read.status_code == 404
         assert read.headers["ratelimit-policy"] == '"reads";q=30;w=60'
+        # Both workers' counts add up in one scrape.
+        scrape = httpx.get(f"{server.url}/metrics")
+        assert _metric(scrape, "boxoffice_rate_limited_total", policy="writes") == 5
+        assert _metric(scrape, "boxoffice_http_requests_total", route="/book", status="404") == 20
     finally:
         server.stop()
 
