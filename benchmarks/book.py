@@ -2,8 +2,9 @@
 
     python -m benchmarks.book [--duration 10] [--connections 64] [--out FILE]
 
-Uses REDIS_URL when set, else an embedded Valkey in a temporary directory. Each run books new
-users on one event with ample tickets. Prints a markdown table and writes JSON.
+Uses REDIS_URL / DATABASE_URL when set, else embedded servers (benchmarks/stores.py). Each run
+books new users on one event with ample tickets, the ledger writer off. Prints a markdown table
+and writes JSON.
 """
 
 from __future__ import annotations
@@ -13,21 +14,16 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-import redis
 
-from service.embedded import EmbeddedValkey
-from service.keys import Keyspace
-from tests.support import ServedBoxoffice, child_env, delete_keyspace, free_port, wait_for
+from benchmarks.stores import BenchStores, bench_stores, need_wrk, served
+from tests.support import free_port, wait_for
 
 HERE = Path(__file__).parent
 BOOK_LUA = HERE / "wrk" / "book.lua"
@@ -95,26 +91,21 @@ def _up(url: str) -> bool:
     return True
 
 
-def boxoffice(redis_url: str, workers: int, duration: int, connections: int) -> Run:
-    keyspace = Keyspace(f"bench-{uuid.uuid4().hex[:8]}", 16)
-    env = child_env(
-        REDIS_URL=redis_url, BOXOFFICE_KEY_PREFIX=keyspace.prefix, BOXOFFICE_LOG_LEVEL="warning"
-    )
-    client = redis.Redis.from_url(redis_url)
-    with tempfile.TemporaryDirectory() as logs:
-        server = ServedBoxoffice(env, workers=workers, cwd=Path(logs))
-        try:
-            httpx.post(
-                f"{server.url}/initialize", json={"eventId": "bench", "totalTickets": 10_000_000}
-            ).raise_for_status()
-            wrk(server.url, 2, connections, "bench", "warmup")
-            rps, p50, p99, errors = wrk(server.url, duration, connections, "bench", "run")
-            status = httpx.get(f"{server.url}/status/bench").json()
-            assert status["bookedCount"] + status["availableTickets"] == status["totalTickets"]
-        finally:
-            server.stop()
-            delete_keyspace(client, keyspace)
-            client.close()
+def boxoffice(stores: BenchStores, workers: int, duration: int, connections: int) -> Run:
+    # The writer is off and the lag unbounded: this measures the booking path alone.
+    with served(
+        stores, workers, {"BOXOFFICE_WRITER": "false", "BOXOFFICE_MAX_LEDGER_LAG": "0"}
+    ) as (
+        server,
+        _,
+    ):
+        httpx.post(
+            f"{server.url}/initialize", json={"eventId": "bench", "totalTickets": 10_000_000}
+        ).raise_for_status()
+        wrk(server.url, 2, connections, "bench", "warmup")
+        rps, p50, p99, errors = wrk(server.url, duration, connections, "bench", "run")
+        status = httpx.get(f"{server.url}/status/bench").json()
+        assert status["bookedCount"] + status["availableTickets"] == status["totalTickets"]
     return Run("boxoffice", workers, rps, p50, p99, errors)
 
 
@@ -124,29 +115,16 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "book.json")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("benchmarks need wrk (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
-        return 2
-
-    embedded = None
-    redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        embedded = EmbeddedValkey(Path(tempfile.mkdtemp()) / "valkey", free_port())
-        embedded.start()
-        redis_url = embedded.url
+    need_wrk()
     runs: list[Run] = []
-    try:
+    with bench_stores() as stores:
         for workers in (1, 2):
-            for measure in (ceiling, boxoffice):
-                if measure is ceiling:
-                    run = ceiling(workers, args.duration, args.connections)
-                else:
-                    run = boxoffice(redis_url, workers, args.duration, args.connections)
+            for run in (
+                ceiling(workers, args.duration, args.connections),
+                boxoffice(stores, workers, args.duration, args.connections),
+            ):
                 runs.append(run)
                 print(f"  {run.system:<22} workers={workers} {run.rps:>9.0f} req/s", flush=True)
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
     lines = [
         f"wrk -t2 -c{args.connections} -d{args.duration}s, POST /book (a new user each request), "
@@ -163,8 +141,7 @@ def main() -> int:
         )
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    store = "embedded Valkey" if embedded is not None else "REDIS_URL"
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "store": store}
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "stores": stores.kind}
     args.out.write_text(
         json.dumps({"runs": [asdict(r) for r in runs], "machine": machine}, indent=2)
     )

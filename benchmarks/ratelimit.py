@@ -3,35 +3,21 @@ limit high enough never to refuse, in the same run.
 
     python -m benchmarks.ratelimit [--duration 8]
 
-Uses REDIS_URL / DATABASE_URL when set (a fresh database on that server), else embedded
-servers. The ledger writer is off, so only the limiter differs between runs.
+Uses REDIS_URL / DATABASE_URL when set, else embedded servers (benchmarks/stores.py). The
+ledger writer is off, so only the limiter differs between runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import httpx
-import redis
 
 from benchmarks.book import HERE, wrk
-from service.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.keys import Keyspace
-from tests.support import (
-    ServedBoxoffice,
-    child_env,
-    database_url_for,
-    delete_keyspace,
-    free_port,
-    run_sql,
-)
+from benchmarks.stores import bench_stores, need_wrk, served
 
 VARIANTS = ["off", "fixed-window", "sliding-window-counter", "moving-window"]
 
@@ -42,40 +28,18 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ratelimit.json")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("benchmarks need wrk (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
-        return 2
-    home = Path(tempfile.mkdtemp(prefix="boxoffice-bench-"))
-    home.chmod(0o755)
-    stores: list[EmbeddedValkey | EmbeddedPostgres] = []
-    redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        stores.append(EmbeddedValkey(home / "valkey", free_port()))
-        stores[-1].start()
-        redis_url = stores[-1].url
-    server_url = os.environ.get("DATABASE_URL")
-    if not server_url:
-        stores.append(EmbeddedPostgres(home / "postgres", free_port()))
-        stores[-1].start()
-        server_url = stores[-1].url
-    database = f"bo_bench_{uuid.uuid4().hex[:8]}"
-    run_sql(server_url, f'CREATE DATABASE "{database}"')
+    need_wrk()
     rows: list[dict[str, float | str]] = []
-    try:
+    with bench_stores() as stores:
         for variant in VARIANTS:
-            keyspace = Keyspace(f"bench-{uuid.uuid4().hex[:8]}", 16)
-            env = child_env(
-                REDIS_URL=redis_url,
-                DATABASE_URL=database_url_for(server_url, database),
-                BOXOFFICE_KEY_PREFIX=keyspace.prefix,
-                BOXOFFICE_LOG_LEVEL="warning",
-                BOXOFFICE_WRITER="false",
-                BOXOFFICE_MAX_LEDGER_LAG="0",
-                BOXOFFICE_WRITE_RATE_LIMIT=None if variant == "off" else "1000000/second",
-                BOXOFFICE_RATE_LIMIT_STRATEGY=None if variant == "off" else variant,
-            )
-            server = ServedBoxoffice(env, workers=2, cwd=home)
-            try:
+            limits: dict[str, str | None] = {
+                "BOXOFFICE_WRITER": "false",
+                "BOXOFFICE_MAX_LEDGER_LAG": "0",
+            }
+            if variant != "off":
+                limits["BOXOFFICE_WRITE_RATE_LIMIT"] = "1000000/second"
+                limits["BOXOFFICE_RATE_LIMIT_STRATEGY"] = variant
+            with served(stores, 2, limits) as (server, _):
                 httpx.post(
                     f"{server.url}/initialize",
                     json={"eventId": "bench", "totalTickets": 10_000_000},
@@ -84,22 +48,12 @@ def main() -> int:
                 rps, p50, p99, errors = wrk(
                     server.url, args.duration, args.connections, "bench", "run"
                 )
-            finally:
-                server.stop()
-                client = redis.Redis.from_url(redis_url)
-                delete_keyspace(client, keyspace)
-                client.close()
             rows.append(
                 {"limiter": variant, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
             )
             print(
                 f"  {variant:<24} {rps:>9.0f} req/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms", flush=True
             )
-    finally:
-        run_sql(server_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        for store in reversed(stores):
-            store.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
     base = float(rows[0]["rps"])
     print(

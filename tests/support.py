@@ -87,8 +87,14 @@ class ServedBoxoffice:
             "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
         with self.log.open("wb") as log:
+            # A session of its own: whatever happens, stop() can take down the whole tree.
             self.process = subprocess.Popen(
-                command, env={**env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+                command,
+                env={**env},
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             wait_for(self._ready, 60, f"boxoffice serve on {self.url}")
@@ -122,7 +128,7 @@ class ServedBoxoffice:
         try:
             return self.process.wait(30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
             raise AssertionError(f"boxoffice serve ignored {sig.name}:\n{self.output()}") from None
 
