@@ -17,6 +17,7 @@ from ledger.state import EventState, ledger_states, redis_event_ids
 from service.errors import BoxofficeError
 from service.keys import Keyspace
 from service.outbox import ensure_groups
+from service.stores import claim_partitions
 
 _CHUNK = 5000
 
@@ -77,6 +78,7 @@ async def restore(
     for state in states.values():
         await _write(redis, keyspace, state)
     await ensure_groups(redis, keyspace)
+    await claim_partitions(redis, keyspace)
     return Restored(
         events=len(states),
         bookings=sum(len(s.holders) for s in states.values()),

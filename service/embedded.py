@@ -121,6 +121,13 @@ class ChildServer:
             process.kill()
             process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the server can tell."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
     def __enter__(self) -> ChildServer:
         self.start()
         return self
@@ -130,11 +137,17 @@ class ChildServer:
 
 
 class EmbeddedValkey(ChildServer):
-    """Valkey with AOF on (`appendfsync everysec`), its data in `data_dir`. SIGTERM makes it
-    flush the AOF and exit."""
+    """Valkey with AOF on (`appendfsync everysec` unless told otherwise), its data in
+    `data_dir`. SIGTERM makes it flush the AOF and exit."""
 
     name = "Valkey"
     port_setting = "BOXOFFICE_EMBEDDED_REDIS_PORT (or REDIS_URL)"
+
+    def __init__(
+        self, data_dir: Path, port: int, host: str = "127.0.0.1", appendfsync: str = "everysec"
+    ) -> None:
+        super().__init__(data_dir, port, host)
+        self.appendfsync = appendfsync
 
     @property
     def url(self) -> str:
@@ -149,7 +162,7 @@ class EmbeddedValkey(ChildServer):
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--protected-mode", "yes",
             "--daemonize", "no",

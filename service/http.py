@@ -47,7 +47,7 @@ from service.problems import FieldError, ProblemRaised
 from service.ratelimit import RateLimitMiddleware, RateLimits
 from service.scripts import Scripts
 from service.settings import Settings
-from service.stores import connect_redis
+from service.stores import claim_partitions, connect_redis
 
 log = logging.getLogger("boxoffice.http")
 
@@ -92,19 +92,6 @@ def _path_id(request: Request, name: str) -> str:
             [FieldError(name, f"path/{name}", f"Expected {ID_DESCRIPTION}.")],
         )
     return value
-
-
-async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
-    """The partition count is fixed for a keyspace: events would be looked for under the wrong
-    hash tag if it changed. The first process records it; the others must agree."""
-    await redis.set(keyspace.partitions_key, keyspace.partitions, nx=True)
-    recorded = int(await redis.get(keyspace.partitions_key) or keyspace.partitions)
-    if recorded != keyspace.partitions:
-        raise ConfigurationError(
-            f"BOXOFFICE_PARTITIONS={keyspace.partitions}, but the keyspace "
-            f"{keyspace.prefix!r} was created with {recorded}; keep {recorded} "
-            "(or restore into a new BOXOFFICE_KEY_PREFIX)."
-        )
 
 
 class Api:

@@ -25,7 +25,7 @@ from service.stores import connect_redis
 from tests.support import PausableProxy, child_env, database_url_for, eventually
 from tests.test_api import assert_problem
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
 
 async def count_rows(database_url: str) -> int:
