@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest smoke bench clean
+.PHONY: serve test lint typecheck pytest smoke soak bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "boxoffice needs Python 3.11 or newer (set PYTHON=...)")'
@@ -24,8 +24,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/pytest
+pytest: $(STAMP)  ## the suite, with coverage of service/ and ledger/ (at least 90%)
+	$(BIN)/pytest --cov --cov-report=term
+
+soak: $(STAMP)  ## the soak test for 120 s (BOXOFFICE_SOAK_SECONDS=... for another length)
+	BOXOFFICE_SOAK_SECONDS=$${BOXOFFICE_SOAK_SECONDS:-120} $(BIN)/pytest -m soak -s
 
 smoke: $(STAMP)  ## start `boxoffice serve` with no URLs, book, stop
 	bash .ci/smoke $(BIN)/boxoffice
@@ -35,4 +38,4 @@ bench: $(STAMP)  ## /book against the bare ASGI ceiling; the ledger writer again
 	$(BIN)/python -m benchmarks.ledger
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage .coverage.*

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,6 +41,7 @@ from tests.support import (
     database_url_for,
     delete_keyspace,
     free_port,
+    open_directory,
     run_sql,
     wait_for,
 )
@@ -152,14 +152,6 @@ def postgres_url() -> Iterator[str]:
         with EmbeddedPostgres(home / "data", free_port()) as server:
             yield server.url
         shutil.rmtree(home, ignore_errors=True)
-
-
-def open_directory() -> Path:
-    """A new directory that an unprivileged user can traverse: the embedded PostgreSQL runs as
-    `nobody` when the tests run as root, and pytest's temporary directories are private."""
-    home = Path(tempfile.mkdtemp(prefix="boxoffice-test-"))
-    home.chmod(0o755)
-    return home
 
 
 @pytest.fixture

