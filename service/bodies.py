@@ -12,7 +12,7 @@ import typing
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.booking import EventId, TicketCount, UserId
 from service.problems import (
@@ -63,11 +63,16 @@ async def read_bytes(request: Request) -> bytes:
             raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody will read the answer; what matters is that nothing happens and nothing is
+        # logged as a server error.
+        raise ProblemRaised(MALFORMED, "The client left before sending the whole body.") from None
     return b"".join(chunks)
 
 

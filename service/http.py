@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,6 +63,7 @@ _DOMAIN_PROBLEMS: dict[type[BoxofficeError], problems.ProblemType] = {
 }
 _RETRY_AFTER_SECONDS = "1"
 LAG_POLL_S = 0.25
+SHUTDOWN_S = 5.0
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -92,6 +94,26 @@ def _path_id(request: Request, name: str) -> str:
             [FieldError(name, f"path/{name}", f"Expected {ID_DESCRIPTION}.")],
         )
     return value
+
+
+async def _close(redis: Redis, watcher: asyncio.Task[None] | None) -> None:
+    """Stop the lag watcher and close the pool, within SHUTDOWN_S: a worker must exit even if
+    a connection will not close (what was still waiting is logged)."""
+    try:
+        async with asyncio.timeout(SHUTDOWN_S):
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await redis.aclose()
+    except TimeoutError:
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        stacks = []
+        for task in pending:
+            stream = io.StringIO()
+            task.print_stack(file=stream)
+            stacks.append(stream.getvalue())
+        log.error("shutdown took over %s s; left behind: %s", SHUTDOWN_S, "\n".join(stacks) or "-")
 
 
 class Api:
@@ -145,11 +167,7 @@ class Api:
             self._engine = None
             self._redis = None
             observability.worker_exited()
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            await redis.aclose()
+            await _close(redis, watcher)
 
     async def _watch_lag(self, redis: Redis) -> None:
         """Keep `self.lag` fresh, so requests check the bound without a round trip."""

@@ -29,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from service import problems
+
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 
 Scope = MutableMapping[str, Any]
@@ -133,9 +135,14 @@ def log_config(level: str) -> dict[str, Any]:
 _access = logging.getLogger("boxoffice.access")
 
 
+MAX_HEADER_FIELDS = 100
+MAX_HEADER_BYTES = 32 * 1024
+
+
 class RequestObserver:
-    """Pure ASGI, outermost: gives each request its id, counts and times it, and (when asked)
-    logs it."""
+    """Pure ASGI, outermost: gives each request its id, counts and times it, (when asked) logs
+    it, and refuses header abuse (more than MAX_HEADER_FIELDS fields or MAX_HEADER_BYTES of
+    them: uvicorn's httptools parser sets no bound of its own) with a 431 problem."""
 
     def __init__(self, app: ASGIApp, access_log: bool) -> None:
         self.app = app
@@ -159,7 +166,10 @@ class RequestObserver:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if _headers_too_large(scope["headers"]):
+                await _refuse_headers(send_with_id, scope["path"])
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -183,6 +193,31 @@ class RequestObserver:
                     },
                 )
             REQUEST_ID.reset(token)
+
+
+def _headers_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
+    if len(headers) > MAX_HEADER_FIELDS:
+        return True
+    return sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
+
+
+async def _refuse_headers(send: Send, path: str) -> None:
+    kind = problems.HEADERS_TOO_LARGE
+    body = kind.render(
+        f"At most {MAX_HEADER_FIELDS} header fields and {MAX_HEADER_BYTES} bytes of them.", path
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": kind.status,
+            "headers": [
+                (b"content-type", problems.MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _incoming_id(scope: Scope) -> str | None:

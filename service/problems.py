@@ -87,6 +87,12 @@ EVENT_CONFLICT = ProblemType(
 TOO_LARGE = ProblemType(
     "payload-too-large", 413, "Payload too large", "Request bodies are limited to 16 KiB."
 )
+HEADERS_TOO_LARGE = ProblemType(
+    "headers-too-large",
+    431,
+    "Request header fields too large",
+    "Requests may carry at most 100 header fields and 32 KiB of them.",
+)
 UNSUPPORTED_MEDIA_TYPE = ProblemType(
     "unsupported-media-type",
     415,
@@ -138,6 +144,7 @@ ALL: dict[str, ProblemType] = {
         METHOD_NOT_ALLOWED,
         EVENT_CONFLICT,
         TOO_LARGE,
+        HEADERS_TOO_LARGE,
         UNSUPPORTED_MEDIA_TYPE,
         VALIDATION,
         INTERNAL,

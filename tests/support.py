@@ -137,9 +137,29 @@ class ServedBoxoffice:
         try:
             return self.process.wait(30)
         except subprocess.TimeoutExpired:
+            stacks = _stacks(self.process.pid)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise AssertionError(f"boxoffice serve ignored {sig.name}:\n{self.output()}") from None
+            raise AssertionError(
+                f"boxoffice serve ignored {sig.name}:\n{self.output()}\n{stacks}"
+            ) from None
+
+
+def _stacks(pid: int) -> str:
+    """What every process of a hung tree is doing (py-spy), for the failure message."""
+    import psutil
+
+    dumps = []
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("py-spy")), "dump", "--pid", str(process.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        dumps.append(done.stdout + done.stderr)
+    return "\n".join(dumps)
 
 
 def database_url_for(server_url: str, database: str) -> str:
