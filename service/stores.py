@@ -70,6 +70,9 @@ async def connect_redis(url: str, max_connections: int) -> Redis:
         timeout=5,
         socket_timeout=5,
         socket_connect_timeout=3,
+        # A connection idle this long is PINGed before use, so one left broken by a restarted
+        # server is replaced instead of failing a request; busy connections pay nothing.
+        health_check_interval=2,
         decode_responses=True,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both

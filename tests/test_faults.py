@@ -92,6 +92,13 @@ async def test_redis_lost_entirely_then_restored_from_the_ledger(rig: Rig) -> No
 
     restored = rig.server.command("restore")
     assert restored.returncode == 0, restored.stderr
+    # Connections the workers held to the lost server fail once each (503, retry shortly),
+    # then every route answers as before.
+    wait_for(
+        lambda: all(get(f"{rig.url}/status/{e}").status_code == 200 for e in EVENTS * 8),
+        20,
+        "every worker to reconnect",
+    )
     after = {e: get(f"{rig.url}/status/{e}").json() for e in EVENTS}
     assert after == before
     await assert_nothing_lost(rig, seen)
