@@ -40,7 +40,7 @@ def answers_ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, password or not
     except OSError:
         return False
 
@@ -144,10 +144,17 @@ class EmbeddedValkey(ChildServer):
     port_setting = "BOXOFFICE_EMBEDDED_REDIS_PORT (or REDIS_URL)"
 
     def __init__(
-        self, data_dir: Path, port: int, host: str = "127.0.0.1", appendfsync: str = "everysec"
+        self,
+        data_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(data_dir, port, host)
         self.appendfsync = appendfsync
+        self.extra_args = tuple(extra_args)
+        """More `valkey-server` options, e.g. ("--requirepass", "secret")."""
 
     @property
     def url(self) -> str:
@@ -166,6 +173,7 @@ class EmbeddedValkey(ChildServer):
             "--save", "",
             "--protected-mode", "yes",
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
 
     def _ready(self) -> bool:

@@ -11,7 +11,6 @@ import contextlib
 import hmac
 import io
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -21,7 +20,6 @@ from openapi_ui_bundles import swagger_ui
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -31,16 +29,14 @@ from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import observability, openapi, problems
-from service.bodies import BodyReader, BookingRequest, InitializeRequest
-from service.booking import ID_DESCRIPTION, ID_PATTERN, BookingEngine, Cancelled
+from service.bodies import BodyReader, InitializeRequest
+from service.booking import BookingEngine
 from service.errors import (
     BackendUnavailable,
     BoxofficeError,
     ConfigurationError,
-    EventConflict,
-    NotBooked,
-    UnknownEvent,
 )
+from service.hotpath import HotRoutes
 from service.keys import Keyspace
 from service.outbox import ensure_groups, ledger_lag
 from service.probes import Health, ProblemDescription, Readiness, postgres_answers
@@ -49,19 +45,12 @@ from service.ratelimit import RateLimitMiddleware, RateLimits
 from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import claim_partitions, connect_redis
+from service.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.http")
 
 JSON = "application/json"
-_ID = re.compile(ID_PATTERN)
 _encode = msgspec.json.Encoder().encode
-_DOMAIN_PROBLEMS: dict[type[BoxofficeError], problems.ProblemType] = {
-    UnknownEvent: problems.UNKNOWN_EVENT,
-    NotBooked: problems.NOT_BOOKED,
-    EventConflict: problems.EVENT_CONFLICT,
-    BackendUnavailable: problems.UNAVAILABLE,
-}
-_RETRY_AFTER_SECONDS = "1"
 LAG_POLL_S = 0.25
 SHUTDOWN_S = 5.0
 
@@ -79,32 +68,22 @@ def problem_response(
 ) -> Response:
     instance = request.url.path if request is not None else None
     if kind.status == 503:
-        headers = {"Retry-After": _RETRY_AFTER_SECONDS, **(headers or {})}
+        headers = {"Retry-After": problems.RETRY_AFTER_SECONDS, **(headers or {})}
     return Response(
         kind.render(detail, instance, errors), kind.status, headers, problems.MEDIA_TYPE
     )
 
 
-def _path_id(request: Request, name: str) -> str:
-    value: str = request.path_params[name]
-    if not _ID.search(value):
-        raise ProblemRaised(
-            problems.VALIDATION,
-            f"The path parameter {name} is invalid.",
-            [FieldError(name, f"path/{name}", f"Expected {ID_DESCRIPTION}.")],
-        )
-    return value
-
-
-async def _close(redis: Redis, watcher: asyncio.Task[None] | None) -> None:
-    """Stop the lag watcher and close the pool, within SHUTDOWN_S: a worker must exit even if
-    a connection will not close (what was still waiting is logged)."""
+async def _close(redis: Redis, hot: PipelinedRedis, watcher: asyncio.Task[None] | None) -> None:
+    """Stop the lag watcher and close the connections, within SHUTDOWN_S: a worker must exit
+    even if a connection will not close (what was still waiting is logged)."""
     try:
         async with asyncio.timeout(SHUTDOWN_S):
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            await hot.close()
             await redis.aclose()
     except TimeoutError:
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -130,7 +109,6 @@ class Api:
         """In force once the lifespan has connected, when any limit is set."""
         self._openapi = msgspec.json.encode(openapi.document(settings))
         self._initialize_body = BodyReader(InitializeRequest)
-        self._booking_body = BodyReader(BookingRequest)
         token = settings.admin_token
         self._admin_bearer = f"Bearer {token}".encode() if token else None
 
@@ -145,10 +123,14 @@ class Api:
         url = self.settings.redis_url
         if url is None:
             raise ConfigurationError("REDIS_URL is not set (boxoffice serve sets it).")
+        # The hot path (every script call) goes over one auto-pipelined connection; redis-py
+        # serves the rest (partition claim, lag, readiness, rate limits).
+        hot = PipelinedRedis(url)
+        await hot.connect()
         redis = await connect_redis(url, self.settings.redis_max_connections)
         watcher: asyncio.Task[None] | None = None
         try:
-            scripts = Scripts(redis)
+            scripts = Scripts(hot)
             await scripts.load()
             await claim_partitions(redis, self.keyspace)
             await ensure_groups(redis, self.keyspace)
@@ -167,7 +149,7 @@ class Api:
             self._engine = None
             self._redis = None
             observability.worker_exited()
-            await _close(redis, watcher)
+            await _close(redis, hot, watcher)
 
     async def _watch_lag(self, redis: Redis) -> None:
         """Keep `self.lag` fresh, so requests check the bound without a round trip."""
@@ -179,13 +161,14 @@ class Api:
             except Exception:
                 log.debug("ledger lag poll failed", exc_info=True)
 
-    def _admit_write(self) -> None:
+    def admit_write(self) -> None:
+        """Refuse writes while the ledger trails by more than its bound."""
         bound = self.settings.max_ledger_lag
         if bound and self.lag > bound:
             raise ProblemRaised(
                 problems.LEDGER_BEHIND,
                 f"The ledger is {self.lag} records behind (bound {bound}); retry shortly.",
-                headers={"Retry-After": _RETRY_AFTER_SECONDS},
+                headers={"Retry-After": problems.RETRY_AFTER_SECONDS},
             )
 
     def _authorize(self, request: Request) -> None:
@@ -201,38 +184,11 @@ class Api:
 
     async def initialize(self, request: Request) -> Response:
         self._authorize(request)
-        body = await self._initialize_body.read(request)
+        body = await self._initialize_body.read(request.scope, request.receive)
         status, created = await self.engine.initialize(body.event_id, body.total_tickets)
         if created:
             return json_response(status, 201, {"Location": f"/status/{body.event_id}"})
         return json_response(status, 200, {"Location": f"/status/{body.event_id}"})
-
-    async def book(self, request: Request) -> Response:
-        body = await self._booking_body.read(request)
-        self._admit_write()
-        result, changed = await self.engine.book(body.event_id, body.user_id)
-        if not changed:
-            return json_response(result, 200)
-        change = result.__struct_config__.tag
-        observability.BOOKINGS.labels(change).inc()
-        return json_response(result, 201 if change == "booked" else 202)
-
-    async def cancel(self, request: Request) -> Response:
-        body = await self._booking_body.read(request)
-        self._admit_write()
-        result = await self.engine.cancel(body.event_id, body.user_id)
-        observability.BOOKINGS.labels(result.__struct_config__.tag).inc()
-        if isinstance(result, Cancelled) and result.promoted is not None:
-            observability.BOOKINGS.labels("promoted").inc()
-        return json_response(result)
-
-    async def status(self, request: Request) -> Response:
-        return json_response(await self.engine.status(_path_id(request, "eventId")))
-
-    async def user_state(self, request: Request) -> Response:
-        event_id = _path_id(request, "eventId")
-        user_id = _path_id(request, "userId")
-        return json_response(await self.engine.user_state(event_id, user_id))
 
     async def healthz(self, request: Request) -> Response:
         return json_response(Health())
@@ -288,12 +244,8 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BoxofficeError)
-    for cls in type(exc).__mro__:
-        kind = _DOMAIN_PROBLEMS.get(cls)
-        if kind is not None:
-            return problem_response(kind, exc.message, request)
-    log.error("unmapped domain error", exc_info=exc)
-    return problem_response(problems.INTERNAL, problems.INTERNAL.description, request)
+    kind, headers = problems.for_error(exc)
+    return problem_response(kind, exc.message, request, headers=headers)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -329,10 +281,6 @@ def create_app(settings: Settings) -> Starlette:
     api = Api(settings)
     routes = [
         Route("/initialize", api.initialize, methods=["POST"]),
-        Route("/book", api.book, methods=["POST"]),
-        Route("/cancel", api.cancel, methods=["POST"]),
-        Route("/status/{eventId}", api.status, methods=["GET"]),
-        Route("/events/{eventId}/users/{userId}", api.user_state, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
@@ -347,26 +295,22 @@ def create_app(settings: Settings) -> Starlette:
         HTTPException: _on_http_error,
         Exception: _on_crash,
     }
-    middleware = [Middleware(RateLimitMiddleware, current=lambda: api.rate_limits)]
-    if settings.cors_origins:
-        middleware.insert(
-            0,
-            Middleware(
-                CORSMiddleware,
+
+    def outer(app: ASGIApp) -> ASGIApp:
+        # Outermost first: proxies' client address, request id and metrics, rate limits,
+        # CORS, then the hot routes, then Starlette for everything else.
+        app = HotRoutes(api, app)
+        if settings.cors_origins:
+            app = CORSMiddleware(
+                app,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                 expose_headers=[
-                    "X-Request-ID",
-                    "Location",
-                    "Retry-After",
-                    "RateLimit",
-                    "RateLimit-Policy",
+                    "X-Request-ID", "Location", "Retry-After", "RateLimit", "RateLimit-Policy",
                 ],
-            ),
-        )
-
-    def outer(app: ASGIApp) -> ASGIApp:
+            )  # fmt: skip
+        app = RateLimitMiddleware(app, current=lambda: api.rate_limits)
         app = observability.RequestObserver(app, settings.access_log)
         if settings.trusted_proxies:
             trusted = [str(network) for network in settings.trusted_proxies]
@@ -374,13 +318,7 @@ def create_app(settings: Settings) -> Starlette:
             app = cast("ASGIApp", ProxyHeadersMiddleware(cast("Any", app), trusted_hosts=trusted))
         return app
 
-    return BoxofficeApp(
-        outer,
-        routes=routes,
-        middleware=middleware,
-        exception_handlers=handlers,
-        lifespan=api.lifespan,
-    )
+    return BoxofficeApp(outer, routes=routes, exception_handlers=handlers, lifespan=api.lifespan)
 
 
 def app_from_env() -> Starlette:

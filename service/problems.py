@@ -10,7 +10,17 @@ from dataclasses import dataclass
 
 import msgspec
 
+from service.errors import (
+    BackendUnavailable,
+    BoxofficeError,
+    EventConflict,
+    NotBooked,
+    UnknownEvent,
+)
+
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+"""What 503 answers ask clients to wait."""
 _encode = msgspec.json.Encoder().encode
 
 
@@ -170,3 +180,20 @@ class ProblemRaised(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+
+
+def for_error(error: BoxofficeError) -> tuple[ProblemType, dict[str, str] | None]:
+    """The problem type a domain error is answered with (INTERNAL for one nobody mapped)."""
+    for cls in type(error).__mro__:
+        kind = _DOMAIN.get(cls)
+        if kind is not None:
+            return kind, None
+    return INTERNAL, None
+
+
+_DOMAIN: dict[type, ProblemType] = {
+    UnknownEvent: UNKNOWN_EVENT,
+    NotBooked: NOT_BOOKED,
+    EventConflict: EVENT_CONFLICT,
+    BackendUnavailable: UNAVAILABLE,
+}

@@ -1,10 +1,11 @@
 """The one door through which boxoffice runs its Lua scripts.
 
-Everything above this module calls `Scripts.call(name, keys, args)`; which client library and
-transport carry the call is this module's business alone. Scripts are read from the `lua`
-package (shipped inside the wheel), loaded once at start-up, and called by SHA. A server that
-lost its script cache (restart, SCRIPT FLUSH, failover) answers NOSCRIPT; the script is then
-loaded again and the call retried once.
+Everything above this module calls `Scripts.call(name, keys, args)`; which client and transport
+carry the call is decided by the `Runner` it was built with: the auto-pipelined connection
+(`service.transport`) on the API's hot path, redis-py (`RedisPyRunner`) everywhere else.
+Scripts are read from the `lua` package (shipped inside the wheel), loaded once at start-up,
+and called by SHA. A server that lost its script cache (restart, SCRIPT FLUSH, failover)
+answers NOSCRIPT; the script is then loaded again and the call retried once.
 
 Read-only scripts (first line `#!lua flags=no-writes`) go out as EVALSHA_RO, so a deployment
 may route them to replicas.
@@ -16,14 +17,19 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from service.errors import BackendUnavailable
+from service.transport import Arg, ReplyError
 
 NAMES = ("initialize", "book", "cancel", "status", "user_state", "lease")
+
+# Error replies that mean "the server cannot take this call right now", not "the call was
+# wrong": a 503 with Retry-After, never a 500.
+_TRANSIENT = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,48 +55,77 @@ def read_all() -> dict[str, Script]:
     return {name: Script.read(name) for name in NAMES}
 
 
-# Failures that mean "the server cannot take this call right now", not "the call was wrong".
-# (BusyLoadingError is a ConnectionError in redis-py.)
-_UNAVAILABLE = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.OutOfMemoryError,
-    redis_errors.ReadOnlyError,
-    redis_errors.MasterDownError,
-    redis_errors.TryAgainError,
+class Runner(Protocol):
+    """What Scripts needs of a Redis client. Error replies raise `ReplyError` carrying the
+    server's message (code first, e.g. "NOSCRIPT ..."); an unreachable server raises
+    `BackendUnavailable`."""
+
+    async def evalsha(
+        self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
+    ) -> Any: ...
+
+    async def execute(self, *args: Arg) -> Any: ...
+
+
+# redis-py strips the error code from the messages it maps to exception classes.
+_REDIS_PY_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (redis_errors.NoScriptError, "NOSCRIPT"),
+    (redis_errors.OutOfMemoryError, "OOM"),
+    (redis_errors.ReadOnlyError, "READONLY"),
+    (redis_errors.MasterDownError, "MASTERDOWN"),
+    (redis_errors.TryAgainError, "TRYAGAIN"),
 )
+_REDIS_PY_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 
-class Scripts:
-    """Runs the boxoffice scripts on one Redis client."""
+class RedisPyRunner:
+    """A redis-py client as a Runner (off the hot path: the writer, the tools, the tests)."""
 
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._scripts = read_all()
         # redis-py leaves execute_command untyped; this is its typed face.
         self._execute: Callable[..., Awaitable[Any]] = redis.execute_command
 
-    async def load(self) -> None:
-        """Load every script into the server's cache (idempotent)."""
+    async def execute(self, *args: Arg) -> Any:
         try:
-            for script in self._scripts.values():
-                await self._redis.script_load(script.source)
-        except _UNAVAILABLE as error:
-            raise BackendUnavailable() from error
-
-    async def call(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        script = self._scripts[name]
-        command = "EVALSHA_RO" if script.read_only else "EVALSHA"
-        try:
-            try:
-                return await self._execute(command, script.sha, len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                await self._redis.script_load(script.source)
-                return await self._execute(command, script.sha, len(keys), *keys, *args)
-        except _UNAVAILABLE as error:
+            return await self._execute(*args)
+        except _REDIS_PY_UNAVAILABLE as error:  # BusyLoadingError is one of these
             raise BackendUnavailable() from error
         except redis_errors.ResponseError as error:
-            # A long-running script elsewhere blocks the server: transient too.
-            if str(error).startswith("BUSY"):
+            for kind, code in _REDIS_PY_CODES:
+                if isinstance(error, kind):
+                    raise ReplyError(f"{code} {error}") from None
+            raise ReplyError(str(error)) from None
+
+    async def evalsha(
+        self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
+    ) -> Any:
+        command = "EVALSHA_RO" if read_only else "EVALSHA"
+        return await self.execute(command, sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """Runs the boxoffice scripts through one Runner."""
+
+    def __init__(self, runner: Runner | Redis) -> None:
+        self._runner: Runner = RedisPyRunner(runner) if isinstance(runner, Redis) else runner
+        self._scripts = read_all()
+
+    async def load(self) -> None:
+        """Load every script into the server's cache (idempotent)."""
+        for script in self._scripts.values():
+            await self._runner.execute("SCRIPT", "LOAD", script.source)
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        script = self._scripts[name]
+        try:
+            try:
+                return await self._runner.evalsha(script.sha, keys, args, script.read_only)
+            except ReplyError as error:
+                if not str(error).startswith("NOSCRIPT"):
+                    raise
+                await self._runner.execute("SCRIPT", "LOAD", script.source)
+                return await self._runner.evalsha(script.sha, keys, args, script.read_only)
+        except ReplyError as error:
+            if str(error).startswith(_TRANSIENT):
                 raise BackendUnavailable() from error
             raise

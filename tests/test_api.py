@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,7 @@ async def test_store_going_away_answers_503_then_recovers(tmp_path: Path, event_
             async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
                 await post(http, "/initialize", {"eventId": event_id, "totalTickets": 1})
                 store.stop()
+                body = {"userId": "u", "eventId": event_id}
                 for path in ("/book", "/cancel"):
                     down = await post(http, path, {"userId": "u", "eventId": event_id})
                     assert_problem(down, 503, "service-unavailable")
@@ -268,8 +270,14 @@ async def test_store_going_away_answers_503_then_recovers(tmp_path: Path, event_
                 assert_problem(await http.get("/readyz"), 503, "service-unavailable")
 
                 store.start()  # AOF brings the event back
-                booked = await post(http, "/book", {"userId": "u", "eventId": event_id})
+                # The hot-path connection comes back with backoff (at most 2 s apart); until
+                # then bookings are refused with 503, which changes nothing.
+                deadline = asyncio.get_running_loop().time() + 10
+                while (booked := await post(http, "/book", body)).status_code == 503:
+                    assert asyncio.get_running_loop().time() < deadline, booked.text
+                    await asyncio.sleep(0.1)
                 assert booked.status_code == 201
+                assert booked.json()["bookingId"] == "bk-2", "a refused attempt changed something"
                 assert (await http.get("/readyz")).status_code == 200
 
 

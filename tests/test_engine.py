@@ -25,6 +25,7 @@ from service.errors import EventConflict, NotBooked, UnknownEvent
 from service.keys import Keyspace
 from service.scripts import NAMES, Scripts
 from service.stores import connect_redis
+from service.transport import Arg
 from tests.support import check_invariants
 
 pytestmark = pytest.mark.anyio
@@ -160,7 +161,7 @@ class RecordingScripts(Scripts):
         super().__init__(connection)
         self.calls: list[tuple[str, tuple[str, ...]]] = []
 
-    async def call(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         self.calls.append((name, tuple(keys)))
         return await super().call(name, keys, args)
 

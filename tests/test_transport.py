@@ -1,0 +1,163 @@
+"""The auto-pipelined transport on real Redis: ordering, errors, disconnects, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from service.embedded import EmbeddedValkey
+from service.errors import BackendUnavailable, ConfigurationError
+from service.keys import Keyspace
+from service.scripts import Scripts
+from service.transport import PipelinedRedis, ReplyError
+from tests.support import eventually, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def hot(redis_url: str) -> AsyncIterator[PipelinedRedis]:
+    connection = PipelinedRedis(redis_url)
+    await connection.connect()
+    yield connection
+    await connection.close()
+
+
+async def test_replies_reach_their_own_callers_under_interleaving(hot: PipelinedRedis) -> None:
+    async def one(n: int) -> object:
+        await asyncio.sleep(0 if n % 3 else 0.001)  # callers arrive in different loop turns
+        return await hot.execute("ECHO", f"value-{n}")
+
+    replies = await asyncio.gather(*(one(n) for n in range(5000)))
+    assert replies == [f"value-{n}" for n in range(5000)]
+
+
+async def test_an_error_reply_fails_only_its_own_call(
+    hot: PipelinedRedis, keyspace: Keyspace
+) -> None:
+    key = f"{keyspace.prefix}:a-string"
+    await hot.execute("SET", key, "not a number")
+    first = hot.send("ECHO", "before")
+    broken = hot.send("INCR", key)
+    unknown = hot.send("NOSUCHCOMMAND")
+    last = hot.send("ECHO", "after")
+    results = await asyncio.gather(first, broken, unknown, last, return_exceptions=True)
+    assert results[0] == "before"
+    assert isinstance(results[1], ReplyError)
+    assert "not an integer" in str(results[1])
+    assert isinstance(results[2], ReplyError)
+    assert results[3] == "after"
+    assert await hot.execute("ECHO", "still fine") == "still fine"
+
+
+async def test_a_lost_connection_fails_every_pending_call_then_reconnects(
+    hot: PipelinedRedis, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    my_id = await hot.execute("CLIENT", "ID")
+    blocked = hot.send("BLPOP", f"{keyspace.prefix}:never", 10)  # holds everything behind it
+    behind = [hot.send("ECHO", str(n)) for n in range(50)]
+    await asyncio.sleep(0.1)
+    assert redis_client.client_kill_filter(_id=my_id) == 1
+    results = await asyncio.gather(blocked, *behind, return_exceptions=True)
+    assert all(isinstance(r, BackendUnavailable) for r in results), results
+    await eventually(lambda: hot.connected, 10, "the transport to reconnect")
+    assert await hot.execute("ECHO", "back") == "back"
+
+
+async def test_a_stuck_call_times_out_and_the_connection_is_replaced(
+    redis_url: str, keyspace: Keyspace
+) -> None:
+    hot = PipelinedRedis(redis_url, timeout=0.5)
+    await hot.connect()
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.5 s"):
+            await hot.execute("BLPOP", f"{keyspace.prefix}:never", 5)
+        assert asyncio.get_running_loop().time() - started < 2
+        await eventually(lambda: hot.connected, 10, "the transport to reconnect")
+        assert await hot.execute("ECHO", "ok") == "ok"
+    finally:
+        await hot.close()
+
+
+async def test_too_many_pending_calls_are_refused_at_once(redis_url: str) -> None:
+    hot = PipelinedRedis(redis_url, max_pending=10)
+    await hot.connect()
+    try:
+        accepted = [hot.send("ECHO", str(n)) for n in range(10)]
+        with pytest.raises(BackendUnavailable, match="Too many"):
+            hot.send("ECHO", "one too many")
+        assert await asyncio.gather(*accepted) == [str(n) for n in range(10)]
+        assert await hot.execute("ECHO", "room again") == "room again"
+    finally:
+        await hot.close()
+
+
+async def test_a_flushed_script_cache_is_reloaded(
+    hot: PipelinedRedis, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    scripts = Scripts(hot)
+    await scripts.load()
+    keys = keyspace.event("flush").writes
+    assert (await scripts.call("initialize", keys, ("flush", 2)))[0] == "created"
+    redis_client.script_flush()
+    assert (await scripts.call("book", keys, ("flush", "u1")))[:2] == ["booked", "bk-2"]
+
+
+async def test_a_restarted_server_is_found_again(tmp_path: Path) -> None:
+    server = EmbeddedValkey(tmp_path / "v", free_port())
+    server.start()
+    hot = PipelinedRedis(server.url)
+    await hot.connect()
+    try:
+        await hot.execute("SET", "k", "v")
+        server.stop()
+        with pytest.raises(BackendUnavailable):
+            await hot.execute("GET", "k")
+        server.start()
+        await eventually(lambda: hot.connected, 15, "the transport to reconnect")
+        assert await hot.execute("GET", "k") == "v"  # AOF kept it
+    finally:
+        await hot.close()
+        server.stop()
+
+
+async def test_password_and_database_come_from_the_url(tmp_path: Path) -> None:
+    server = EmbeddedValkey(tmp_path / "v", free_port(), extra_args=("--requirepass", "s3cret"))
+    server.start()
+    try:
+        hot = PipelinedRedis(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        await hot.connect()
+        await hot.execute("SET", "in-three", "yes")
+        await hot.close()
+        check = redis.Redis(port=server.port, password="s3cret", db=3, decode_responses=True)
+        assert check.get("in-three") == "yes"
+        check.close()
+        wrong = PipelinedRedis(f"redis://:wrong@127.0.0.1:{server.port}/0")
+        with pytest.raises(ConfigurationError, match="refused the handshake"):
+            await wrong.connect()
+    finally:
+        server.stop()
+
+
+async def test_redis_cluster_is_refused_clearly(tmp_path: Path) -> None:
+    server = EmbeddedValkey(tmp_path / "v", free_port(), extra_args=("--cluster-enabled", "yes"))
+    server.start()
+    try:
+        hot = PipelinedRedis(server.url)
+        with pytest.raises(ConfigurationError, match="Redis Cluster"):
+            await hot.connect()
+    finally:
+        server.stop()
+
+
+async def test_an_unreachable_server_is_a_clear_error() -> None:
+    hot = PipelinedRedis(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(BackendUnavailable, match="cannot be reached"):
+        await hot.connect()
+    with pytest.raises(BackendUnavailable, match="not connected"):
+        hot.send("PING")
