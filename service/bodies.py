@@ -53,18 +53,9 @@ def _is_json(content_type: bytes | None) -> bool:
     )
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of a request header (ASGI names are lower case)."""
-    for key, value in scope["headers"]:
-        if key == name:
-            value_: bytes = value
-            return value_
-    return None
-
-
-async def read_bytes(scope: Scope, receive: Receive) -> bytes:
-    """The raw body, refusing anything over MAX_BODY_BYTES without reading it all."""
-    declared = header(scope, b"content-length")
+async def read_bytes(scope: Scope, receive: Receive, declared: bytes | None) -> bytes:
+    """The raw body, refusing anything over MAX_BODY_BYTES (by its declared Content-Length, or
+    as it arrives) without reading it all."""
     if declared is not None:
         try:
             too_large = int(declared) > MAX_BODY_BYTES
@@ -102,11 +93,18 @@ class BodyReader(typing.Generic[Body]):
         self._decoder = msgspec.json.Decoder(schema)
 
     async def read(self, scope: Scope, receive: Receive) -> Body:
-        if not _is_json(header(scope, b"content-type")):
+        content_type = length = None
+        for name, value in scope["headers"]:  # one pass for both
+            if name == b"content-type":
+                if content_type is None:
+                    content_type = value
+            elif name == b"content-length":
+                length = value
+        if not _is_json(content_type):
             raise ProblemRaised(
                 UNSUPPORTED_MEDIA_TYPE, "Send the body as Content-Type: application/json."
             )
-        raw = await read_bytes(scope, receive)
+        raw = await read_bytes(scope, receive, length)
         try:
             try:
                 return self._decoder.decode(raw)

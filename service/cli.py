@@ -57,7 +57,7 @@ async def connections(settings: Settings, stores: Stores) -> AsyncIterator[Conne
 
 
 def _log_setup(settings: Settings) -> None:
-    from service.observability import log_config
+    from service.logs import log_config
 
     logging.config.dictConfig(log_config(settings.log_level))
 
@@ -79,7 +79,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _exit)
 
-    from service.observability import MULTIPROCESS_ENV, log_config
+    from service.logs import MULTIPROCESS_ENV, log_config
 
     with (
         open_stores(settings, share_running=False) as stores,

@@ -310,7 +310,8 @@ def create_app(settings: Settings) -> Starlette:
                     "X-Request-ID", "Location", "Retry-After", "RateLimit", "RateLimit-Policy",
                 ],
             )  # fmt: skip
-        app = RateLimitMiddleware(app, current=lambda: api.rate_limits)
+        if settings.rate_limit or settings.write_rate_limit:
+            app = RateLimitMiddleware(app, current=lambda: api.rate_limits)
         app = observability.RequestObserver(app, settings.access_log)
         if settings.trusted_proxies:
             trusted = [str(network) for network in settings.trusted_proxies]

@@ -8,15 +8,14 @@ same id. Metrics live in prometheus-client's default registry; with several work
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextvars import ContextVar
 from typing import Any
 
-import msgspec
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,6 +29,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from service import problems
+from service.logs import MULTIPROCESS_ENV, REQUEST_ID
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 
@@ -39,9 +39,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@-]{1,64}")
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter(
     "boxoffice_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
@@ -86,52 +84,6 @@ def worker_exited() -> None:
         prometheus_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, exception."""
-
-    _encode = msgspec.json.Encoder().encode
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            "requestId": REQUEST_ID.get(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            entry.update(extra)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return self._encode(entry).decode()
-
-
-JsonFormatter.converter = time.gmtime
-
-
-def log_config(level: str) -> dict[str, Any]:
-    """`logging.config.dictConfig` input: JSON lines on stderr for our loggers and uvicorn's."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "json",
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "root": {"handlers": ["stderr"], "level": level.upper()},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
-            "uvicorn.error": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
-            "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
-        },
-    }
-
-
 _access = logging.getLogger("boxoffice.access")
 
 
@@ -147,14 +99,28 @@ class RequestObserver:
     def __init__(self, app: ASGIApp, access_log: bool) -> None:
         self.app = app
         self.access_log = access_log
+        # Ids: a random prefix per process and a counter: unique, and cheaper than randomness
+        # per request.
+        prefix = os.urandom(5).hex().encode()
+        self._ids = (prefix + b"%06x" % n for n in itertools.count())
+        # The metric children of each (route, method, status), looked up once.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or os.urandom(8).hex()
-        token = REQUEST_ID.set(request_id)
-        id_header = (b"x-request-id", request_id.encode())
+        # One pass over the headers: the client's request id, and how much there is of them.
+        headers = scope["headers"]
+        incoming = None
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
+            if name == b"x-request-id" and _SANE_ID.fullmatch(value):
+                incoming = value
+        request_id = incoming or next(self._ids)
+        token = REQUEST_ID.set(request_id.decode())
+        id_header = (b"x-request-id", request_id)
         started = time.perf_counter()
         status = 500
 
@@ -166,16 +132,22 @@ class RequestObserver:
             await send(message)
 
         try:
-            if _headers_too_large(scope["headers"]):
+            if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_FIELDS:
                 await _refuse_headers(send_with_id, scope["path"])
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            REQUESTS.labels(label, scope["method"], str(status)).inc()
-            LATENCY.labels(label).observe(elapsed)
+            label = getattr(scope.get("route"), "path", "unmatched")
+            key = (label, scope["method"], status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    REQUESTS.labels(label, scope["method"], str(status)),
+                    LATENCY.labels(label),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             if self.access_log:
                 _access.info(
                     "%s %s %d",
@@ -195,12 +167,6 @@ class RequestObserver:
             REQUEST_ID.reset(token)
 
 
-def _headers_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
-    if len(headers) > MAX_HEADER_FIELDS:
-        return True
-    return sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
-
-
 async def _refuse_headers(send: Send, path: str) -> None:
     kind = problems.HEADERS_TOO_LARGE
     body = kind.render(
@@ -218,10 +184,3 @@ async def _refuse_headers(send: Send, path: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def _incoming_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            return value.decode() if _SANE_ID.fullmatch(value) else None
-    return None

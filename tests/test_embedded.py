@@ -68,6 +68,9 @@ def test_serve_without_urls_keeps_its_data_across_restarts(
         assert (status["bookedCount"], status["waitingListCount"]) == (1, 1)
         ann = httpx.get(f"{second.url}/events/show/users/ann").json()
         assert ann == booked.json()
+        # A single worker's metrics reach /metrics too (multiprocess mode from the start).
+        scrape = httpx.get(f"{second.url}/metrics").text
+        assert 'route="/status/{eventId}",status="200"} 1.0' in scrape
     finally:
         assert second.stop() == 0
     assert not _listening(valkey_port)

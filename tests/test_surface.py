@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.http import create_app
 from service.keys import Keyspace
-from service.observability import JsonFormatter
+from service.logs import JsonFormatter
 from service.settings import Settings
 from tests.support import ServedBoxoffice, child_env
 from tests.test_api import assert_problem
@@ -141,14 +141,14 @@ async def test_every_answer_carries_a_request_id(client: httpx.AsyncClient) -> N
     assert mine.headers["x-request-id"] == "trace-42.a"
     for bad in (b"x" * 65, b"spaces are bad", "ünï".encode()):
         replaced = await client.get("/healthz", headers=[(b"X-Request-ID", bad)])
-        assert re.fullmatch(r"[0-9a-f]{16}", replaced.headers["x-request-id"])
+        assert re.fullmatch(r"[0-9a-f]{16,}", replaced.headers["x-request-id"])
     for response in (
         await client.get("/nowhere"),
         await client.get("/book"),
         await client.post("/book", content=b"{"),
     ):
         assert response.status_code >= 400
-        assert re.fullmatch(r"[0-9a-f]{16}", response.headers["x-request-id"])
+        assert re.fullmatch(r"[0-9a-f]{16,}", response.headers["x-request-id"])
     ids = {(await client.get("/healthz")).headers["x-request-id"] for _ in range(20)}
     assert len(ids) == 20
 
