@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import observability, problems
 from service.bodies import BodyReader, BookingRequest
-from service.booking import ID_DESCRIPTION, ID_PATTERN, Cancelled
+from service.booking import ID_DESCRIPTION, ID_PATTERN, Booked, Cancelled
 from service.errors import BoxofficeError
 from service.problems import FieldError, ProblemRaised
 
@@ -140,17 +140,20 @@ class HotRoutes:
             result, changed = await api.engine.book(body.event_id, body.user_id)
             status = 200
             if changed:
-                change = result.__struct_config__.tag
-                observability.BOOKINGS.labels(change).inc()
-                status = 201 if change == "booked" else 202
+                booked = isinstance(result, Booked)
+                observability.STATS.change("booked" if booked else "waitlisted")
+                status = 201 if booked else 202
             await _respond(send, status, _encode(result))
         elif route is CANCEL:
             body = await self._body.read(scope, receive)
             api.admit_write()
             outcome = await api.engine.cancel(body.event_id, body.user_id)
-            observability.BOOKINGS.labels(outcome.__struct_config__.tag).inc()
-            if isinstance(outcome, Cancelled) and outcome.promoted is not None:
-                observability.BOOKINGS.labels("promoted").inc()
+            if isinstance(outcome, Cancelled):
+                observability.STATS.change("cancelled")
+                if outcome.promoted is not None:
+                    observability.STATS.change("promoted")
+            else:
+                observability.STATS.change("left_waitlist")
             await _respond(send, 200, _encode(outcome))
         elif route is STATUS:
             state: Any = await api.engine.status(_check_id("eventId", params[0]))

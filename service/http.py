@@ -129,6 +129,7 @@ class Api:
         await hot.connect()
         redis = await connect_redis(url, self.settings.redis_max_connections)
         watcher: asyncio.Task[None] | None = None
+        folder: asyncio.Task[None] | None = None
         try:
             scripts = Scripts(hot)
             await scripts.load()
@@ -136,6 +137,7 @@ class Api:
             await ensure_groups(redis, self.keyspace)
             self.lag = await ledger_lag(redis, self.keyspace)
             watcher = asyncio.create_task(self._watch_lag(redis))
+            folder = asyncio.create_task(observability.STATS.fold_forever())
             self._redis = redis
             self._engine = BookingEngine(scripts, self.keyspace)
             if self.settings.rate_limit or self.settings.write_rate_limit:
@@ -148,6 +150,8 @@ class Api:
             self.rate_limits = None
             self._engine = None
             self._redis = None
+            if folder is not None:
+                folder.cancel()
             observability.worker_exited()
             await _close(redis, hot, watcher)
 

@@ -21,7 +21,7 @@ from service.http import create_app
 from service.keys import Keyspace
 from service.logs import JsonFormatter
 from service.settings import Settings
-from tests.support import ServedBoxoffice, child_env
+from tests.support import ServedBoxoffice, child_env, wait_for
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -85,10 +85,27 @@ def test_limits_hold_across_two_workers_with_the_draft_headers(
         read = httpx.get(f"{server.url}/status/nope")
         assert read.status_code == 404
         assert read.headers["ratelimit-policy"] == '"reads";q=30;w=60'
-        # Both workers' counts add up in one scrape.
-        scrape = httpx.get(f"{server.url}/metrics")
-        assert _metric(scrape, "boxoffice_rate_limited_total", policy="writes") == 5
-        assert _metric(scrape, "boxoffice_http_requests_total", route="/book", status="404") == 20
+        # Both workers' counts add up in one scrape (each worker folds its tallies in once a
+        # second, so the other worker's may take that long to show).
+        assert (
+            _metric(
+                httpx.get(f"{server.url}/metrics"), "boxoffice_rate_limited_total", policy="writes"
+            )
+            == 5
+        )
+        wait_for(
+            lambda: (
+                _metric(
+                    httpx.get(f"{server.url}/metrics"),
+                    "boxoffice_http_requests_total",
+                    route="/book",
+                    status="404",
+                )
+                == 20
+            ),
+            5,
+            "both workers' requests in one scrape",
+        )
     finally:
         server.stop()
 
