@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.book import HERE, wrk
-from benchmarks.stores import bench_stores, need_wrk, served
+from benchmarks.stores import BenchStores, bench_stores, need_wrk, served
 from service.keys import Keyspace
 from service.outbox import ledger_lag
 from service.stores import connect_redis
@@ -61,6 +61,81 @@ def open_events(url: str, prefix: str, events: int) -> None:
             http.post("/initialize", json=body).raise_for_status()
 
 
+def writer_vs_booking(
+    stores: BenchStores, duration: int, events: int, connections: int
+) -> dict[str, float]:
+    """The three phases of this module's docstring, on `stores`."""
+    results: dict[str, float] = {}
+    # 1. bookings alone
+    with served(stores, 2, {"BOXOFFICE_WRITER": "false", "BOXOFFICE_MAX_LEDGER_LAG": "0"}) as (
+        server,
+        keyspace,
+    ):
+        open_events(server.url, "alone", events)
+        rps, _, p99, errors = wrk(
+            server.url,
+            duration,
+            connections,
+            "book",
+            "alone",
+            "run",
+            str(events),
+        )
+        server.stop()  # the keyspace stays until this block ends: the writer drains it now
+        records = lag_now(stores.redis_url, keyspace)
+        results.update(book_rps_alone=rps, book_p99_ms_alone=p99, book_errors=errors)
+        results["records"] = records
+        print(f"  /book without writer  {rps:>9.0f} req/s   {records} records waiting", flush=True)
+
+        # 2. the writer alone
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "writer"], env=server.env, cwd=stores.home
+        )
+        try:
+            took = drain(stores.redis_url, keyspace)
+        finally:
+            writer.send_signal(signal.SIGTERM)
+            writer.wait(30)
+        results.update(writer_records_per_s=records / took, writer_seconds=took)
+        print(
+            f"  writer alone          {records / took:>9.0f} records/s ({took:.1f} s)",
+            flush=True,
+        )
+
+    # 3. both at once, in a fresh keyspace
+    with served(stores, 2, {"BOXOFFICE_MAX_LEDGER_LAG": "0"}) as (server, keyspace):
+        open_events(server.url, "both", events)
+        peak = 0
+        load = subprocess.Popen(
+            [
+                "wrk", "-t2", f"-c{connections}", f"-d{duration}s",
+                "-s", str(HERE / "wrk" / "scenario.lua"), server.url, "--",
+                "book", "both", "run", str(events),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        while load.poll() is None:
+            peak = max(peak, lag_now(stores.redis_url, keyspace))
+            time.sleep(0.25)
+        out = load.communicate()[0]
+        both = float(out.split("Requests/sec:")[1].split()[0])
+        at_end = lag_now(stores.redis_url, keyspace)
+        catch_up = drain(stores.redis_url, keyspace)
+        results.update(
+            book_rps_with_writer=both, peak_lag=peak, lag_at_end=at_end, catch_up_s=catch_up
+        )
+        print(
+            f"  /book with writer     {both:>9.0f} req/s   peak lag {peak}, {at_end} at the "
+            f"end, drained {catch_up:.1f} s later",
+            flush=True,
+        )
+        check = server.command("reconcile", "--wait", "60")
+        results["reconcile_exit"] = check.returncode
+        print(f"  reconcile             exit {check.returncode}: {check.stdout.strip()[-90:]}")
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -69,72 +144,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ledger.json")
     args = parser.parse_args()
     need_wrk()
-    results: dict[str, float] = {}
     with bench_stores() as stores:
-        # 1. bookings alone
-        with served(stores, 2, {"BOXOFFICE_WRITER": "false", "BOXOFFICE_MAX_LEDGER_LAG": "0"}) as (
-            server,
-            keyspace,
-        ):
-            open_events(server.url, "alone", args.events)
-            rps, _, p99, errors = wrk(
-                server.url, args.duration, args.connections, "alone", "run", str(args.events)
-            )
-            server.stop()  # the keyspace stays until this block ends: the writer drains it now
-            records = lag_now(stores.redis_url, keyspace)
-            results.update(book_rps_alone=rps, book_p99_ms_alone=p99, book_errors=errors)
-            results["records"] = records
-            print(
-                f"  /book without writer  {rps:>9.0f} req/s   {records} records waiting", flush=True
-            )
-
-            # 2. the writer alone
-            writer = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "writer"], env=server.env, cwd=stores.home
-            )
-            try:
-                took = drain(stores.redis_url, keyspace)
-            finally:
-                writer.send_signal(signal.SIGTERM)
-                writer.wait(30)
-            results.update(writer_records_per_s=records / took, writer_seconds=took)
-            print(
-                f"  writer alone          {records / took:>9.0f} records/s ({took:.1f} s)",
-                flush=True,
-            )
-
-        # 3. both at once, in a fresh keyspace
-        with served(stores, 2, {"BOXOFFICE_MAX_LEDGER_LAG": "0"}) as (server, keyspace):
-            open_events(server.url, "both", args.events)
-            peak = 0
-            load = subprocess.Popen(
-                [
-                    "wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s",
-                    "-s", str(HERE / "wrk" / "book.lua"), server.url, "--",
-                    "both", "run", str(args.events),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-            while load.poll() is None:
-                peak = max(peak, lag_now(stores.redis_url, keyspace))
-                time.sleep(0.25)
-            out = load.communicate()[0]
-            both = float(out.split("Requests/sec:")[1].split()[0])
-            at_end = lag_now(stores.redis_url, keyspace)
-            catch_up = drain(stores.redis_url, keyspace)
-            results.update(
-                book_rps_with_writer=both, peak_lag=peak, lag_at_end=at_end, catch_up_s=catch_up
-            )
-            print(
-                f"  /book with writer     {both:>9.0f} req/s   peak lag {peak}, {at_end} at the "
-                f"end, drained {catch_up:.1f} s later",
-                flush=True,
-            )
-            check = server.command("reconcile", "--wait", "60")
-            results["reconcile_exit"] = check.returncode
-            print(f"  reconcile             exit {check.returncode}: {check.stdout.strip()[-90:]}")
-
+        results = writer_vs_booking(stores, args.duration, args.events, args.connections)
     ratio = results["writer_records_per_s"] / results["book_rps_alone"]
     print(
         f"\nwriter drains {ratio:.1f}x the booking rate "

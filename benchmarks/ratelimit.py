@@ -44,9 +44,9 @@ def main() -> int:
                     f"{server.url}/initialize",
                     json={"eventId": "bench", "totalTickets": 10_000_000},
                 ).raise_for_status()
-                wrk(server.url, 2, args.connections, "bench", "warmup")
+                wrk(server.url, 2, args.connections, "book", "bench", "warmup")
                 rps, p50, p99, errors = wrk(
-                    server.url, args.duration, args.connections, "bench", "run"
+                    server.url, args.duration, args.connections, "book", "bench", "run"
                 )
             rows.append(
                 {"limiter": variant, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}

@@ -1,0 +1,106 @@
+"""`python -m benchmarks run`: the benchmark suite (benchmarks/suite.py).
+
+    python -m benchmarks run [--quick] [--target URL] [--scenario NAME ...] [--system NAME ...]
+                             [--out FILE]
+
+Starts what it needs (REDIS_URL / DATABASE_URL when set, else embedded servers), runs each
+scenario against each system, verifies the invariants after every run (and `boxoffice
+reconcile` for boxoffice once its writer drains), measures the ledger writer against the
+booking rate and Redis memory per waiting user, and writes FILE (JSON), FILE.md and FILE.png.
+With --target it drives an already running service instead (scenarios only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.book import HERE
+from benchmarks.ledger import writer_vs_booking
+from benchmarks.memory import waiter_bytes
+from benchmarks.report import machine, write
+from benchmarks.stores import bench_stores, need_wrk
+from benchmarks.suite import SCENARIOS, Run, run_suite
+
+SYSTEMS = ["ceiling", "boxoffice", "naive", "pg-lock"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the suite")
+    run.add_argument("--quick", action="store_true", help="short runs: under ~5 minutes")
+    run.add_argument("--target", help="drive this running service instead of starting systems")
+    run.add_argument(
+        "--scenario", action="append", choices=list(SCENARIOS), help="only these (repeatable)"
+    )
+    run.add_argument(
+        "--system",
+        action="append",
+        choices=[*SYSTEMS, "boxoffice+limits"],
+        help="only these (repeatable)",
+    )
+    run.add_argument("--connections", type=int, default=64)
+    run.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    need_wrk()
+
+    duration, warmup = (4, 1) if args.quick else (10, 2)
+    scenarios = args.scenario or list(SCENARIOS)
+    systems = args.system or SYSTEMS
+    total = len(scenarios) * (1 if args.target else len(systems))
+    done = 0
+
+    def progress(result: Run) -> None:
+        nonlocal done
+        done += 1
+        ok = {True: "invariants ok", False: "INVARIANTS BROKEN", None: ""}[result.invariants_ok]
+        print(
+            f"[{done}/{total}] {result.scenario:<15} {result.system:<17} "
+            f"{result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms"
+            f"  errors {result.errors}  {ok}",
+            flush=True,
+        )
+
+    extras: dict[str, Any] = {}
+    if args.target:
+        runs = run_suite(
+            None, scenarios, [], duration, warmup, args.connections, args.target, progress
+        )
+        meta = machine(f"target {args.target}")
+    else:
+        with bench_stores() as stores:
+            runs = run_suite(
+                stores, scenarios, systems, duration, warmup, args.connections, None, progress
+            )
+            if args.system is None and "hot-book" in scenarios:
+                total += 1
+                runs += run_suite(
+                    stores,
+                    ["hot-book"],
+                    ["boxoffice+limits"],
+                    duration,
+                    warmup,
+                    args.connections,
+                    None,
+                    progress,
+                )
+            if args.system is None:
+                print("measuring the ledger writer against /book ...", flush=True)
+                extras["writer"] = writer_vs_booking(stores, duration, 64, args.connections)
+                waiters = 100_000 if args.quick else 1_000_000
+                print(f"measuring Redis memory at {waiters:,} waiters ...", flush=True)
+                extras["memory"] = waiter_bytes(stores, waiters)
+            meta = machine(stores.kind)
+    table, picture = write(runs, extras, meta, args.out)
+    print()
+    print(table.read_text())
+    print(f"wrote {args.out}, {table} and {picture}")
+    broken = [r for r in runs if r.invariants_ok is False]
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

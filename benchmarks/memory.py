@@ -1,0 +1,56 @@
+"""Redis memory per waiting user: open an event with no tickets, put N users on its waiting
+list through the booking script, and divide what Redis grew by N (with the outbox records of
+those joins dropped, as the ledger writer would have trimmed them)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import redis
+
+from benchmarks.stores import BenchStores
+from service.booking import BookingEngine
+from service.keys import Keyspace
+from service.scripts import Scripts
+from service.transport import PipelinedRedis
+from tests.support import delete_keyspace
+
+
+async def _join(url: str, keyspace: Keyspace, waiters: int) -> None:
+    hot = PipelinedRedis(url, max_pending=100_000)
+    await hot.connect()
+    try:
+        scripts = Scripts(hot)
+        await scripts.load()
+        engine = BookingEngine(scripts, keyspace)
+        await engine.initialize("queue", 0)
+        for start in range(0, waiters, 20_000):
+            await asyncio.gather(
+                *(
+                    engine.book("queue", f"u{n:07d}")
+                    for n in range(start, min(waiters, start + 20_000))
+                )
+            )
+    finally:
+        await hot.close()
+
+
+def waiter_bytes(stores: BenchStores, waiters: int) -> dict[str, float]:
+    keyspace = Keyspace(f"mem-{uuid.uuid4().hex[:8]}", 16)
+    client = redis.Redis.from_url(stores.redis_url)
+    try:
+        before = int(client.info("memory")["used_memory"])
+        asyncio.run(_join(stores.redis_url, keyspace, waiters))
+        with_outbox = int(client.info("memory")["used_memory"])
+        client.delete(keyspace.event("queue").outbox)
+        after = int(client.info("memory")["used_memory"])
+        assert client.zcard(keyspace.event("queue").waitlist) == waiters
+    finally:
+        delete_keyspace(client, keyspace)
+        client.close()
+    return {
+        "waiters": waiters,
+        "bytes_per_waiter": (after - before) / waiters,
+        "bytes_per_waiter_with_outbox": (with_outbox - before) / waiters,
+    }

@@ -1,0 +1,107 @@
+"""The suite's results as JSON, a markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite import Run
+
+
+def machine(stores: str) -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "stores": stores,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "server": "uvicorn, 2 workers, uvloop, httptools",
+        "load": "wrk -t2 -c64 (closed loop: latency counts queueing within the 64 connections)",
+    }
+
+
+def _rps(runs: list[Run], system: str, scenario: str) -> float | None:
+    return next((r.rps for r in runs if r.system == system and r.scenario == scenario), None)
+
+
+def markdown(runs: list[Run], extras: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        f"{meta['date']}, {meta['cpus']} cores, {meta['server']}, {meta['load']}; "
+        f"stores: {meta['stores']}",
+        "",
+        "| scenario | system | req/s | vs ceiling | vs pg-lock | vs naive | p50 ms | p99 ms "
+        "| errors | invariants |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        ratios = []
+        for other in ("ceiling", "pg-lock", "naive"):
+            base = _rps(runs, other, run.scenario)
+            ratios.append(f"{run.rps / base:.2f}x" if base and run.system != other else "")
+        ok = {True: "ok", False: "**broken**", None: "n/a"}[run.invariants_ok]
+        lines.append(
+            f"| {run.scenario} | {run.system} | {run.rps:,.0f} | {' | '.join(ratios)} | "
+            f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} | {ok} |"
+        )
+    writer = extras.get("writer")
+    if writer:
+        lines += [
+            "",
+            f"Ledger writer alone: {writer['writer_records_per_s']:,.0f} records/s into "
+            f"PostgreSQL, {writer['writer_records_per_s'] / writer['book_rps_alone']:.1f}x the "
+            f"/book rate of the same run ({writer['book_rps_alone']:,.0f} req/s without the "
+            f"writer); with the writer running, /book {writer['book_rps_with_writer']:,.0f} "
+            f"req/s, lag peak {writer['peak_lag']:,.0f} records.",
+        ]
+    memory = extras.get("memory")
+    if memory:
+        lines += [
+            "",
+            f"Redis memory per waiting user at {memory['waiters']:,} waiters: "
+            f"{memory['bytes_per_waiter']:.0f} bytes (outbox records trimmed; "
+            f"{memory['bytes_per_waiter_with_outbox']:.0f} before).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(r.scenario for r in runs))
+    systems = list(dict.fromkeys(r.system for r in runs))
+    width = 0.8 / max(len(systems), 1)
+    figure, axes = plt.subplots(figsize=(11, 5))
+    for index, system in enumerate(systems):
+        values = [_rps(runs, system, s) or 0 for s in scenarios]
+        positions = [x + index * width for x in range(len(scenarios))]
+        axes.bar(positions, values, width, label=system)
+    axes.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(scenarios))])
+    axes.set_xticklabels(scenarios)
+    axes.set_ylabel("requests/s")
+    axes.set_title("boxoffice benchmark suite (one run; compare within the run)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write(
+    runs: list[Run], extras: dict[str, Any], meta: dict[str, Any], out: Path
+) -> tuple[Path, Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"runs": [asdict(r) for r in runs], "extras": extras, "machine": meta}, indent=2)
+    )
+    table = out.with_suffix(".md")
+    table.write_text(markdown(runs, extras, meta))
+    picture = out.with_suffix(".png")
+    chart(runs, picture)
+    return table, picture

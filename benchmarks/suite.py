@@ -1,0 +1,268 @@
+"""The benchmark suite: every scenario against every system, in one run, under the same server
+settings (uvicorn, 2 workers, uvloop, httptools) and the same load (wrk, 2 threads, 64
+connections). Figures are only ever compared within a run.
+
+Systems:
+  boxoffice   `boxoffice serve --workers 2`, its ledger writer running
+  naive       Starlette + redis-py running the same Lua scripts (benchmarks/systems/naive.py)
+  pg-lock     a PostgreSQL row lock per booking (benchmarks/systems/pglock.py)
+  ceiling     a bare ASGI app answering a small JSON body: the HTTP ceiling
+
+Scenarios:
+  hot-book        one event with ample tickets; every request books a new user
+  flash-sale      many users race for 1,000 tickets of one event; most join the waiting list
+  steady-mix      books, cancels and status reads of 300 users over 200 events
+  waitlist-churn  2,000 users book and cancel on a 500-ticket event: cancels promote
+  status-read     status reads of 10 events
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.book import wrk
+from benchmarks.stores import BenchStores, served
+from tests.support import child_env, database_url_for, free_port, run_sql, wait_for
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    events: list[tuple[str, int]]
+    args: Callable[[str], list[str]]
+    """benchmarks/wrk/scenario.lua's arguments, given a run id."""
+    prefill: list[tuple[str, str]] = field(default_factory=list)
+    """(eventId, userId) bookings made before the load."""
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "hot-book": Scenario("hot-book", [("hot", 10_000_000)], lambda r: ["book", "hot", r]),
+    "flash-sale": Scenario("flash-sale", [("flash", 1000)], lambda r: ["book", "flash", r]),
+    "steady-mix": Scenario(
+        "steady-mix",
+        [(f"mix-{n}", 100) for n in range(200)],
+        lambda r: ["mix", "mix", r, "200", "300"],
+    ),
+    "waitlist-churn": Scenario(
+        "waitlist-churn",
+        [("churn", 500)],
+        lambda r: ["churn", "churn", r, "1", "2000"],
+        prefill=[("churn", f"u{n}") for n in range(1, 1501)],
+    ),
+    "status-read": Scenario(
+        "status-read",
+        [(f"read-{n}", 100) for n in range(10)],
+        lambda r: ["status", "read", r, "10"],
+    ),
+}
+
+
+@dataclass
+class Run:
+    system: str
+    scenario: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    invariants_ok: bool | None
+    """None for the ceiling, which keeps no state."""
+
+
+def uvicorn_app(target: str, env: dict[str, str], cwd: Path, factory: bool) -> Any:
+    """A context manager running `target` under the benchmark's uvicorn settings."""
+
+    @contextmanager
+    def running() -> Iterator[str]:
+        port = free_port()
+        command = [
+            sys.executable, "-m", "uvicorn", target, "--port", str(port), "--workers", "2",
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
+            "warning", *(["--factory"] if factory else []),
+        ]  # fmt: skip
+        log = (cwd / f"uvicorn-{port}.log").open("wb")
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: _answers(url, server), 60, f"{target} to start")
+            yield url
+        finally:
+            server.terminate()
+            server.wait(30)
+            log.close()
+
+    return running()
+
+
+def _answers(url: str, server: subprocess.Popen[bytes]) -> bool:
+    if server.poll() is not None:
+        raise RuntimeError(f"the server exited with {server.returncode}")
+    try:
+        httpx.get(f"{url}/status/none", timeout=0.5)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+async def _prepare(url: str, scenario: Scenario, token: str | None) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for event, total in scenario.events:
+            answer = await http.post(
+                "/initialize", json={"eventId": event, "totalTickets": total}, headers=headers
+            )
+            answer.raise_for_status()
+        for start in range(0, len(scenario.prefill), 100):
+            batch = scenario.prefill[start : start + 100]
+            await asyncio.gather(
+                *(http.post("/book", json={"eventId": e, "userId": u}) for e, u in batch)
+            )
+
+
+def consistent(url: str, scenario: Scenario) -> bool:
+    """DESIGN.md's invariants 1 and 3, as every event's /status shows them."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for event, _ in scenario.events:
+            status = http.get(f"/status/{event}").json()
+            total, available = status["totalTickets"], status["availableTickets"]
+            if status["bookedCount"] + available != total or available < 0:
+                return False
+            if available > 0 and status["waitingListCount"] > 0:
+                return False
+    return True
+
+
+def measure(
+    system: str,
+    url: str,
+    scenario: Scenario,
+    duration: int,
+    warmup: int,
+    connections: int,
+    check: Callable[[], bool] | None,
+) -> Run:
+    if system != "ceiling":
+        asyncio.run(_prepare(url, scenario, os.environ.get("BOXOFFICE_ADMIN_TOKEN")))
+    if warmup:
+        wrk(url, warmup, connections, *scenario.args("warmup"))
+    rps, p50, p99, errors = wrk(url, duration, connections, *scenario.args("run"))
+    ok = None if check is None else check()
+    return Run(system, scenario.name, rps, p50, p99, errors, ok)
+
+
+def run_suite(
+    stores: BenchStores | None,
+    scenarios: list[str],
+    systems: list[str],
+    duration: int,
+    warmup: int,
+    connections: int,
+    target: str | None,
+    progress: Callable[[Run], None],
+) -> list[Run]:
+    """Every system x scenario (or every scenario against `target`), one at a time."""
+    runs: list[Run] = []
+
+    def record(run: Run) -> None:
+        runs.append(run)
+        progress(run)
+
+    for name in scenarios:
+        scenario = SCENARIOS[name]
+        if target is not None:
+            url = target
+            record(
+                measure(
+                    "target",
+                    url,
+                    scenario,
+                    duration,
+                    warmup,
+                    connections,
+                    functools.partial(consistent, url, scenario),
+                )
+            )
+            continue
+        assert stores is not None
+        for system in systems:
+            record(_one(stores, system, scenario, duration, warmup, connections))
+    return runs
+
+
+def _one(
+    stores: BenchStores, system: str, scenario: Scenario, duration: int, warmup: int, conns: int
+) -> Run:
+    if system == "ceiling":
+        with uvicorn_app("benchmarks.ceiling:app", child_env(), stores.home, False) as url:
+            return measure(system, url, scenario, duration, warmup, conns, None)
+    if system in ("boxoffice", "boxoffice+limits"):
+        settings: dict[str, str | None] = {"BOXOFFICE_ADMIN_TOKEN": None}
+        if system == "boxoffice+limits":  # on, at a limit no client reaches
+            settings["BOXOFFICE_RATE_LIMIT"] = "1000000/second"
+            settings["BOXOFFICE_WRITE_RATE_LIMIT"] = "1000000/second"
+        with served(stores, 2, settings) as (server, _):
+            url = server.url
+
+            def check() -> bool:
+                ok = consistent(url, scenario)
+                done = server.command("reconcile", "--wait", "120")
+                return ok and done.returncode == 0
+
+            return measure(system, url, scenario, duration, warmup, conns, check)
+    if system == "naive":
+        prefix = f"naive-{os.getpid()}-{time.monotonic_ns()}"
+        env = child_env(REDIS_URL=stores.redis_url, BOXOFFICE_KEY_PREFIX=prefix)
+        with uvicorn_app("benchmarks.systems.naive:app", env, stores.home, True) as url:
+            try:
+                return measure(
+                    system,
+                    url,
+                    scenario,
+                    duration,
+                    warmup,
+                    conns,
+                    lambda: consistent(url, scenario),
+                )
+            finally:
+                _delete_prefix(stores.redis_url, prefix)
+    if system == "pg-lock":
+        database = f"bo_pglock_{time.monotonic_ns()}"
+        run_sql(stores.postgres_url, f'CREATE DATABASE "{database}"')
+        env = child_env(DATABASE_URL=database_url_for(stores.postgres_url, database))
+        try:
+            with uvicorn_app("benchmarks.systems.pglock:app", env, stores.home, True) as url:
+                return measure(
+                    system,
+                    url,
+                    scenario,
+                    duration,
+                    warmup,
+                    conns,
+                    lambda: consistent(url, scenario),
+                )
+        finally:
+            run_sql(stores.postgres_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    raise ValueError(f"unknown system {system!r}")
+
+
+def _delete_prefix(redis_url: str, prefix: str) -> None:
+    import redis
+
+    from service.keys import Keyspace
+    from tests.support import delete_keyspace
+
+    client = redis.Redis.from_url(redis_url)
+    delete_keyspace(client, Keyspace(prefix, 16))
+    client.close()

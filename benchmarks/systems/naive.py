@@ -1,0 +1,92 @@
+"""`naive`: the straightforward Starlette + redis-py service, running boxoffice's own Lua
+scripts through redis-py's connection pool — what a first version of boxoffice would be.
+
+    uvicorn --factory benchmarks.systems.naive:app   (REDIS_URL, BOXOFFICE_KEY_PREFIX)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from redis.asyncio import BlockingConnectionPool, Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.booking import Booked, BookingEngine
+from service.errors import BoxofficeError
+from service.keys import Keyspace
+from service.scripts import Scripts
+
+
+class _Initialize(msgspec.Struct, rename="camel"):
+    event_id: str
+    total_tickets: int
+
+
+class _Booking(msgspec.Struct, rename="camel"):
+    user_id: str
+    event_id: str
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(body), status, media_type="application/json")
+
+
+def app() -> Starlette:
+    state: dict[str, BookingEngine] = {}
+    keyspace = Keyspace(os.environ.get("BOXOFFICE_KEY_PREFIX", "bo"), 16)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        pool = BlockingConnectionPool.from_url(
+            os.environ["REDIS_URL"], max_connections=64, decode_responses=True
+        )
+        redis = Redis.from_pool(pool)
+        scripts = Scripts(redis)
+        await scripts.load()
+        state["engine"] = BookingEngine(scripts, keyspace)
+        yield
+        await redis.aclose()
+
+    async def initialize(request: Request) -> Response:
+        body = msgspec.json.decode(await request.body(), type=_Initialize)
+        status, created = await state["engine"].initialize(body.event_id, body.total_tickets)
+        return _json(status, 201 if created else 200)
+
+    async def book(request: Request) -> Response:
+        body = msgspec.json.decode(await request.body(), type=_Booking)
+        try:
+            result, changed = await state["engine"].book(body.event_id, body.user_id)
+        except BoxofficeError as error:
+            return _json({"detail": error.message}, 404)
+        code = 200 if not changed else 201 if isinstance(result, Booked) else 202
+        return _json(result, code)
+
+    async def cancel(request: Request) -> Response:
+        body = msgspec.json.decode(await request.body(), type=_Booking)
+        try:
+            return _json(await state["engine"].cancel(body.event_id, body.user_id))
+        except BoxofficeError as error:
+            return _json({"detail": error.message}, 404)
+
+    async def status(request: Request) -> Response:
+        try:
+            return _json(await state["engine"].status(request.path_params["eventId"]))
+        except BoxofficeError as error:
+            return _json({"detail": error.message}, 404)
+
+    return Starlette(
+        routes=[
+            Route("/initialize", initialize, methods=["POST"]),
+            Route("/book", book, methods=["POST"]),
+            Route("/cancel", cancel, methods=["POST"]),
+            Route("/status/{eventId}", status, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
