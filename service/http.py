@@ -141,7 +141,7 @@ class Api:
             self._redis = redis
             self._engine = BookingEngine(scripts, self.keyspace)
             if self.settings.rate_limit or self.settings.write_rate_limit:
-                limits = RateLimits(self.settings, redis.connection_pool)
+                limits = RateLimits(self.settings, redis.connection_pool, hot)
                 limits.on_error = observability.LIMITER_ERRORS.inc
                 limits.on_limited = lambda policy: observability.RATE_LIMITED.labels(policy).inc()
                 self.rate_limits = limits

@@ -40,8 +40,12 @@ class Script:
     read_only: bool
 
     @classmethod
-    def read(cls, name: str) -> Script:
-        source = resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    def read(cls, name: str, package: str = "lua", folder: str = "") -> Script:
+        """`<name>.lua` of a package's resources (boxoffice's own `lua/` by default)."""
+        files = resources.files(package)
+        if folder:
+            files = files.joinpath(folder)
+        source = files.joinpath(f"{name}.lua").read_text(encoding="utf-8")
         first_line = source.split("\n", 1)[0]
         return cls(
             name=name,
@@ -116,16 +120,21 @@ class Scripts:
             await self._runner.execute("SCRIPT", "LOAD", script.source)
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        script = self._scripts[name]
+        return await evaluate(self._runner, self._scripts[name], keys, args)
+
+
+async def evaluate(runner: Runner, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """Run a script by SHA, loading it once if the server lost it; transient error replies
+    become BackendUnavailable."""
+    try:
         try:
-            try:
-                return await self._runner.evalsha(script.sha, keys, args, script.read_only)
-            except ReplyError as error:
-                if not str(error).startswith("NOSCRIPT"):
-                    raise
-                await self._runner.execute("SCRIPT", "LOAD", script.source)
-                return await self._runner.evalsha(script.sha, keys, args, script.read_only)
+            return await runner.evalsha(script.sha, keys, args, script.read_only)
         except ReplyError as error:
-            if str(error).startswith(_TRANSIENT):
-                raise BackendUnavailable() from error
-            raise
+            if not str(error).startswith("NOSCRIPT"):
+                raise
+            await runner.execute("SCRIPT", "LOAD", script.source)
+            return await runner.evalsha(script.sha, keys, args, script.read_only)
+    except ReplyError as error:
+        if str(error).startswith(_TRANSIENT):
+            raise BackendUnavailable() from error
+        raise
