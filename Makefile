@@ -33,9 +33,8 @@ soak: $(STAMP)  ## the soak test for 120 s (BOXOFFICE_SOAK_SECONDS=... for anoth
 smoke: $(STAMP)  ## start `boxoffice serve` with no URLs, book, stop
 	bash .ci/smoke $(BIN)/boxoffice
 
-bench: $(STAMP)  ## /book against the bare ASGI ceiling; the ledger writer against /book
-	$(BIN)/python -m benchmarks.book
-	$(BIN)/python -m benchmarks.ledger
+bench: $(STAMP)  ## the benchmark suite (needs wrk); see benchmarks/README.md
+	$(BIN)/python -m benchmarks run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage .coverage.*

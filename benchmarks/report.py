@@ -87,7 +87,7 @@ def chart(runs: list[Run], path: Path) -> None:
     axes.set_xticklabels(scenarios)
     axes.set_ylabel("requests/s")
     axes.set_title("boxoffice benchmark suite (one run; compare within the run)")
-    axes.legend()
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
