@@ -2,7 +2,7 @@
 -- loads them. `$1` of the reading queries is an event id, or NULL for every event.
 
 -- name: apply_batch
-SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7, $8);
+SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7);
 
 -- name: events
 SELECT event_id, total_tickets, last_seq

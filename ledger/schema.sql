@@ -86,8 +86,7 @@ CREATE FUNCTION ledger_apply(
     p_user    text[],
     p_booking text[],
     p_total   integer[],
-    p_stream  text[],
-    p_at      timestamptz[]
+    p_stream  text[]
 ) RETURNS TABLE (stream_id text, outcome text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -107,9 +106,8 @@ BEGIN
     INSERT INTO ledger_batch
     WITH input AS (
         SELECT DISTINCT ON (r.event_id, r.seq) r.*
-          FROM unnest(p_event, p_seq, p_op, p_user, p_booking, p_total, p_stream, p_at)
-               AS r(event_id, seq, op, user_id, booking_id, total_tickets, stream_id,
-                    recorded_at)
+          FROM unnest(p_event, p_seq, p_op, p_user, p_booking, p_total, p_stream)
+               AS r(event_id, seq, op, user_id, booking_id, total_tickets, stream_id)
          ORDER BY r.event_id, r.seq, r.stream_id
     ), placed AS (
         SELECT i.*, coalesce(e.last_seq, 0) AS last_seq,
@@ -119,7 +117,8 @@ BEGIN
           LEFT JOIN events e ON e.event_id = i.event_id
     )
     SELECT p.event_id, p.seq, p.op, p.user_id, p.booking_id, p.total_tickets, p.stream_id,
-           p.recorded_at,
+           -- the stream entry id is "<milliseconds>-<n>": the time Redis made the change
+           to_timestamp(split_part(p.stream_id, '-', 1)::bigint / 1000.0),
            CASE
                WHEN p.seq > p.last_seq THEN
                    CASE WHEN p.seq - p.last_seq = p.nth THEN 'applied' ELSE 'blocked' END

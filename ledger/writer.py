@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -42,6 +41,7 @@ from ledger.records import MalformedRecord, Record, parse
 from service.keys import Keyspace
 from service.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
 from service.scripts import Scripts
+from service.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.writer")
 
@@ -77,7 +77,7 @@ class WriterStats:
 
 
 def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
-    """`ledger_apply`'s eight arrays, one element per record."""
+    """`ledger_apply`'s seven arrays, one element per record."""
     return (
         [r.event for r in records],
         [r.seq for r in records],
@@ -86,13 +86,7 @@ def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
         [r.booking for r in records],
         [r.total for r in records],
         [r.stream_id for r in records],
-        [recorded_at(r.stream_id) for r in records],
     )
-
-
-def recorded_at(stream_id: str) -> datetime:
-    """The server time of an outbox entry, from its id (`<milliseconds>-<n>`)."""
-    return datetime.fromtimestamp(int(stream_id.split("-", 1)[0]) / 1000, tz=UTC)
 
 
 async def apply_records(pool: asyncpg.Pool, records: Sequence[Record]) -> dict[str, str]:
@@ -117,10 +111,14 @@ class Writer:
         redis: Redis,
         pool: asyncpg.Pool,
         keyspace: Keyspace,
+        redis_url: str,
         name: str | None = None,
         config: WriterConfig | None = None,
     ) -> None:
         self.redis = redis
+        self.redis_url = redis_url
+        """Each drained partition gets an auto-pipelined connection of its own for its stream
+        (its reads block), with replies parsed by hiredis; redis-py serves the rest."""
         self.pool = pool
         self.keyspace = keyspace
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -190,9 +188,17 @@ class Writer:
 
     async def _drain(self, partition: int, stop: asyncio.Event) -> None:
         """Write the partition's records while the lease lasts."""
+        hot = PipelinedRedis(self.redis_url, timeout=self.config.block_ms / 1000 + 10)
+        await hot.connect()
+        try:
+            await self._drain_over(hot, partition, stop)
+        finally:
+            await hot.close()
+
+    async def _drain_over(self, hot: PipelinedRedis, partition: int, stop: asyncio.Event) -> None:
         stream = self.keyspace.outbox(partition)
         config = self.config
-        await self._take_over(stream)
+        await self._take_over(hot, stream)
         cursor = "0"  # first what is pending for us, then new records (">")
         renewed = trimmed = time.monotonic()
         retry_blocked_at: float | None = None
@@ -209,13 +215,11 @@ class Writer:
             if retry_blocked_at is not None and now >= retry_blocked_at and cursor == ">":
                 cursor, retry_blocked_at = "0", None
             if now - trimmed > config.trim_every_s:
-                await self._trim(stream)
+                await self._trim(hot, stream)
                 trimmed = now
 
             block = config.block_ms if cursor == ">" else None
-            entries = await read_group(
-                self.redis, self.name, stream, cursor, config.batch_size, block
-            )
+            entries = await read_group(hot, self.name, stream, cursor, config.batch_size, block)
             if cursor != ">":
                 if not entries:
                     cursor = ">"
@@ -223,25 +227,24 @@ class Writer:
                 cursor = entries[-1][0]
             if not entries:
                 continue
-            blocked = await self._write(stream, entries)
+            blocked = await self._write(hot, stream, entries)
             if blocked and retry_blocked_at is None:
                 retry_blocked_at = time.monotonic() + config.retry_blocked_s
             if cursor == ">" and len(entries) < config.batch_size // 4:
                 await _sleep(stop, config.linger_ms / 1000)
 
-    async def _take_over(self, stream: str) -> None:
+    async def _take_over(self, hot: PipelinedRedis, stream: str) -> None:
         """Claim what other consumers left pending: holding the lease, this writer owns it."""
         start = "0-0"
         while True:
-            # (redis-py's justid=True drops the cursor, so the entries come along.)
-            reply = await self.redis.xautoclaim(
-                stream, GROUP, self.name, min_idle_time=0, start_id=start, count=1000
+            reply = await hot.execute(
+                "XAUTOCLAIM", stream, GROUP, self.name, 0, start, "COUNT", 1000, "JUSTID"
             )
             start = reply[0]
-            if start in ("0-0", b"0-0"):
+            if start == "0-0":
                 return
 
-    async def _write(self, stream: str, entries: list[Entry]) -> int:
+    async def _write(self, hot: PipelinedRedis, stream: str, entries: list[Entry]) -> int:
         """Apply one batch and acknowledge what is written; returns how many wait for an
         earlier record."""
         records: list[Record] = []
@@ -261,7 +264,7 @@ class Writer:
             log.error("%s: %d pending records were gone from the stream", stream, len(vanished))
             ackable += vanished
         if ackable:
-            await self.redis.xack(stream, GROUP, *ackable)
+            await hot.execute("XACK", stream, GROUP, *ackable)
         stats = self.stats
         stats.batches += 1
         blocked = 0
@@ -285,19 +288,21 @@ class Writer:
             log.warning("%s: %d records wait for an earlier record of their event", stream, blocked)
         return blocked
 
-    async def _trim(self, stream: str) -> None:
+    async def _trim(self, hot: PipelinedRedis, stream: str) -> None:
         """Drop what every reader has acknowledged: up to the oldest pending record, or past
         the last delivered one when nothing is pending."""
-        groups = await self.redis.xinfo_groups(stream)
+        groups = [
+            dict(zip(g[::2], g[1::2], strict=True))
+            for g in await hot.execute("XINFO", "GROUPS", stream)
+        ]
         group = next((g for g in groups if g["name"] == GROUP), None)
         if group is None:
             return
         if int(group["pending"]) > 0:
-            oldest = (await self.redis.xpending(stream, GROUP))["min"]
-            keep_from = str(oldest)
+            keep_from = str((await hot.execute("XPENDING", stream, GROUP))[1])
         else:
             keep_from = _successor(str(group["last-delivered-id"]))
-        await self.redis.xtrim(stream, minid=keep_from)
+        await hot.execute("XTRIM", stream, "MINID", keep_from)
 
     # -- writers ---------------------------------------------------------------------------
 

@@ -178,10 +178,13 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             config = WriterConfig(batch_size=args.batch_size, lease_ms=int(args.lease * 1000))
-            await Writer(c.redis, c.pool, c.keyspace, config=config).run(stop)
+            writer = Writer(c.redis, c.pool, c.keyspace, stores.redis_url, config=config)
+            await writer.run(stop)
+
+    import uvloop
 
     with open_stores(settings, share_running=True) as stores:
-        asyncio.run(run(stores))
+        uvloop.run(run(stores))  # the writer is I/O all the way: uvloop's loop is cheaper
     return EXIT_OK
 
 

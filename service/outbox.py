@@ -7,12 +7,13 @@ acknowledged yet: entries never delivered plus entries delivered and still pendi
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from service.keys import Keyspace
+from service.transport import PipelinedRedis
 
 GROUP = "ledger"
 
@@ -60,18 +61,24 @@ Entry = tuple[str, dict[str, str]]
 
 
 async def read_group(
-    redis: Redis, consumer: str, stream: str, cursor: str, count: int, block_ms: int | None
+    hot: PipelinedRedis,
+    consumer: str,
+    stream: str,
+    cursor: str,
+    count: int,
+    block_ms: int | None,
 ) -> list[Entry]:
     """XREADGROUP on one stream: new entries (cursor ">") or this consumer's pending ones after
     `cursor`. Pending entries trimmed away meanwhile come back with empty fields."""
-    reply: Any = await redis.xreadgroup(
-        GROUP, consumer, {stream: cursor}, count=count, block=block_ms
-    )
+    command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count]
+    if block_ms is not None:
+        command += ["BLOCK", block_ms]
+    reply = await hot.execute(*command, "STREAMS", stream, cursor)
     if not reply:
         return []
     return [
-        (sid, fields or {})
-        for sid, fields in cast("list[tuple[str, dict[str, str] | None]]", reply[0][1])
+        (stream_id, dict(zip(fields[::2], fields[1::2], strict=True)) if fields else {})
+        for stream_id, fields in reply[0][1]
     ]
 
 

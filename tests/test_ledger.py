@@ -31,7 +31,7 @@ async def running_writer(
 ) -> AsyncIterator[Writer]:
     connection = await connect_redis(redis_url, 40)
     pool = await connect_pool(database_url)
-    writer = Writer(connection, pool, keyspace, name=name, config=config)
+    writer = Writer(connection, pool, keyspace, redis_url, name=name, config=config)
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     try:

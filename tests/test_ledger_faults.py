@@ -135,7 +135,7 @@ async def test_ledger_out_of_reach_bounds_the_lag_then_catches_up(
     writer_redis = await connect_redis(redis_url, 40)
     pool = await connect_pool(proxied)
     config = WriterConfig(batch_size=20, block_ms=100, lease_ms=2000)
-    writer = Writer(writer_redis, pool, keyspace, name="proxied", config=config)
+    writer = Writer(writer_redis, pool, keyspace, redis_url, name="proxied", config=config)
     stop = asyncio.Event()
     writer_task = asyncio.create_task(writer.run(stop))
     try:

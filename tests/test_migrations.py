@@ -12,6 +12,11 @@ import pytest
 from ledger.migrate import migrate, migrations, pending
 
 pytestmark = pytest.mark.anyio
+ALL = ["0001_ledger", "0002_apply", "0003_apply_times_from_ids"]
+
+
+def test_migrations_are_found_in_order() -> None:
+    assert [m.version for m in migrations()] == ALL
 
 CATALOG = {
     "columns": """
@@ -71,11 +76,11 @@ async def test_migrate_is_a_no_op_when_current(empty_database_url: str) -> None:
     connection = await asyncpg.connect(empty_database_url)
     try:
         assert await pending(connection) == [m.version for m in migrations()]
-        assert await migrate(connection) == ["0001_ledger", "0002_apply"]
+        assert await migrate(connection) == ALL
         assert await pending(connection) == []
         assert await migrate(connection) == []
         versions = await connection.fetch("SELECT version FROM schema_migrations ORDER BY 1")
-        assert [row["version"] for row in versions] == ["0001_ledger", "0002_apply"]
+        assert [row["version"] for row in versions] == ALL
     finally:
         await connection.close()
 
@@ -91,7 +96,7 @@ async def test_processes_migrating_at_once_apply_each_migration_once(
             await connection.close()
 
     results = await asyncio.gather(*(one() for _ in range(6)))
-    assert sorted(results, key=len) == [[]] * 5 + [["0001_ledger", "0002_apply"]]
+    assert sorted(results, key=len) == [[]] * 5 + [ALL]
 
 
 async def test_the_journal_is_append_only(database_url: str) -> None:
