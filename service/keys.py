@@ -17,6 +17,7 @@ key is always the partition tag.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -37,6 +38,19 @@ class EventKeys:
     def reads(self) -> tuple[str, str, str]:
         """KEYS of the read-only scripts."""
         return (self.meta, self.holders, self.waitlist)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _event_keys(prefix: str, partitions: int, event_id: str) -> EventKeys:
+    """An event's keys, built once: hot events are asked for on every request."""
+    tag = f"{{p{zlib.crc32(event_id.encode()) % partitions:02d}}}"
+    base = f"{prefix}:{tag}:ev:{event_id}:"
+    return EventKeys(
+        meta=base + "meta",
+        holders=base + "holders",
+        waitlist=base + "waitlist",
+        outbox=f"{prefix}:{tag}:outbox",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +87,7 @@ class Keyspace:
         return meta_key.split(":ev:", 1)[1].removesuffix(":meta")
 
     def event(self, event_id: str) -> EventKeys:
-        tag = self.tag(self.partition_of(event_id))
-        base = f"{self.prefix}:{tag}:ev:{event_id}:"
-        return EventKeys(
-            meta=base + "meta",
-            holders=base + "holders",
-            waitlist=base + "waitlist",
-            outbox=f"{self.prefix}:{tag}:outbox",
-        )
+        return _event_keys(self.prefix, self.partitions, event_id)
 
     @property
     def partitions_key(self) -> str:

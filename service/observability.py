@@ -187,7 +187,11 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                headers = message.get("headers")
+                if isinstance(headers, list):
+                    headers.append(id_header)  # ours to extend: every sender builds a fresh one
+                else:
+                    message["headers"] = [*(headers or ()), id_header]
             await send(message)
 
         try:

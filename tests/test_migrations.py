@@ -18,6 +18,7 @@ ALL = ["0001_ledger", "0002_apply", "0003_apply_times_from_ids"]
 def test_migrations_are_found_in_order() -> None:
     assert [m.version for m in migrations()] == ALL
 
+
 CATALOG = {
     "columns": """
         SELECT table_name, column_name, data_type, is_nullable, column_default
