@@ -14,9 +14,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import observability, problems
+from service.asgi import PROBLEM, ASGIApp, Receive, Scope, Send, respond
 from service.bodies import BodyReader, BookingRequest
 from service.booking import ID_DESCRIPTION, ID_PATTERN, Booked, Cancelled
 from service.errors import BoxofficeError
@@ -29,8 +29,6 @@ log = logging.getLogger("boxoffice.http")
 
 _ID = re.compile(ID_PATTERN)
 _encode = msgspec.json.Encoder().encode
-_JSON = b"application/json"
-_PROBLEM = problems.MEDIA_TYPE.encode()
 
 
 class _Route:
@@ -65,21 +63,6 @@ def _match(path: str) -> tuple[_Route, tuple[str, ...]] | None:
         if len(parts) == 3 and parts[1] == "users" and parts[0] and parts[2]:
             return USER_STATE, (parts[0], parts[2])
     return None
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes = _JSON,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    head_only: bool = False,
-) -> None:
-    start = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-    if headers:
-        start.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": start})
-    await send({"type": "http.response.body", "body": b"" if head_only else body})
 
 
 def _check_id(name: str, value: str) -> str:
@@ -143,7 +126,7 @@ class HotRoutes:
                 booked = isinstance(result, Booked)
                 observability.STATS.change("booked" if booked else "waitlisted")
                 status = 201 if booked else 202
-            await _respond(send, status, _encode(result))
+            await respond(send, status, _encode(result))
         elif route is CANCEL:
             body = await self._body.read(scope, receive)
             api.admit_write()
@@ -154,14 +137,14 @@ class HotRoutes:
                     observability.STATS.change("promoted")
             else:
                 observability.STATS.change("left_waitlist")
-            await _respond(send, 200, _encode(outcome))
+            await respond(send, 200, _encode(outcome))
         elif route is STATUS:
             state: Any = await api.engine.status(_check_id("eventId", params[0]))
-            await _respond(send, 200, _encode(state), head_only=scope["method"] == "HEAD")
+            await respond(send, 200, _encode(state), head_only=scope["method"] == "HEAD")
         else:
             event = _check_id("eventId", params[0])
             state = await api.engine.user_state(event, _check_id("userId", params[1]))
-            await _respond(send, 200, _encode(state), head_only=scope["method"] == "HEAD")
+            await respond(send, 200, _encode(state), head_only=scope["method"] == "HEAD")
 
     async def _problem(
         self,
@@ -175,7 +158,7 @@ class HotRoutes:
         extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
         if kind.status == 503 and not any(name == b"retry-after" for name, _ in extra):
             extra.append((b"retry-after", problems.RETRY_AFTER_SECONDS.encode()))
-        await _respond(
-            send, kind.status, kind.render(detail, scope["path"], errors), _PROBLEM, extra,
+        await respond(
+            send, kind.status, kind.render(detail, scope["path"], errors), PROBLEM, extra,
             head_only=scope["method"] == "HEAD",
         )  # fmt: skip

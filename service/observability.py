@@ -15,8 +15,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,16 +28,12 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from service import problems
+from service import asgi, problems
+from service.asgi import ASGIApp, Message, Receive, Scope, Send
 from service.logs import MULTIPROCESS_ENV, REQUEST_ID
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@-]{1,64}")
 
@@ -224,19 +218,5 @@ class RequestObserver:
 
 
 async def _refuse_headers(send: Send, path: str) -> None:
-    kind = problems.HEADERS_TOO_LARGE
-    body = kind.render(
-        f"At most {MAX_HEADER_FIELDS} header fields and {MAX_HEADER_BYTES} bytes of them.", path
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": kind.status,
-            "headers": [
-                (b"content-type", problems.MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    detail = f"At most {MAX_HEADER_FIELDS} header fields and {MAX_HEADER_BYTES} bytes of them."
+    await asgi.problem(send, problems.HEADERS_TOO_LARGE, detail, path, [(b"connection", b"close")])

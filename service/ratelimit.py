@@ -22,9 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
@@ -36,17 +35,12 @@ from limits.aio.strategies import (
 )
 from redis.asyncio import ConnectionPool
 
-from service import problems
+from service import asgi, problems
+from service.asgi import ASGIApp, Message, Receive, Scope, Send
 from service.scripts import Runner, Script, evaluate
 from service.settings import Settings
 
 log = logging.getLogger("boxoffice.ratelimit")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
@@ -215,23 +209,13 @@ class RateLimitMiddleware:
 
 
 async def _refuse(send: Send, path: str, policy: Policy, remaining: int, reset: int) -> None:
-    kind = problems.RATE_LIMITED
-    body = kind.render(
+    detail = (
         f"Over the {policy.name} limit of {policy.item.amount} per {policy.window_s} s; "
-        f"retry in {reset} s.",
-        path,
+        f"retry in {reset} s."
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": kind.status,
-            "headers": [
-                (b"content-type", problems.MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(reset).encode()),
-                (b"ratelimit-policy", policy.header),
-                (b"ratelimit", f'"{policy.name}";r={remaining};t={reset}'.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    headers = [
+        (b"retry-after", str(reset).encode()),
+        (b"ratelimit-policy", policy.header),
+        (b"ratelimit", f'"{policy.name}";r={remaining};t={reset}'.encode()),
+    ]
+    await asgi.problem(send, problems.RATE_LIMITED, detail, path, headers)
