@@ -187,207 +187,147 @@ def document(settings: Settings) -> dict[str, Any]:
             {"type": "http", "scheme": "bearer", "description": "BOXOFFICE_ADMIN_TOKEN"},
         )
 
-    initialize: dict[str, Any] = {
-        "summary": "Open an event with a number of tickets",
-        "operationId": "initialize",
-        "tags": ["events"],
-        "requestBody": _body("InitializeRequest", {"eventId": "gala", "totalTickets": 100}),
-        "responses": {
-            "201": _json("Opened now.", "EventStatus", STATUS_EXAMPLE, "Location"),
-            "200": _json(
-                "Opened before with the same total: a safe retry.",
-                "EventStatus",
-                STATUS_EXAMPLE,
-                "Location",
-            ),
-            "409": _problem(problems.EVENT_CONFLICT),
-            **_common(body=True),
-        },
-    }
-    if guarded:
-        initialize["security"] = [{"adminToken": []}]
-        initialize["responses"]["401"] = _problem(
-            problems.UNAUTHORIZED, headers=("WWW-Authenticate",)
-        )
-    spec.path(path="/initialize", operations={"post": initialize})
+    def add(
+        method: str,
+        path: str,
+        operation_id: str,
+        tag: str,
+        summary: str,
+        responses: dict[str, Any],
+        body: tuple[str, dict[str, Any]] | None = None,
+        parameters: list[dict[str, Any]] | None = None,
+        **extra: Any,
+    ) -> None:
+        """One operation, with the problems every route (or every route with a body) may
+        answer added to its own responses."""
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "operationId": operation_id,
+            "tags": [tag],
+            "responses": {**responses, **_common(body=body is not None)},
+            **extra,
+        }
+        if body is not None:
+            operation["requestBody"] = _body(*body)
+        if parameters:
+            operation["parameters"] = parameters
+        spec.path(path=path, operations={method: operation})
 
-    spec.path(
-        path="/book",
-        operations={
-            "post": {
-                "summary": "Book a ticket, or join the waiting list when sold out",
-                "operationId": "book",
-                "tags": ["bookings"],
-                "requestBody": _body("BookingRequest", {"userId": "ann", "eventId": "gala"}),
-                "responses": {
-                    "201": _json("Booked now.", "Booked", BOOKED),
-                    "202": _json(
-                        "Sold out: on the waiting list now, at `position` (1-based).",
-                        "Waitlisted",
-                        WAITING,
-                    ),
-                    "200": _json(
-                        "Booked or waiting already: the same answer again (a safe retry).",
-                        "BookResult",
-                        BOOKED,
-                    ),
-                    "404": _problem(problems.UNKNOWN_EVENT),
-                    **_common(body=True),
+    initialize_responses: dict[str, Any] = {
+        "201": _json("Opened now.", "EventStatus", STATUS_EXAMPLE, "Location"),
+        "200": _json(
+            "Opened before with the same total: a safe retry.",
+            "EventStatus",
+            STATUS_EXAMPLE,
+            "Location",
+        ),
+        "409": _problem(problems.EVENT_CONFLICT),
+    }
+    security: dict[str, Any] = {}
+    if guarded:
+        security = {"security": [{"adminToken": []}]}
+        initialize_responses["401"] = _problem(problems.UNAUTHORIZED, headers=("WWW-Authenticate",))
+    add(
+        "post", "/initialize", "initialize", "events", "Open an event with a number of tickets",
+        initialize_responses,
+        body=("InitializeRequest", {"eventId": "gala", "totalTickets": 100}),
+        **security,
+    )  # fmt: skip
+    booking_body = ("BookingRequest", {"userId": "ann", "eventId": "gala"})
+    add(
+        "post", "/book", "book", "bookings",
+        "Book a ticket, or join the waiting list when sold out",
+        {
+            "201": _json("Booked now.", "Booked", BOOKED),
+            "202": _json(
+                "Sold out: on the waiting list now, at `position` (1-based).",
+                "Waitlisted",
+                WAITING,
+            ),
+            "200": _json(
+                "Booked or waiting already: the same answer again (a safe retry).",
+                "BookResult",
+                BOOKED,
+            ),
+            "404": _problem(problems.UNKNOWN_EVENT),
+        },
+        body=booking_body,
+    )  # fmt: skip
+    add(
+        "post", "/cancel", "cancel", "bookings",
+        "Cancel a booking (the head of the waiting list gets it at once), or leave the "
+        "waiting list",
+        {
+            "200": _json(
+                "Cancelled (with the promoted user, if any), or left the waiting list.",
+                "CancelResult",
+                {
+                    "status": "cancelled",
+                    "eventId": "gala",
+                    "userId": "ann",
+                    "bookingId": "bk-2",
+                    "promoted": {"userId": "bob", "bookingId": "bk-9"},
                 },
+            ),
+            "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_BOOKED),
+        },
+        body=booking_body,
+    )  # fmt: skip
+    unknown_or_invalid = {
+        "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_FOUND),
+        "422": _problem(problems.VALIDATION),
+    }
+    add(
+        "get", "/status/{eventId}", "status", "events", "The event's counters",
+        {"200": _json("The event's counters.", "EventStatus", STATUS_EXAMPLE),
+         **unknown_or_invalid},
+        parameters=[_id_parameter("eventId", "gala")],
+    )  # fmt: skip
+    add(
+        "get", "/events/{eventId}/users/{userId}", "userState", "bookings",
+        "Where one user stands in an event",
+        {"200": _json("Booked, waitlisted or none.", "UserState", WAITING), **unknown_or_invalid},
+        parameters=[_id_parameter("eventId", "gala"), _id_parameter("userId", "ann")],
+    )  # fmt: skip
+    add(
+        "get", "/healthz", "healthz", "operations", "Liveness: the process answers",
+        {"200": _json("Alive.", "Health", {"status": "ok"})},
+    )  # fmt: skip
+    ready = {"status": "ready", "redis": "ok", "ledger": "ok", "ledgerLag": 0,
+             "maxLedgerLag": 100000}  # fmt: skip
+    add(
+        "get", "/readyz", "readyz", "operations",
+        "Readiness: Redis and the ledger answer, the ledger lag is in bounds",
+        {"200": _json("Ready.", "Readiness", ready)},
+    )  # fmt: skip
+    add(
+        "get", "/metrics", "metrics", "operations", "Prometheus metrics",
+        {
+            "200": {
+                "description": "The Prometheus text exposition format.",
+                "headers": _headers(),
+                "content": {"text/plain": {"schema": {"type": "string"}}},
             }
         },
+    )  # fmt: skip
+    described = ProblemDescription(
+        problems.UNKNOWN_EVENT.uri,
+        problems.UNKNOWN_EVENT.title,
+        404,
+        problems.UNKNOWN_EVENT.description,
     )
-    spec.path(
-        path="/cancel",
-        operations={
-            "post": {
-                "summary": "Cancel a booking (the head of the waiting list gets it at once), "
-                "or leave the waiting list",
-                "operationId": "cancel",
-                "tags": ["bookings"],
-                "requestBody": _body("BookingRequest", {"userId": "ann", "eventId": "gala"}),
-                "responses": {
-                    "200": _json(
-                        "Cancelled (with the promoted user, if any), or left the waiting list.",
-                        "CancelResult",
-                        {
-                            "status": "cancelled",
-                            "eventId": "gala",
-                            "userId": "ann",
-                            "bookingId": "bk-2",
-                            "promoted": {"userId": "bob", "bookingId": "bk-9"},
-                        },
-                    ),
-                    "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_BOOKED),
-                    **_common(body=True),
-                },
-            }
+    add(
+        "get", "/problems/{slug}", "problemType", "operations", "What a problem type means",
+        {
+            "200": _json("The problem type.", "ProblemDescription",
+                         msgspec.to_builtins(described)),
+            "404": _problem(problems.NOT_FOUND),
         },
-    )
-    spec.path(
-        path="/status/{eventId}",
-        operations={
-            "get": {
-                "summary": "The event's counters",
-                "operationId": "status",
-                "tags": ["events"],
-                "parameters": [_id_parameter("eventId", "gala")],
-                "responses": {
-                    "200": _json("The event's counters.", "EventStatus", STATUS_EXAMPLE),
-                    "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_FOUND),
-                    "422": _problem(problems.VALIDATION),
-                    **_common(body=False),
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/events/{eventId}/users/{userId}",
-        operations={
-            "get": {
-                "summary": "Where one user stands in an event",
-                "operationId": "userState",
-                "tags": ["bookings"],
-                "parameters": [_id_parameter("eventId", "gala"), _id_parameter("userId", "ann")],
-                "responses": {
-                    "200": _json("Booked, waitlisted or none.", "UserState", WAITING),
-                    "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_FOUND),
-                    "422": _problem(problems.VALIDATION),
-                    **_common(body=False),
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/healthz",
-        operations={
-            "get": {
-                "summary": "Liveness: the process answers",
-                "operationId": "healthz",
-                "tags": ["operations"],
-                "responses": {
-                    "200": _json("Alive.", "Health", {"status": "ok"}),
-                    **_common(body=False),
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/readyz",
-        operations={
-            "get": {
-                "summary": "Readiness: Redis and the ledger answer, the ledger lag is in bounds",
-                "operationId": "readyz",
-                "tags": ["operations"],
-                "responses": {
-                    "200": _json(
-                        "Ready.",
-                        "Readiness",
-                        {
-                            "status": "ready",
-                            "redis": "ok",
-                            "ledger": "ok",
-                            "ledgerLag": 0,
-                            "maxLedgerLag": 100000,
-                        },
-                    ),
-                    **_common(body=False),
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/metrics",
-        operations={
-            "get": {
-                "summary": "Prometheus metrics",
-                "operationId": "metrics",
-                "tags": ["operations"],
-                "responses": {
-                    "200": {
-                        "description": "The Prometheus text exposition format.",
-                        "headers": _headers(),
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **_common(body=False),
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/problems/{slug}",
-        operations={
-            "get": {
-                "summary": "What a problem type means",
-                "operationId": "problemType",
-                "tags": ["operations"],
-                "parameters": [
-                    {
-                        "name": "slug",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "enum": sorted(problems.ALL)},
-                    }
-                ],
-                "responses": {
-                    "200": _json(
-                        "The problem type.",
-                        "ProblemDescription",
-                        msgspec.to_builtins(
-                            ProblemDescription(
-                                problems.UNKNOWN_EVENT.uri,
-                                problems.UNKNOWN_EVENT.title,
-                                404,
-                                problems.UNKNOWN_EVENT.description,
-                            )
-                        ),
-                    ),
-                    "404": _problem(problems.NOT_FOUND),
-                    **_common(body=False),
-                },
-            }
-        },
-    )
+        parameters=[
+            {"name": "slug", "in": "path", "required": True,
+             "schema": {"type": "string", "enum": sorted(problems.ALL)}}
+        ],
+    )  # fmt: skip
     return spec.to_dict()
 
 
