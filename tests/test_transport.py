@@ -145,7 +145,9 @@ async def test_password_and_database_come_from_the_url(tmp_path: Path) -> None:
 
 
 async def test_redis_cluster_is_refused_clearly(tmp_path: Path) -> None:
-    server = EmbeddedValkey(tmp_path / "v", free_port(), extra_args=("--cluster-enabled", "yes"))
+    # (the cluster bus port defaults to port + 10000, which may not exist: name one)
+    cluster = ("--cluster-enabled", "yes", "--cluster-port", str(free_port()))
+    server = EmbeddedValkey(tmp_path / "v", free_port(), extra_args=cluster)
     server.start()
     try:
         hot = PipelinedRedis(server.url)
