@@ -26,13 +26,18 @@ local booking_id = redis.call('HGET', holders, user_id)
 if booking_id then
   return {'booked', booking_id, 0}
 end
-local rank = redis.call('ZRANK', waitlist, user_id)
-if rank then
-  return {'waitlisted', rank + 1, 0}
+-- Nobody waits while tickets are left (a cancel hands its ticket to the head of the waiting
+-- list at once), so only a sold-out event needs the waiting-list lookup.
+local left = tonumber(available)
+if left == 0 then
+  local rank = redis.call('ZRANK', waitlist, user_id)
+  if rank then
+    return {'waitlisted', rank + 1, 0}
+  end
 end
 
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
-if tonumber(available) > 0 then
+if left > 0 then
   booking_id = 'bk-' .. seq
   redis.call('HINCRBY', meta, 'available', -1)
   redis.call('HSET', holders, user_id, booking_id)

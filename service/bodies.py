@@ -12,7 +12,7 @@ import typing
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.types import Receive, Scope
+from starlette.types import Message, Receive, Scope
 
 from service.booking import EventId, TicketCount, UserId
 from service.problems import (
@@ -53,9 +53,8 @@ def _is_json(content_type: bytes | None) -> bool:
     )
 
 
-async def read_bytes(scope: Scope, receive: Receive, declared: bytes | None) -> bytes:
-    """The raw body, refusing anything over MAX_BODY_BYTES (by its declared Content-Length, or
-    as it arrives) without reading it all."""
+def check_declared(declared: bytes | None) -> None:
+    """Refuse a body whose declared Content-Length is over MAX_BODY_BYTES, before reading it."""
     if declared is not None:
         try:
             too_large = int(declared) > MAX_BODY_BYTES
@@ -63,14 +62,14 @@ async def read_bytes(scope: Scope, receive: Receive, declared: bytes | None) -> 
             raise ProblemRaised(MALFORMED, "Content-Length is not a number.") from None
         if too_large:
             raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if message["type"] == "http.request" and not message.get("more_body"):
-        if len(body) > MAX_BODY_BYTES:
-            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
-        return body  # the whole body in one message: the usual case
-    chunks = [body]
-    size = len(body)
+
+
+async def read_rest(first: Message, receive: Receive) -> bytes:
+    """The rest of a body that did not come in one message (`first`), refusing it as soon as it
+    grows past MAX_BODY_BYTES."""
+    message = first
+    chunks = [message.get("body", b"")]
+    size = len(chunks[0])
     while message["type"] == "http.request" and message.get("more_body"):
         message = await receive()
         chunk: bytes = message.get("body", b"")
@@ -104,7 +103,13 @@ class BodyReader(typing.Generic[Body]):
             raise ProblemRaised(
                 UNSUPPORTED_MEDIA_TYPE, "Send the body as Content-Type: application/json."
             )
-        raw = await read_bytes(scope, receive, length)
+        check_declared(length)
+        message = await receive()
+        raw: bytes = message.get("body", b"")
+        if message["type"] != "http.request" or message.get("more_body"):
+            raw = await read_rest(message, receive)
+        elif len(raw) > MAX_BODY_BYTES:
+            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
         try:
             try:
                 return self._decoder.decode(raw)

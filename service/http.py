@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import io
 import logging
@@ -145,11 +146,16 @@ class Api:
                 limits.on_error = observability.LIMITER_ERRORS.inc
                 limits.on_limited = lambda policy: observability.RATE_LIMITED.labels(policy).inc()
                 self.rate_limits = limits
+            # Everything alive now (modules, the OpenAPI document, compiled schemas) lives as
+            # long as the worker: keep the collector from walking it again on every full pass.
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             self.rate_limits = None
             self._engine = None
             self._redis = None
+            gc.unfreeze()
             if folder is not None:
                 folder.cancel()
             observability.worker_exited()

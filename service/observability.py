@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Awaitable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -177,7 +178,8 @@ class RequestObserver:
         started = time.perf_counter()
         status = 500
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # A plain function handing on send's awaitable: no coroutine frame of its own.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -186,7 +188,7 @@ class RequestObserver:
                     headers.append(id_header)  # ours to extend: every sender builds a fresh one
                 else:
                     message["headers"] = [*(headers or ()), id_header]
-            await send(message)
+            return send(message)
 
         try:
             if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_FIELDS:

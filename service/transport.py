@@ -282,11 +282,12 @@ class PipelinedRedis:
             return
         protocol.transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
 
-    async def execute(self, *args: Arg) -> Any:
-        return await self.send(*args)
+    def execute(self, *args: Arg) -> asyncio.Future[Any]:
+        return self.send(*args)
 
-    async def evalsha(
+    def evalsha(
         self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
+        """The reply's future (awaitable like a coroutine, without a coroutine's frame)."""
         command = "EVALSHA_RO" if read_only else "EVALSHA"
-        return await self.send(command, sha, len(keys), *keys, *args)
+        return self.send(command, sha, len(keys), *keys, *args)
