@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cpu
 from benchmarks.suite import Run
 
 
@@ -48,6 +49,32 @@ def markdown(runs: list[Run], extras: dict[str, Any], meta: dict[str, Any]) -> s
             f"| {run.scenario} | {run.system} | {run.rps:,.0f} | {' | '.join(ratios)} | "
             f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} | {ok} |"
         )
+    costed = [run for run in runs if run.cpu_us]
+    if costed:
+        lines += [
+            "",
+            "CPU per request, in microseconds, by part (benchmarks/cpu.py): what a request "
+            "costs the whole machine. `x ceiling` is the total over the ceiling's total in the "
+            "same scenario; `api ÷ wrk` compares the server with the load generator's own "
+            "per-request cost, which is the same work in every run (steadier than req/s when "
+            "the machine's speed drifts).",
+            "",
+            "| scenario | system | api | writer | redis | postgres | wrk | total | x ceiling "
+            "| api ÷ wrk |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in costed:
+            cost = run.cpu_us
+            total = sum(cost.values())
+            top = next(
+                (r for r in costed if r.system == "ceiling" and r.scenario == run.scenario), None
+            )
+            times = f"{total / sum(top.cpu_us.values()):.2f}" if top and top is not run else ""
+            relative = f"{cost['api'] / cost['wrk']:.2f}" if cost.get("wrk") else ""
+            parts = " | ".join(f"{cost.get(part, 0.0):.1f}" for part in cpu.PARTS)
+            lines.append(
+                f"| {run.scenario} | {run.system} | {parts} | {total:.1f} | {times} | {relative} |"
+            )
     writer = extras.get("writer")
     if writer:
         lines += [

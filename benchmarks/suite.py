@@ -4,6 +4,8 @@ connections). Figures are only ever compared within a run.
 
 Systems:
   boxoffice   `boxoffice serve --workers 2`, its ledger writer running
+  boxoffice-api  the same with the writer paused during the load (it drains afterwards,
+              before the checks): the booking path alone, as the ceiling is HTTP alone
   naive       Starlette + redis-py running the same Lua scripts (benchmarks/systems/naive.py)
   pg-lock     a PostgreSQL row lock per booking (benchmarks/systems/pglock.py)
   ceiling     a bare ASGI app answering a small JSON body: the HTTP ceiling
@@ -32,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import cpu
 from benchmarks.book import wrk
 from benchmarks.stores import BenchStores, served
 from tests.support import child_env, database_url_for, free_port, run_sql, wait_for
@@ -79,6 +82,9 @@ class Run:
     errors: int
     invariants_ok: bool | None
     """None for the ceiling, which keeps no state."""
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    """Microseconds of CPU per request for each part of the system (benchmarks/cpu.py);
+    empty against a --target."""
 
 
 def uvicorn_app(target: str, env: dict[str, str], cwd: Path, factory: bool) -> Any:
@@ -157,9 +163,15 @@ def measure(
         asyncio.run(_prepare(url, scenario, os.environ.get("BOXOFFICE_ADMIN_TOKEN")))
     if warmup:
         wrk(url, warmup, connections, *scenario.args("warmup"))
+    meter = cpu.Meter()
+    if system != "target":
+        meter.start()
     rps, p50, p99, errors = wrk(url, duration, connections, *scenario.args("run"))
+    spent = meter.stop() if system != "target" else {}
     ok = None if check is None else check()
-    return Run(system, scenario.name, rps, p50, p99, errors, ok)
+    return Run(
+        system, scenario.name, rps, p50, p99, errors, ok, cpu.per_request(spent, rps * duration)
+    )
 
 
 def run_suite(
@@ -207,17 +219,21 @@ def _one(
     if system == "ceiling":
         with uvicorn_app("benchmarks.ceiling:app", child_env(), stores.home, False) as url:
             return measure(system, url, scenario, duration, warmup, conns, None)
-    if system in ("boxoffice", "boxoffice+limits"):
+    if system in ("boxoffice", "boxoffice-api", "boxoffice+limits"):
         settings: dict[str, str | None] = {"BOXOFFICE_ADMIN_TOKEN": None}
         if system == "boxoffice+limits":  # on, at a limit no client reaches
             settings["BOXOFFICE_RATE_LIMIT"] = "1000000/second"
             settings["BOXOFFICE_WRITE_RATE_LIMIT"] = "1000000/second"
+        if system == "boxoffice-api":  # the writer starts once the load is over
+            settings["BOXOFFICE_WRITER"] = "false"
+            settings["BOXOFFICE_MAX_LEDGER_LAG"] = "0"
         with served(stores, 2, settings) as (server, _):
             url = server.url
 
             def check() -> bool:
                 ok = consistent(url, scenario)
-                done = server.command("reconcile", "--wait", "120")
+                with _writer(server.env, stores.home, system == "boxoffice-api"):
+                    done = server.command("reconcile", "--wait", "120")
                 return ok and done.returncode == 0
 
             return measure(system, url, scenario, duration, warmup, conns, check)
@@ -255,6 +271,24 @@ def _one(
         finally:
             run_sql(stores.postgres_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     raise ValueError(f"unknown system {system!r}")
+
+
+@contextmanager
+def _writer(env: dict[str, str], cwd: Path, start: bool) -> Iterator[None]:
+    """A `boxoffice writer` beside a server started without one (when `start`)."""
+    if not start:
+        yield
+        return
+    writer = subprocess.Popen([sys.executable, "-m", "service.cli", "writer"], env=env, cwd=cwd)
+    try:
+        yield
+    finally:
+        writer.terminate()
+        try:
+            writer.wait(30)
+        except subprocess.TimeoutExpired:
+            writer.kill()
+            writer.wait()
 
 
 def _delete_prefix(redis_url: str, prefix: str) -> None:
