@@ -24,7 +24,7 @@ from benchmarks.report import machine, write
 from benchmarks.stores import bench_stores, need_wrk
 from benchmarks.suite import SCENARIOS, Run, run_suite
 
-SYSTEMS = ["ceiling", "boxoffice", "boxoffice-api", "naive", "pg-lock"]
+SYSTEMS = ["ceiling", "bare", "boxoffice", "boxoffice-api", "naive", "pg-lock"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,9 @@ Systems:
   boxoffice-api  the same with the writer paused during the load (it drains afterwards,
               before the checks): the booking path alone, as the ceiling is HTTP alone
   naive       Starlette + redis-py running the same Lua scripts (benchmarks/systems/naive.py)
+  bare        the same engine over boxoffice's pipelined transport in a raw ASGI app, without
+              its contract (validation, problems, ids, metrics): the floor of this process
+              model (benchmarks/systems/bare.py)
   pg-lock     a PostgreSQL row lock per booking (benchmarks/systems/pglock.py)
   ceiling     a bare ASGI app answering a small JSON body: the HTTP ceiling
 
@@ -237,10 +240,10 @@ def _one(
                 return ok and done.returncode == 0
 
             return measure(system, url, scenario, duration, warmup, conns, check)
-    if system == "naive":
-        prefix = f"naive-{os.getpid()}-{time.monotonic_ns()}"
+    if system in ("naive", "bare"):
+        prefix = f"{system}-{os.getpid()}-{time.monotonic_ns()}"
         env = child_env(REDIS_URL=stores.redis_url, BOXOFFICE_KEY_PREFIX=prefix)
-        with uvicorn_app("benchmarks.systems.naive:app", env, stores.home, True) as url:
+        with uvicorn_app(f"benchmarks.systems.{system}:app", env, stores.home, True) as url:
             try:
                 return measure(
                     system,
