@@ -1,7 +1,7 @@
 """`python -m benchmarks run`: the benchmark suite (benchmarks/suite.py).
 
     python -m benchmarks run [--quick] [--target URL] [--scenario NAME ...] [--system NAME ...]
-                             [--out FILE]
+                             [--rounds N] [--duration SECONDS] [--connections N] [--out FILE]
 
 Starts what it needs (REDIS_URL / DATABASE_URL when set, else embedded servers), runs each
 scenario against each system, verifies the invariants after every run (and `boxoffice
@@ -43,14 +43,30 @@ def main(argv: list[str] | None = None) -> int:
         help="only these (repeatable)",
     )
     run.add_argument("--connections", type=int, default=64)
+    run.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each system this many times, taking turns, and report medians (default 1)",
+    )
+    run.add_argument("--duration", type=int, help="seconds of load per run (default 10; 4 quick)")
     run.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = parser.parse_args(argv)
     need_wrk()
 
     duration, warmup = (4, 1) if args.quick else (10, 2)
+    if args.duration is not None:
+        duration = args.duration
     scenarios = args.scenario or list(SCENARIOS)
     systems = args.system or SYSTEMS
-    total = len(scenarios) * (1 if args.target else len(systems))
+    # boxoffice with limits on (at a limit no client reaches) takes its turns in hot-book.
+    systems_of = {
+        name: [*systems, "boxoffice+limits"]
+        if name == "hot-book" and args.system is None
+        else systems
+        for name in scenarios
+    }
+    total = args.rounds * sum(1 if args.target else len(systems_of[name]) for name in scenarios)
     done = 0
 
     def progress(result: Run) -> None:
@@ -67,26 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     extras: dict[str, Any] = {}
     if args.target:
         runs = run_suite(
-            None, scenarios, [], duration, warmup, args.connections, args.target, progress
-        )
+            None, scenarios, [], duration, warmup, args.connections, args.target, progress,
+            args.rounds,
+        )  # fmt: skip
         meta = machine(f"target {args.target}")
     else:
         with bench_stores() as stores:
-            runs = run_suite(
-                stores, scenarios, systems, duration, warmup, args.connections, None, progress
-            )
-            if args.system is None and "hot-book" in scenarios:
-                total += 1
+            runs = []
+            for name in scenarios:
                 runs += run_suite(
-                    stores,
-                    ["hot-book"],
-                    ["boxoffice+limits"],
-                    duration,
-                    warmup,
-                    args.connections,
-                    None,
-                    progress,
-                )
+                    stores, [name], systems_of[name], duration, warmup, args.connections, None,
+                    progress, args.rounds,
+                )  # fmt: skip
             if args.system is None:
                 print("measuring the ledger writer against /book ...", flush=True)
                 extras["writer"] = writer_vs_booking(stores, duration, 64, args.connections)
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"measuring Redis memory at {waiters:,} waiters ...", flush=True)
                 extras["memory"] = waiter_bytes(stores, waiters)
             meta = machine(stores.kind)
+    meta.update(rounds=args.rounds, seconds_per_run=duration)
     table, picture = write(runs, extras, meta, args.out)
     print()
     print(table.read_text())

@@ -33,7 +33,12 @@ def _rps(runs: list[Run], system: str, scenario: str) -> float | None:
 def markdown(runs: list[Run], extras: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         f"{meta['date']}, {meta['cpus']} cores, {meta['server']}, {meta['load']}; "
-        f"stores: {meta['stores']}",
+        f"stores: {meta['stores']}; {meta.get('seconds_per_run', '?')} s per run"
+        + (
+            f", medians of {meta['rounds']} rounds (the systems take turns)"
+            if meta.get("rounds", 1) > 1
+            else ", one round"
+        ),
         "",
         "| scenario | system | req/s | vs ceiling | vs pg-lock | vs naive | p50 ms | p99 ms "
         "| errors | invariants |",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -88,6 +89,8 @@ class Run:
     cpu_us: dict[str, float] = field(default_factory=dict)
     """Microseconds of CPU per request for each part of the system (benchmarks/cpu.py);
     empty against a --target."""
+    rounds: int = 1
+    """How many runs this one is the median of."""
 
 
 def uvicorn_app(target: str, env: dict[str, str], cwd: Path, factory: bool) -> Any:
@@ -186,34 +189,54 @@ def run_suite(
     connections: int,
     target: str | None,
     progress: Callable[[Run], None],
+    rounds: int = 1,
 ) -> list[Run]:
-    """Every system x scenario (or every scenario against `target`), one at a time."""
+    """Every system x scenario (or every scenario against `target`); `progress` hears of each
+    run. With `rounds` > 1 the systems take turns, round after round, in a rotating order, and
+    each reports its median: a machine whose speed drifts over minutes slows them alike."""
     runs: list[Run] = []
-
-    def record(run: Run) -> None:
-        runs.append(run)
-        progress(run)
-
     for name in scenarios:
         scenario = SCENARIOS[name]
         if target is not None:
             url = target
-            record(
-                measure(
-                    "target",
-                    url,
-                    scenario,
-                    duration,
-                    warmup,
-                    connections,
-                    functools.partial(consistent, url, scenario),
-                )
-            )
+            check = functools.partial(consistent, url, scenario)
+            tries = []
+            for _ in range(rounds):
+                tries.append(measure("target", url, scenario, duration, warmup, connections, check))
+                progress(tries[-1])
+            runs.append(median(tries))
             continue
         assert stores is not None
-        for system in systems:
-            record(_one(stores, system, scenario, duration, warmup, connections))
+        tries_of: dict[str, list[Run]] = {system: [] for system in systems}
+        for turn in range(rounds):
+            for system in systems[turn % len(systems) :] + systems[: turn % len(systems)]:
+                tries_of[system].append(
+                    _one(stores, system, scenario, duration, warmup, connections)
+                )
+                progress(tries_of[system][-1])
+        runs += [median(tries_of[system]) for system in systems]
     return runs
+
+
+def median(tries: list[Run]) -> Run:
+    """One run standing for several of the same system and scenario: the median of each figure,
+    every error counted, and the invariants held only if they held every time."""
+    first = tries[0]
+    if len(tries) == 1:
+        return first
+    oks = [t.invariants_ok for t in tries]
+    parts = {part for t in tries for part in t.cpu_us}
+    return Run(
+        first.system,
+        first.scenario,
+        statistics.median(t.rps for t in tries),
+        statistics.median(t.p50_ms for t in tries),
+        statistics.median(t.p99_ms for t in tries),
+        sum(t.errors for t in tries),
+        None if first.invariants_ok is None else all(oks),
+        {part: statistics.median(t.cpu_us.get(part, 0.0) for t in tries) for part in parts},
+        rounds=len(tries),
+    )
 
 
 def _one(
