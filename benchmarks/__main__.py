@@ -1,7 +1,8 @@
 """`python -m benchmarks run`: the benchmark suite (benchmarks/suite.py).
 
     python -m benchmarks run [--quick] [--target URL] [--scenario NAME ...] [--system NAME ...]
-                             [--rounds N] [--duration SECONDS] [--connections N] [--out FILE]
+                             [--rounds N] [--duration SECONDS] [--rate REQ_PER_S]
+                             [--connections N] [--out FILE]
 
 Starts what it needs (REDIS_URL / DATABASE_URL when set, else embedded servers), runs each
 scenario against each system, verifies the invariants after every run (and `boxoffice
@@ -22,7 +23,7 @@ from benchmarks.ledger import writer_vs_booking
 from benchmarks.memory import waiter_bytes
 from benchmarks.report import machine, write
 from benchmarks.stores import bench_stores, need_wrk
-from benchmarks.suite import SCENARIOS, Run, run_suite
+from benchmarks.suite import SCENARIOS, Load, Run, run_suite
 
 SYSTEMS = ["ceiling", "bare", "boxoffice", "boxoffice-api", "naive", "pg-lock"]
 
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="run each system this many times, taking turns, and report medians (default 1)",
     )
+    run.add_argument(
+        "--rate",
+        type=float,
+        help="drive every run at this fixed rate (req/s) with benchmarks/openloop.py instead "
+        "of wrk's closed loop: latency then counts queueing",
+    )
     run.add_argument("--duration", type=int, help="seconds of load per run (default 10; 4 quick)")
     run.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = parser.parse_args(argv)
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     duration, warmup = (4, 1) if args.quick else (10, 2)
     if args.duration is not None:
         duration = args.duration
+    load = Load(duration, warmup, args.connections, args.rate)
     scenarios = args.scenario or list(SCENARIOS)
     systems = args.system or SYSTEMS
     # boxoffice with limits on (at a limit no client reaches) takes its turns in hot-book.
@@ -83,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     extras: dict[str, Any] = {}
     if args.target:
         runs = run_suite(
-            None, scenarios, [], duration, warmup, args.connections, args.target, progress,
-            args.rounds,
+            None, scenarios, [], load, args.target, progress, args.rounds,
         )  # fmt: skip
         meta = machine(f"target {args.target}")
     else:
@@ -92,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for name in scenarios:
                 runs += run_suite(
-                    stores, [name], systems_of[name], duration, warmup, args.connections, None,
-                    progress, args.rounds,
+                    stores, [name], systems_of[name], load, None, progress, args.rounds,
                 )  # fmt: skip
             if args.system is None:
                 print("measuring the ledger writer against /book ...", flush=True)
@@ -103,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                 extras["memory"] = waiter_bytes(stores, waiters)
             meta = machine(stores.kind)
     meta.update(rounds=args.rounds, seconds_per_run=duration)
+    if args.rate:
+        meta["load"] = (
+            f"benchmarks/openloop.py at a fixed {args.rate:,.0f} req/s over {args.connections} "
+            "connections (open loop: latency counts from when each request was due)"
+        )
     table, picture = write(runs, extras, meta, args.out)
     print()
     print(table.read_text())

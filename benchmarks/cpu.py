@@ -11,7 +11,7 @@ Parts, by process (on this machine; a `--target` elsewhere is not measured):
   writer    `boxoffice writer` (the ledger writer `boxoffice serve` starts)
   redis     every redis-server / valkey-server process
   postgres  every postgres process (its backends included)
-  wrk       the load generator
+  load      the load generator (wrk, or benchmarks/openloop.py)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import psutil
 
-PARTS = ("api", "writer", "redis", "postgres", "wrk")
+PARTS = ("api", "writer", "redis", "postgres", "load")
 
 
 def _part(process: psutil.Process, ours: set[int]) -> str | None:
@@ -86,7 +86,7 @@ class Meter:
             before = self._before.get(pid)
             # A process started during the run (a new PostgreSQL backend) counts whole.
             spent[part] += total - (before[1] if before and before[0] == part else 0.0)
-        spent["wrk"] = _children_cpu() - self._children
+        spent["load"] = _children_cpu() - self._children
         self.seconds = spent
         return spent
 

@@ -54,18 +54,38 @@ def markdown(runs: list[Run], extras: dict[str, Any], meta: dict[str, Any]) -> s
             f"| {run.scenario} | {run.system} | {run.rps:,.0f} | {' | '.join(ratios)} | "
             f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} | {ok} |"
         )
+    fixed = [run for run in runs if run.open_loop]
+    if fixed:
+        lines += [
+            "",
+            "At a fixed rate (benchmarks/openloop.py): latency in ms from when each request was "
+            "due; `queued` requests found every connection busy; `tick` is the generator's own "
+            "timer slack (p99), not counted in the latencies.",
+            "",
+            "| scenario | system | asked | reached | p50 | p90 | p99 | p99.9 | max | queued "
+            "| tick |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in fixed:
+            o = run.open_loop or {}
+            lines.append(
+                f"| {run.scenario} | {run.system} | {o['rate_asked']:,.0f} | "
+                f"{o['rate_reached']:,.0f} | {o['p50_ms']:.2f} | {o['p90_ms']:.2f} | "
+                f"{o['p99_ms']:.2f} | {o['p999_ms']:.2f} | {o['max_ms']:.2f} | "
+                f"{o['queued']:,.0f} | {o['tick_p99_ms']:.2f} |"
+            )
     costed = [run for run in runs if run.cpu_us]
     if costed:
         lines += [
             "",
             "CPU per request, in microseconds, by part (benchmarks/cpu.py): what a request "
             "costs the whole machine. `x ceiling` is the total over the ceiling's total in the "
-            "same scenario; `api ÷ wrk` compares the server with the load generator's own "
+            "same scenario; `api ÷ load` compares the server with the load generator's own "
             "per-request cost, which is the same work in every run (steadier than req/s when "
             "the machine's speed drifts).",
             "",
-            "| scenario | system | api | writer | redis | postgres | wrk | total | x ceiling "
-            "| api ÷ wrk |",
+            "| scenario | system | api | writer | redis | postgres | load | total | x ceiling "
+            "| api ÷ load |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for run in costed:
@@ -75,7 +95,7 @@ def markdown(runs: list[Run], extras: dict[str, Any], meta: dict[str, Any]) -> s
                 (r for r in costed if r.system == "ceiling" and r.scenario == run.scenario), None
             )
             times = f"{total / sum(top.cpu_us.values()):.2f}" if top and top is not run else ""
-            relative = f"{cost['api'] / cost['wrk']:.2f}" if cost.get("wrk") else ""
+            relative = f"{cost['api'] / cost['load']:.2f}" if cost.get("load") else ""
             parts = " | ".join(f"{cost.get(part, 0.0):.1f}" for part in cpu.PARTS)
             lines.append(
                 f"| {run.scenario} | {run.system} | {parts} | {total:.1f} | {times} | {relative} |"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import statistics
 import subprocess
@@ -76,6 +77,17 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+@dataclass(frozen=True)
+class Load:
+    """How every run is driven: wrk's closed loop, or (`rate` set) benchmarks/openloop.py at
+    a fixed rate."""
+
+    duration: int
+    warmup: int
+    connections: int
+    rate: float | None = None
+
+
 @dataclass
 class Run:
     system: str
@@ -91,6 +103,8 @@ class Run:
     empty against a --target."""
     rounds: int = 1
     """How many runs this one is the median of."""
+    open_loop: dict[str, float] | None = None
+    """At a fixed rate: benchmarks/openloop.py's whole report (p99.9, queued, ...)."""
 
 
 def uvicorn_app(target: str, env: dict[str, str], cwd: Path, factory: bool) -> Any:
@@ -157,36 +171,44 @@ def consistent(url: str, scenario: Scenario) -> bool:
 
 
 def measure(
-    system: str,
-    url: str,
-    scenario: Scenario,
-    duration: int,
-    warmup: int,
-    connections: int,
-    check: Callable[[], bool] | None,
+    system: str, url: str, scenario: Scenario, load: Load, check: Callable[[], bool] | None
 ) -> Run:
     if system != "ceiling":
         asyncio.run(_prepare(url, scenario, os.environ.get("BOXOFFICE_ADMIN_TOKEN")))
-    if warmup:
-        wrk(url, warmup, connections, *scenario.args("warmup"))
+    if load.warmup:
+        wrk(url, load.warmup, load.connections, *scenario.args("warmup"))
     meter = cpu.Meter()
     if system != "target":
         meter.start()
-    rps, p50, p99, errors = wrk(url, duration, connections, *scenario.args("run"))
+    report = None
+    if load.rate is None:
+        rps, p50, p99, errors = wrk(url, load.duration, load.connections, *scenario.args("run"))
+    else:
+        report = fixed_rate(url, load, scenario.args("run"))
+        rps, p50, p99 = report["rate_reached"], report["p50_ms"], report["p99_ms"]
+        errors = int(report["server_errors"] + report["unanswered"])
     spent = meter.stop() if system != "target" else {}
     ok = None if check is None else check()
-    return Run(
-        system, scenario.name, rps, p50, p99, errors, ok, cpu.per_request(spent, rps * duration)
-    )
+    costs = cpu.per_request(spent, rps * load.duration)
+    return Run(system, scenario.name, rps, p50, p99, errors, ok, costs, open_loop=report)
+
+
+def fixed_rate(url: str, load: Load, args: list[str]) -> dict[str, float]:
+    """benchmarks/openloop.py in a process of its own (counted as the load generator)."""
+    command = [
+        sys.executable, "-m", "benchmarks.openloop", url, "--rate", str(load.rate),
+        "--duration", str(load.duration), "--connections", str(load.connections), "--", *args,
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    report: dict[str, float] = json.loads(out)
+    return report
 
 
 def run_suite(
     stores: BenchStores | None,
     scenarios: list[str],
     systems: list[str],
-    duration: int,
-    warmup: int,
-    connections: int,
+    load: Load,
     target: str | None,
     progress: Callable[[Run], None],
     rounds: int = 1,
@@ -202,7 +224,7 @@ def run_suite(
             check = functools.partial(consistent, url, scenario)
             tries = []
             for _ in range(rounds):
-                tries.append(measure("target", url, scenario, duration, warmup, connections, check))
+                tries.append(measure("target", url, scenario, load, check))
                 progress(tries[-1])
             runs.append(median(tries))
             continue
@@ -210,9 +232,7 @@ def run_suite(
         tries_of: dict[str, list[Run]] = {system: [] for system in systems}
         for turn in range(rounds):
             for system in systems[turn % len(systems) :] + systems[: turn % len(systems)]:
-                tries_of[system].append(
-                    _one(stores, system, scenario, duration, warmup, connections)
-                )
+                tries_of[system].append(_one(stores, system, scenario, load))
                 progress(tries_of[system][-1])
         runs += [median(tries_of[system]) for system in systems]
     return runs
@@ -239,12 +259,10 @@ def median(tries: list[Run]) -> Run:
     )
 
 
-def _one(
-    stores: BenchStores, system: str, scenario: Scenario, duration: int, warmup: int, conns: int
-) -> Run:
+def _one(stores: BenchStores, system: str, scenario: Scenario, load: Load) -> Run:
     if system == "ceiling":
         with uvicorn_app("benchmarks.ceiling:app", child_env(), stores.home, False) as url:
-            return measure(system, url, scenario, duration, warmup, conns, None)
+            return measure(system, url, scenario, load, None)
     if system in ("boxoffice", "boxoffice-api", "boxoffice+limits"):
         settings: dict[str, str | None] = {"BOXOFFICE_ADMIN_TOKEN": None}
         if system == "boxoffice+limits":  # on, at a limit no client reaches
@@ -262,21 +280,13 @@ def _one(
                     done = server.command("reconcile", "--wait", "120")
                 return ok and done.returncode == 0
 
-            return measure(system, url, scenario, duration, warmup, conns, check)
+            return measure(system, url, scenario, load, check)
     if system in ("naive", "bare"):
         prefix = f"{system}-{os.getpid()}-{time.monotonic_ns()}"
         env = child_env(REDIS_URL=stores.redis_url, BOXOFFICE_KEY_PREFIX=prefix)
         with uvicorn_app(f"benchmarks.systems.{system}:app", env, stores.home, True) as url:
             try:
-                return measure(
-                    system,
-                    url,
-                    scenario,
-                    duration,
-                    warmup,
-                    conns,
-                    lambda: consistent(url, scenario),
-                )
+                return measure(system, url, scenario, load, lambda: consistent(url, scenario))
             finally:
                 _delete_prefix(stores.redis_url, prefix)
     if system == "pg-lock":
@@ -285,15 +295,7 @@ def _one(
         env = child_env(DATABASE_URL=database_url_for(stores.postgres_url, database))
         try:
             with uvicorn_app("benchmarks.systems.pglock:app", env, stores.home, True) as url:
-                return measure(
-                    system,
-                    url,
-                    scenario,
-                    duration,
-                    warmup,
-                    conns,
-                    lambda: consistent(url, scenario),
-                )
+                return measure(system, url, scenario, load, lambda: consistent(url, scenario))
         finally:
             run_sql(stores.postgres_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     raise ValueError(f"unknown system {system!r}")

@@ -5,22 +5,26 @@ its measurements is, on real processes and real wrk output."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
-from benchmarks import cpu
+from benchmarks import cpu, openloop
 from benchmarks.book import _ms
 from benchmarks.report import markdown
 from benchmarks.suite import Run
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
 
 
-def test_meter_counts_a_live_python_child_as_api_and_a_waited_one_as_wrk() -> None:
+def test_meter_counts_a_live_python_child_as_api_and_a_waited_one_as_load() -> None:
     # A server-like child that keeps running through the measurement, and a load-generator-like
     # child that is run to completion inside it.
     server = subprocess.Popen([sys.executable, "-c", BURN.format(seconds=0.6) + "\ntime.sleep(30)"])
@@ -35,13 +39,13 @@ def test_meter_counts_a_live_python_child_as_api_and_a_waited_one_as_wrk() -> No
         server.kill()
         server.wait()
     assert set(spent) == set(cpu.PARTS)
-    assert 0.35 <= spent["wrk"] <= 1.0
+    assert 0.35 <= spent["load"] <= 1.0
     assert spent["api"] >= 0.2
     assert spent["writer"] == 0.0
 
 
 def test_per_request_is_microseconds_and_safe_at_zero() -> None:
-    assert cpu.per_request({"api": 0.5, "wrk": 0.25}, 10_000) == {"api": 50.0, "wrk": 25.0}
+    assert cpu.per_request({"api": 0.5, "load": 0.25}, 10_000) == {"api": 50.0, "load": 25.0}
     assert cpu.per_request({"api": 0.5}, 0) == {"api": 0.0}
 
 
@@ -58,7 +62,7 @@ def test_wrk_durations_refuse_what_is_not_one() -> None:
 
 
 def _run(system: str, rps: float, api: float) -> Run:
-    costs = {"api": api, "writer": 0.0, "redis": 10.0, "postgres": 0.0, "wrk": 25.0}
+    costs = {"api": api, "writer": 0.0, "redis": 10.0, "postgres": 0.0, "load": 25.0}
     return Run(system, "hot-book", rps, 1.0, 5.0, 0, None if system == "ceiling" else True, costs)
 
 
@@ -72,3 +76,95 @@ def test_report_ratios_come_from_the_same_scenario() -> None:
     # CPU: boxoffice 90 + 10 + 25 = 125 us against the ceiling's 40 + 10 + 25 = 75
     (cost,) = [row for row in table.splitlines() if row.startswith("| hot-book | boxoffice | 90")]
     assert cost.endswith("| 125.0 | 1.67 | 3.60 |")
+
+
+SLOW_APP = """
+import asyncio
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    await asyncio.sleep({pause})
+    status = 503 if scope["path"] == "/cancel" else 200
+    await send({{"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", b"2")]}})
+    await send({{"type": "http.response.body", "body": b"{{}}"}})
+"""
+
+
+def _serve_slow_app(tmp_path: Path, pause: float) -> tuple[subprocess.Popen[bytes], str]:
+    (tmp_path / "slowapp.py").write_text(SLOW_APP.format(pause=pause))
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "slowapp:app", "--app-dir", str(tmp_path),
+        "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    server = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(url), 30, "the test app")
+    return server, url
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _open_loop(url: str, *args: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.openloop", url, *args],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def test_open_loop_counts_queueing_that_a_closed_loop_hides(tmp_path: Path) -> None:
+    # One connection, a server that takes 20 ms a request, 100 requests due over 0.5 s: the
+    # server needs 2 s for them, so the last is answered ~1.5 s after it was due. A closed loop
+    # would report 20 ms for every one of them.
+    server, url = _serve_slow_app(tmp_path, 0.02)
+    try:
+        result = _open_loop(
+            url, "--rate", "200", "--duration", "0.5", "--connections", "1", "--", "book", "e"
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert result["requests"] == 100
+    assert result["answered"] == 100
+    assert result["unanswered"] == 0
+    assert result["server_errors"] == 0
+    assert result["queued"] >= 90  # all but the first few found the connection busy
+    assert result["max_ms"] >= 1000
+    assert result["p50_ms"] >= 300
+
+
+def test_open_loop_counts_server_errors(tmp_path: Path) -> None:
+    server, url = _serve_slow_app(tmp_path, 0)
+    try:
+        result = _open_loop(url, "--rate", "100", "--duration", "0.5", "--", "churn", "e", "r")
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert result["answered"] == 50
+    sent = itertools.islice(openloop.requests("churn", "e", "r", 1, 1000), 50)
+    cancels = sum(b"/cancel" in request for request in sent)
+    assert result["server_errors"] == cancels > 0
+
+
+def test_open_loop_requests_follow_the_wrk_script_modes() -> None:
+    book = list(itertools.islice(openloop.requests("book", "ev", "r", 3, 10), 4))
+    assert [b'"eventId":"ev-1"' in r for r in book] == [True, False, False, True]
+    assert len({r.split(b'"userId":"')[1].split(b'"')[0] for r in book}) == 4  # new users
+    reads = list(itertools.islice(openloop.requests("status", "read", "r", 10, 1), 50))
+    assert all(r.startswith(b"GET /status/read-") for r in reads)
+    mix = list(itertools.islice(openloop.requests("mix", "mix", "r", 200, 300), 2000))
+    share = sum(r.startswith(b"GET") for r in mix) / len(mix)
+    assert 0.2 < share < 0.3  # a quarter are status reads, as in scenario.lua
+    with pytest.raises(ValueError, match="unknown mode"):
+        next(openloop.requests("nonsense", "e", "r", 1, 1))
