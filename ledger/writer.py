@@ -54,9 +54,10 @@ class WriterConfig:
     """Records read and written per transaction, per partition."""
     block_ms: int = 500
     """How long a read waits for new records."""
-    linger_ms: int = 100
+    linger_ms: int = 500
     """After a small batch, how long to let records gather before the next read: fewer,
-    larger transactions cost the database (and the booking path sharing its CPUs) far less."""
+    larger transactions cost the database (and the booking path sharing its CPUs) far less
+    (README: "After a small batch")."""
     lease_ms: int = 10_000
     """A partition is free again this long after its writer stopped renewing its lease."""
     retry_blocked_s: float = 2.0

@@ -177,7 +177,11 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            config = WriterConfig(batch_size=args.batch_size, lease_ms=int(args.lease * 1000))
+            config = WriterConfig(
+                batch_size=args.batch_size,
+                lease_ms=int(args.lease * 1000),
+                linger_ms=settings.writer_linger_ms,
+            )
             writer = Writer(c.redis, c.pool, c.keyspace, stores.redis_url, config=config)
             await writer.run(stop)
 

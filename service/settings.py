@@ -140,6 +140,12 @@ class Settings:
     run_writer: bool = _setting(
         "BOXOFFICE_WRITER", _bool, True, "whether `serve` runs a ledger writer"
     )
+    writer_linger_ms: int = _setting(
+        "BOXOFFICE_WRITER_LINGER_MS",
+        _int_in(0, 10_000),
+        500,
+        "after a small batch, how long the writer lets records gather (ms)",
+    )
     rate_limit: str | None = _setting(
         "BOXOFFICE_RATE_LIMIT", _rate, None, "reads per client, e.g. 100/second; off"
     )
