@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from benchmarks.systems import Booking, Initialize
 from service.asgi import Message, Receive, Scope, Send
 from service.booking import Booked, BookingEngine
 from service.errors import BoxofficeError
@@ -24,19 +25,8 @@ from service.keys import Keyspace
 from service.scripts import Scripts
 from service.transport import PipelinedRedis
 
-
-class _Initialize(msgspec.Struct, rename="camel"):
-    event_id: str
-    total_tickets: int
-
-
-class _Booking(msgspec.Struct, rename="camel"):
-    user_id: str
-    event_id: str
-
-
-_initialize = msgspec.json.Decoder(_Initialize).decode
-_booking = msgspec.json.Decoder(_Booking).decode
+_initialize = msgspec.json.Decoder(Initialize).decode
+_booking = msgspec.json.Decoder(Booking).decode
 _encode = msgspec.json.Encoder().encode
 
 

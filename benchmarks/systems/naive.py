@@ -18,20 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from benchmarks.systems import Booking, Initialize
 from service.booking import Booked, BookingEngine
 from service.errors import BoxofficeError
 from service.keys import Keyspace
 from service.scripts import Scripts
-
-
-class _Initialize(msgspec.Struct, rename="camel"):
-    event_id: str
-    total_tickets: int
-
-
-class _Booking(msgspec.Struct, rename="camel"):
-    user_id: str
-    event_id: str
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -55,12 +46,12 @@ def app() -> Starlette:
         await redis.aclose()
 
     async def initialize(request: Request) -> Response:
-        body = msgspec.json.decode(await request.body(), type=_Initialize)
+        body = msgspec.json.decode(await request.body(), type=Initialize)
         status, created = await state["engine"].initialize(body.event_id, body.total_tickets)
         return _json(status, 201 if created else 200)
 
     async def book(request: Request) -> Response:
-        body = msgspec.json.decode(await request.body(), type=_Booking)
+        body = msgspec.json.decode(await request.body(), type=Booking)
         try:
             result, changed = await state["engine"].book(body.event_id, body.user_id)
         except BoxofficeError as error:
@@ -69,7 +60,7 @@ def app() -> Starlette:
         return _json(result, code)
 
     async def cancel(request: Request) -> Response:
-        body = msgspec.json.decode(await request.body(), type=_Booking)
+        body = msgspec.json.decode(await request.body(), type=Booking)
         try:
             return _json(await state["engine"].cancel(body.event_id, body.user_id))
         except BoxofficeError as error:

@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from benchmarks.systems import Booking, Initialize
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pl_events (
     event_id text PRIMARY KEY, total integer NOT NULL, available integer NOT NULL,
@@ -29,16 +31,6 @@ CREATE TABLE IF NOT EXISTS pl_waiting (
     event_id text, user_id text, seq bigint NOT NULL, PRIMARY KEY (event_id, user_id));
 CREATE INDEX IF NOT EXISTS pl_waiting_order ON pl_waiting (event_id, seq);
 """
-
-
-class _Initialize(msgspec.Struct, rename="camel"):
-    event_id: str
-    total_tickets: int
-
-
-class _Booking(msgspec.Struct, rename="camel"):
-    user_id: str
-    event_id: str
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -60,7 +52,7 @@ def app() -> Starlette:
         await pool.close()
 
     async def initialize(request: Request) -> Response:
-        body = msgspec.json.decode(await request.body(), type=_Initialize)
+        body = msgspec.json.decode(await request.body(), type=Initialize)
         async with pools["pg"].acquire() as connection:
             created = await connection.fetchval(
                 "INSERT INTO pl_events VALUES ($1, $2, $2, 1) ON CONFLICT DO NOTHING RETURNING 1",
@@ -70,7 +62,7 @@ def app() -> Starlette:
         return _json({"eventId": body.event_id}, 201 if created else 200)
 
     async def book(request: Request) -> Response:
-        body = msgspec.json.decode(await request.body(), type=_Booking)
+        body = msgspec.json.decode(await request.body(), type=Booking)
         event, user = body.event_id, body.user_id
         async with pools["pg"].acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
@@ -115,7 +107,7 @@ def app() -> Starlette:
             return _json({"status": "waitlisted", "position": position}, 202 if inserted else 200)
 
     async def cancel(request: Request) -> Response:
-        body = msgspec.json.decode(await request.body(), type=_Booking)
+        body = msgspec.json.decode(await request.body(), type=Booking)
         event, user = body.event_id, body.user_id
         async with pools["pg"].acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
