@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         help="drive every run at this fixed rate (req/s) with benchmarks/openloop.py instead "
         "of wrk's closed loop: latency then counts queueing",
     )
-    run.add_argument("--duration", type=int, help="seconds of load per run (default 10; 4 quick)")
+    run.add_argument("--duration", type=int, help="seconds of load per run (default 10; 3 quick)")
     run.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = parser.parse_args(argv)
     need_wrk()
 
-    duration, warmup = (4, 1) if args.quick else (10, 2)
+    duration, warmup = (3, 1) if args.quick else (10, 2)
     if args.duration is not None:
         duration = args.duration
     load = Load(duration, warmup, args.connections, args.rate)
