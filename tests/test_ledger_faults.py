@@ -182,6 +182,8 @@ async def test_ledger_out_of_reach_bounds_the_lag_then_catches_up(
                 assert after.status_code == 201
                 assert (await http.get("/readyz")).status_code == 200
                 status = (await http.get(f"/status/{event_id}")).json()
+                # "after" too must be written before the writer stops (it may be lingering).
+                assert await wait_for_drain(writer_redis, keyspace, 60) == 0
     finally:
         stop.set()
         await asyncio.wait_for(writer_task, 30)
