@@ -130,15 +130,28 @@ def chart(runs: list[Run], path: Path) -> None:
     scenarios = list(dict.fromkeys(r.scenario for r in runs))
     systems = list(dict.fromkeys(r.system for r in runs))
     width = 0.8 / max(len(systems), 1)
+    # At a fixed rate every system that keeps up answers the same rate: latency is the figure.
+    fixed = any(r.open_loop for r in runs)
+
+    def value(system: str, scenario: str) -> float:
+        run = next((r for r in runs if r.system == system and r.scenario == scenario), None)
+        return 0.0 if run is None else run.p99_ms if fixed else run.rps
+
     figure, axes = plt.subplots(figsize=(11, 5))
     for index, system in enumerate(systems):
-        values = [_rps(runs, system, s) or 0 for s in scenarios]
+        values = [value(system, s) for s in scenarios]
         positions = [x + index * width for x in range(len(scenarios))]
         axes.bar(positions, values, width, label=system)
     axes.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(scenarios))])
     axes.set_xticklabels(scenarios)
-    axes.set_ylabel("requests/s")
-    axes.set_title("boxoffice benchmark suite (one run; compare within the run)")
+    if fixed:
+        axes.set_yscale("log")
+        axes.set_ylabel("p99 latency, ms (log), from when each request was due")
+    else:
+        axes.set_ylabel("requests/s")
+    rounds = max((r.rounds for r in runs), default=1)
+    made = "one round" if rounds == 1 else f"medians of {rounds} rounds"
+    axes.set_title(f"boxoffice benchmark suite ({made}; compare within the run)")
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
