@@ -76,7 +76,7 @@ def ceiling(workers: int, duration: int, connections: int) -> Run:
     ]  # fmt: skip
     server = subprocess.Popen(command)
     try:
-        wait_for(lambda: _up(f"http://127.0.0.1:{port}/"), 30, "the ceiling app")
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/"), 30, "the ceiling app")
         wrk(f"http://127.0.0.1:{port}", 2, connections, "book")  # warm-up
         rps, p50, p99, errors = wrk(f"http://127.0.0.1:{port}", duration, connections, "book")
     finally:
@@ -85,7 +85,8 @@ def ceiling(workers: int, duration: int, connections: int) -> Run:
     return Run("ceiling (bare ASGI)", workers, rps, p50, p99, errors)
 
 
-def _up(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether anything answers HTTP at `url` (whatever the status)."""
     try:
         httpx.get(url, timeout=0.5)
     except httpx.HTTPError:

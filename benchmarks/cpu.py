@@ -17,8 +17,6 @@ Parts, by process (on this machine; a `--target` elsewhere is not measured):
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psutil
 
@@ -89,16 +87,6 @@ class Meter:
         spent["load"] = _children_cpu() - self._children
         self.seconds = spent
         return spent
-
-
-@contextmanager
-def metered() -> Iterator[Meter]:
-    meter = Meter()
-    meter.start()
-    try:
-        yield meter
-    finally:
-        meter.stop()
 
 
 def per_request(seconds: dict[str, float], requests: float) -> dict[str, float]:

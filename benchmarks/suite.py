@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from benchmarks import cpu
-from benchmarks.book import wrk
+from benchmarks.book import answers, wrk
 from benchmarks.stores import BenchStores, served
 from tests.support import child_env, database_url_for, free_port, run_sql, wait_for
 
@@ -135,11 +135,7 @@ def uvicorn_app(target: str, env: dict[str, str], cwd: Path, factory: bool) -> A
 def _answers(url: str, server: subprocess.Popen[bytes]) -> bool:
     if server.poll() is not None:
         raise RuntimeError(f"the server exited with {server.returncode}")
-    try:
-        httpx.get(f"{url}/status/none", timeout=0.5)
-    except httpx.HTTPError:
-        return False
-    return True
+    return answers(f"{url}/status/none")
 
 
 async def _prepare(url: str, scenario: Scenario, token: str | None) -> None:

@@ -53,6 +53,10 @@ def _is_json(content_type: bytes | None) -> bool:
     )
 
 
+def _too_large() -> ProblemRaised:
+    return ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+
+
 def check_declared(declared: bytes | None) -> None:
     """Refuse a body whose declared Content-Length is over MAX_BODY_BYTES, before reading it."""
     if declared is not None:
@@ -61,7 +65,7 @@ def check_declared(declared: bytes | None) -> None:
         except ValueError:
             raise ProblemRaised(MALFORMED, "Content-Length is not a number.") from None
         if too_large:
-            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+            raise _too_large()
 
 
 async def read_rest(first: Message, receive: Receive) -> bytes:
@@ -75,7 +79,7 @@ async def read_rest(first: Message, receive: Receive) -> bytes:
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+            raise _too_large()
         chunks.append(chunk)
     if message["type"] == "http.disconnect":
         # Nobody will read the answer; what matters is that nothing happens and nothing is
@@ -109,7 +113,7 @@ class BodyReader(typing.Generic[Body]):
         if message["type"] != "http.request" or message.get("more_body"):
             raw = await read_rest(message, receive)
         elif len(raw) > MAX_BODY_BYTES:
-            raise ProblemRaised(TOO_LARGE, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+            raise _too_large()
         try:
             try:
                 return self._decoder.decode(raw)

@@ -11,12 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from benchmarks import cpu, openloop
-from benchmarks.book import _ms
+from benchmarks.book import _ms, answers
 from benchmarks.report import markdown
 from benchmarks.suite import Run
 from tests.support import free_port, wait_for
@@ -101,16 +100,8 @@ def _serve_slow_app(tmp_path: Path, pause: float) -> tuple[subprocess.Popen[byte
     ]  # fmt: skip
     server = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers(url), 30, "the test app")
+    wait_for(lambda: answers(url), 30, "the test app")
     return server, url
-
-
-def _answers(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1)
-    except httpx.HTTPError:
-        return False
-    return True
 
 
 def _open_loop(url: str, *args: str) -> dict[str, float]:
