@@ -15,7 +15,10 @@ Failure handling:
 - A call that has waited longer than `timeout` means the connection is stuck (replies come in
   order, so nothing behind it can finish either): the connection is dropped as if lost.
 - More than `max_pending` calls in flight: new calls fail at once (backpressure).
-- AUTH (user and password), database selection and TLS (`rediss://`) come from the URL.
+- AUTH (user and password), database selection and TLS (`rediss://`) come from the URL, read
+  once by `service.address.RedisAddress` (redis-py's clients are built from the same value). A
+  new connection answers its whole handshake before any call can reach it; commands queued
+  for a connection that is lost are never written to the next one.
 - Redis Cluster is refused at connect time with a clear error: every script's keys share one
   slot, but routing by slot (MOVED/ASK) is not built into this transport yet.
 
@@ -34,12 +37,11 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import hiredis
 
+from service.address import RedisAddress
 from service.errors import BackendUnavailable, ConfigurationError
 
 log = logging.getLogger("boxoffice.transport")
@@ -51,42 +53,16 @@ class ReplyError(Exception):
     """Redis answered this call with an error reply."""
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
-    db: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "valkey", "valkeys"):
-            raise ConfigurationError(f"REDIS_URL scheme {parts.scheme!r}: expected redis or rediss")
-        path = parts.path.lstrip("/")
-        try:
-            db = int(path) if path else 0
-        except ValueError:
-            raise ConfigurationError(f"REDIS_URL database {path!r}: expected a number") from None
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=db,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=parts.scheme in ("rediss", "valkeys"),
-        )
-
-
 class _Protocol(asyncio.Protocol):
-    """One connection: writes what the transport hands it, matches replies in order."""
+    """One connection: its own commands waiting to be written, its own calls waiting for
+    replies, matched in order. Nothing of one connection is ever written to another."""
 
     def __init__(self, owner: PipelinedRedis) -> None:
         self.owner = owner
         self.reader = hiredis.Reader(encoding="utf-8", replyError=ReplyError)
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -98,7 +74,18 @@ class _Protocol(asyncio.Protocol):
         reader = self.reader
         reader.feed(data)
         pending = self.pending
-        while (reply := reader.gets()) is not False:
+        while True:
+            try:
+                reply = reader.gets()
+            except UnicodeDecodeError as error:
+                # hiredis consumed that reply whole: it fails its own call, and the
+                # connection (and every call behind it) carries on.
+                future, _ = pending.popleft()
+                if not future.done():
+                    future.set_exception(error)
+                continue
+            if reply is False:
+                return
             future, _ = pending.popleft()
             if future.done():  # its caller gave up (cancelled)
                 continue
@@ -109,8 +96,28 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.outgoing.clear()
         self.fail_all(f"the connection to Redis was lost ({exc or 'closed by the server'})")
         self.owner._lost(self)
+
+    def flush(self) -> None:
+        """Write everything queued in this loop turn, at once."""
+        self.flush_scheduled = False
+        outgoing, self.outgoing = self.outgoing, []
+        if self.closed or self.transport is None or not outgoing:
+            return
+        self.transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
+
+    def call_now(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]]:
+        """The handshake: `commands` written at once, before the connection is published."""
+        assert self.transport is not None
+        # (hiredis' stub types the command as a 1-tuple)
+        data = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self.pending.extend((future, time.monotonic()) for future in futures)
+        self.transport.write(data)
+        return futures
 
     def fail_all(self, reason: str) -> None:
         pending, self.pending = self.pending, deque()
@@ -118,25 +125,41 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(BackendUnavailable(reason))
 
+    def abandon(self, reason: str) -> None:
+        """Close this connection now: its unwritten commands are discarded, its calls fail."""
+        self.closed = True
+        self.outgoing.clear()
+        self.fail_all(reason)
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class PipelinedRedis:
     """Redis commands over one auto-pipelined connection. Use `connect()` first."""
 
     def __init__(
         self,
-        url: str,
+        address: RedisAddress | str,
         *,
         timeout: float = 5.0,
         max_pending: int = 10_000,
         connect_timeout: float = 3.0,
     ) -> None:
-        self.endpoint = Endpoint.from_url(url)
+        self.address = address if isinstance(address, RedisAddress) else RedisAddress.parse(address)
         self.timeout = timeout
         self.max_pending = max_pending
         self.connect_timeout = connect_timeout
+        self._ssl = self.address.ssl_context()  # once: a TLS file it cannot load fails here
+        handshake: list[tuple[Arg, ...]] = []
+        if self.address.password is not None:
+            user = (self.address.username,) if self.address.username else ()
+            handshake.append(("AUTH", *user, self.address.password))
+        if self.address.db:
+            handshake.append(("SELECT", self.address.db))
+        handshake.append(("INFO", "cluster"))
+        self._handshake = tuple(handshake)
         self._protocol: _Protocol | None = None
-        self._outgoing: list[bytes] = []
-        self._flush_scheduled = False
+        """The connection calls go to: published only once its handshake has answered."""
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -151,56 +174,70 @@ class PipelinedRedis:
         self._watchdog = asyncio.create_task(self._watch())
 
     async def _open(self) -> None:
-        endpoint = self.endpoint
+        """A new connection, handshaken in private: no call can reach it before AUTH, SELECT
+        and the cluster check have all answered (a call written after AUTH but before SELECT's
+        reply would run, and succeed, in database 0). Then, and only then, it is published."""
+        address = self.address
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if endpoint.tls else None
+        protocol: _Protocol | None = None
         try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Protocol(self),
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=context,
-                    server_hostname=endpoint.host if context else None,
-                ),
-                self.connect_timeout,
-            )
-        except (OSError, TimeoutError) as error:
-            raise BackendUnavailable(
-                f"Redis at {endpoint.host}:{endpoint.port} cannot be reached ({error})."
-            ) from error
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    _, protocol = await loop.create_connection(
+                        lambda: _Protocol(self),
+                        address.host,
+                        address.port,
+                        ssl=self._ssl,
+                        server_hostname=address.host if self._ssl else None,
+                    )
+                    replies = await asyncio.gather(
+                        *protocol.call_now(self._handshake), return_exceptions=True
+                    )
+            except ssl.SSLCertVerificationError as error:
+                raise ConfigurationError(
+                    f"REDIS_URL: the TLS certificate of Redis at {address.host}:{address.port} "
+                    f"was refused ({error.verify_message}); check ssl_ca_certs"
+                ) from None
+            except ssl.SSLError as error:
+                raise ConfigurationError(
+                    f"REDIS_URL: no TLS session with Redis at {address.host}:{address.port} "
+                    f"({error.reason or error}); is it a TLS port, and the URL rediss://?"
+                ) from None
+            except (OSError, TimeoutError) as error:
+                raise BackendUnavailable(
+                    f"Redis at {address.host}:{address.port} cannot be reached "
+                    f"({error or 'no answer within ' + str(self.connect_timeout) + ' s'})."
+                ) from error
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    raise ConfigurationError(f"REDIS_URL: Redis refused the handshake: {reply}")
+                if isinstance(reply, BaseException):
+                    raise reply
+            if "cluster_enabled:1" in str(replies[-1]):
+                raise ConfigurationError(
+                    "REDIS_URL points at a Redis Cluster: every boxoffice script touches one "
+                    "slot, but slot routing is not built into the hot-path transport yet."
+                )
+            if protocol.closed or self._closing:
+                raise BackendUnavailable("the connection to Redis was lost during its handshake")
+        except BaseException:
+            if protocol is not None:
+                protocol.abandon("the handshake did not complete")
+            raise
         self._protocol = protocol
-        try:
-            if endpoint.password is not None:
-                auth: list[Arg] = ["AUTH", endpoint.password]
-                if endpoint.username:
-                    auth.insert(1, endpoint.username)
-                await self.execute(*auth)
-            if endpoint.db:
-                await self.execute("SELECT", endpoint.db)
-            info = await self.execute("INFO", "cluster")
-        except ReplyError as error:
-            self._drop("the handshake failed")
-            raise ConfigurationError(f"REDIS_URL: Redis refused the handshake: {error}") from None
-        if "cluster_enabled:1" in str(info):
-            self._drop("cluster")
-            raise ConfigurationError(
-                "REDIS_URL points at a Redis Cluster: every boxoffice script touches one slot, "
-                "but slot routing is not built into the hot-path transport yet."
-            )
 
     def _drop(self, reason: str) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
-            protocol.fail_all(reason)
-            if protocol.transport is not None:
-                protocol.transport.abort()
+            protocol.abandon(reason)
 
     def _lost(self, protocol: _Protocol) -> None:
         if protocol is not self._protocol:
-            return
+            return  # dropped already, or never published (lost during its handshake)
         self._protocol = None
-        self._outgoing.clear()
+        self._start_reconnecting()
+
+    def _start_reconnecting(self) -> None:
         if not self._closing and self._reconnecting is None and self._loop is not None:
             self._reconnecting = self._loop.create_task(self._reconnect())
 
@@ -231,11 +268,7 @@ class PipelinedRedis:
             if time.monotonic() - sent > self.timeout:
                 log.warning("Redis did not answer within %.1f s; reconnecting", self.timeout)
                 self._drop(f"Redis did not answer within {self.timeout} s")
-                self._lost_after_drop()
-
-    def _lost_after_drop(self) -> None:
-        if not self._closing and self._reconnecting is None and self._loop is not None:
-            self._reconnecting = self._loop.create_task(self._reconnect())
+                self._start_reconnecting()
 
     async def close(self) -> None:
         self._closing = True
@@ -258,29 +291,24 @@ class PipelinedRedis:
 
     def send(self, *args: Arg) -> asyncio.Future[Any]:
         """Queue one command; its reply arrives in the returned future. The command leaves
-        with everything else queued in this loop turn."""
+        with everything else queued on this connection in this loop turn."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             raise BackendUnavailable("Redis is not connected; retry shortly.")
         if len(protocol.pending) >= self.max_pending:
             raise BackendUnavailable("Too many Redis calls in flight; retry shortly.")
+        # Encoded before its reply slot is taken: an argument hiredis refuses (a bool, None, a
+        # lone surrogate) fails this call alone, instead of shifting every later reply.
+        command = hiredis.pack_command(args)  # type: ignore[arg-type]
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
         protocol.pending.append((future, time.monotonic()))
-        self._outgoing.append(hiredis.pack_command(args))  # type: ignore[arg-type]
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        protocol.outgoing.append(command)
+        if not protocol.flush_scheduled:
+            protocol.flush_scheduled = True
+            loop.call_soon(protocol.flush)
         return future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        outgoing, self._outgoing = self._outgoing, []
-        protocol = self._protocol
-        if protocol is None or protocol.transport is None or not outgoing:
-            return
-        protocol.transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
 
     def execute(self, *args: Arg) -> asyncio.Future[Any]:
         return self.send(*args)

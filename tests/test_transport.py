@@ -163,3 +163,81 @@ async def test_an_unreachable_server_is_a_clear_error() -> None:
         await hot.connect()
     with pytest.raises(BackendUnavailable, match="not connected"):
         hot.send("PING")
+
+
+async def test_after_a_reconnect_no_call_runs_before_the_handshake_has_answered(
+    tmp_path: Path,
+) -> None:
+    """A password and a database: every reconnect must answer AUTH and SELECT before any call
+    goes out, or calls written in between run (and succeed) in database 0."""
+    server = EmbeddedValkey(tmp_path / "v", free_port(), extra_args=("--requirepass", "s3cret"))
+    server.start()
+    check = {db: redis.Redis(port=server.port, password="s3cret", db=db) for db in (0, 5)}
+    hot = PipelinedRedis(f"redis://:s3cret@127.0.0.1:{server.port}/5")
+    acknowledged: list[str] = []
+    stopping = asyncio.Event()
+
+    async def write_forever(task: int) -> None:
+        n = 0
+        while not stopping.is_set():
+            key = f"w{task}:{n}"
+            n += 1
+            try:
+                await hot.execute("SET", key, "1")
+            except BackendUnavailable:
+                await asyncio.sleep(0)  # again at once: calls race the next handshake
+                continue
+            acknowledged.append(key)
+
+    try:
+        await hot.connect()
+        writers = [asyncio.create_task(write_forever(t)) for t in range(50)]
+        killed = 0
+        for _ in range(20):
+            before = len(acknowledged)
+            await eventually(lambda n=before: len(acknowledged) > n + 100, 10, "writes to go on")
+            # Every normal client but the killer itself: the transport's connection.
+            killed += await asyncio.to_thread(check[5].client_kill_filter, _type="normal")
+        stopping.set()
+        await asyncio.gather(*writers)
+        assert killed >= 20
+        assert check[0].dbsize() == 0
+        found = sum(
+            int(check[5].exists(*acknowledged[i : i + 1000]))
+            for i in range(0, len(acknowledged), 1000)
+        )
+        assert found == len(acknowledged) > 2000
+    finally:
+        stopping.set()
+        await hot.close()
+        for client in check.values():
+            client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("bad", [True, None, "lone \udc80 surrogate", [1]], ids=repr)
+async def test_an_argument_that_cannot_be_encoded_fails_its_own_call_only(
+    hot: PipelinedRedis, bad: object
+) -> None:
+    before = hot.send("ECHO", "before")
+    with pytest.raises((TypeError, UnicodeEncodeError)):
+        hot.send("ECHO", bad)  # type: ignore[arg-type]
+    after = [hot.send("ECHO", f"value-{n}") for n in range(1000)]
+    replies = await asyncio.gather(before, *after)
+    assert replies == ["before", *(f"value-{n}" for n in range(1000))]
+
+
+async def test_a_reply_that_is_not_utf8_fails_its_own_call_only(
+    hot: PipelinedRedis, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    key = f"{keyspace.prefix}:binary"
+    redis_client.set(key, b"\xff\xfe")
+    connection = await hot.execute("CLIENT", "ID")
+    before = hot.send("ECHO", "before")
+    binary = hot.send("GET", key)
+    after = [hot.send("ECHO", f"value-{n}") for n in range(1000)]
+    replies = await asyncio.gather(before, binary, *after, return_exceptions=True)
+    assert replies[0] == "before"
+    assert isinstance(replies[1], UnicodeDecodeError)
+    assert replies[2:] == [f"value-{n}" for n in range(1000)]
+    assert await hot.execute("CLIENT", "ID") == connection  # the connection was kept
