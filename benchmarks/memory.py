@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import redis
-
 from benchmarks.stores import BenchStores
 from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.transport import PipelinedRedis
-from tests.support import delete_keyspace
+from tests.support import delete_keyspace, redis_at
 
 
 async def _join(url: str, keyspace: Keyspace, waiters: int) -> None:
@@ -38,7 +36,7 @@ async def _join(url: str, keyspace: Keyspace, waiters: int) -> None:
 
 def waiter_bytes(stores: BenchStores, waiters: int) -> dict[str, float]:
     keyspace = Keyspace(f"mem-{uuid.uuid4().hex[:8]}", 16)
-    client = redis.Redis.from_url(stores.redis_url)
+    client = redis_at(stores.redis_url)
     try:
         before = int(client.info("memory")["used_memory"])
         asyncio.run(_join(stores.redis_url, keyspace, waiters))

@@ -17,8 +17,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.keys import Keyspace
 from tests.support import (
@@ -27,6 +25,7 @@ from tests.support import (
     database_url_for,
     delete_keyspace,
     free_port,
+    redis_at,
     run_sql,
 )
 
@@ -97,7 +96,7 @@ def served(
             yield server, keyspace
         finally:
             server.stop()
-            client = redis.Redis.from_url(stores.redis_url)
+            client = redis_at(stores.redis_url)
             delete_keyspace(client, keyspace)
             client.close()
     finally:

@@ -329,11 +329,10 @@ def _writer(env: dict[str, str], cwd: Path, start: bool) -> Iterator[None]:
 
 
 def _delete_prefix(redis_url: str, prefix: str) -> None:
-    import redis
 
     from service.keys import Keyspace
-    from tests.support import delete_keyspace
+    from tests.support import delete_keyspace, redis_at
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis_at(redis_url)
     delete_keyspace(client, Keyspace(prefix, 16))
     client.close()

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import observability, openapi, problems
+from service.address import RedisAddress
 from service.bodies import BodyReader, InitializeRequest
 from service.booking import BookingEngine
 from service.errors import (
@@ -126,9 +127,10 @@ class Api:
             raise ConfigurationError("REDIS_URL is not set (boxoffice serve sets it).")
         # The hot path (every script call) goes over one auto-pipelined connection; redis-py
         # serves the rest (partition claim, lag, readiness, rate limits).
-        hot = PipelinedRedis(url)
+        address = RedisAddress.parse(url)  # one reading of the URL for both clients
+        hot = PipelinedRedis(address)
         await hot.connect()
-        redis = await connect_redis(url, self.settings.redis_max_connections)
+        redis = await connect_redis(address, self.settings.redis_max_connections)
         watcher: asyncio.Task[None] | None = None
         folder: asyncio.Task[None] | None = None
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.address import RedisAddress
 from service.errors import ConfigurationError
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -31,6 +32,14 @@ def _text(raw: str) -> str:
 
 def _optional(raw: str) -> str | None:
     return raw or None
+
+
+def _redis_url(raw: str) -> str | None:
+    """Checked now, so a URL the clients cannot read alike stops the start with one line; the
+    clients parse it again into the same `RedisAddress`."""
+    # ConfigurationError: one line naming the problem, never the password.
+    RedisAddress.parse(raw).ssl_context()  # (the TLS files it names load, too)
+    return raw
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -104,7 +113,7 @@ class Settings:
     production; tests build instances directly."""
 
     redis_url: str | None = _setting(
-        "REDIS_URL", _optional, None, "Redis/Valkey URL; unset: the embedded Valkey"
+        "REDIS_URL", _redis_url, None, "Redis/Valkey URL; unset: the embedded Valkey"
     )
     database_url: str | None = _setting(
         "DATABASE_URL", _optional, None, "PostgreSQL URL of the ledger; unset: embedded"

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 
+from service.address import RedisAddress
 from service.embedded import (
     ChildServer,
     EmbeddedPostgres,
@@ -61,11 +62,15 @@ def open_stores(settings: Settings, *, share_running: bool) -> Iterator[Stores]:
         yield Stores(redis_url, database_url, lines)
 
 
-async def connect_redis(url: str, max_connections: int) -> Redis:
+async def connect_redis(address: RedisAddress | str, max_connections: int) -> Redis:
     """A client on a bounded pool: callers wait up to 5 s for a free connection, and no call
-    waits more than 5 s for its reply, so a lost server is an error, never a hang."""
-    pool = BlockingConnectionPool.from_url(
-        url,
+    waits more than 5 s for its reply, so a lost server is an error, never a hang. Built from
+    the same `RedisAddress` as the hot path's transport (never redis-py's own URL reading)."""
+    if not isinstance(address, RedisAddress):
+        address = RedisAddress.parse(address)
+    address.ssl_context()  # redis-py loads the TLS files at its first connection: check them now
+    pool = BlockingConnectionPool(
+        connection_class=SSLConnection if address.tls else Connection,
         max_connections=max_connections,
         timeout=5,
         socket_timeout=5,
@@ -74,6 +79,7 @@ async def connect_redis(url: str, max_connections: int) -> Redis:
         # server is replaced instead of failing a request; busy connections pay nothing.
         health_check_interval=2,
         decode_responses=True,
+        **address.redis_options(),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 

@@ -42,6 +42,7 @@ from tests.support import (
     delete_keyspace,
     free_port,
     open_directory,
+    redis_at,
     run_sql,
     wait_for,
 )
@@ -102,7 +103,7 @@ def _container(
 
 
 def _redis_answers(url: str) -> bool:
-    probe = redis.Redis.from_url(url)
+    probe = redis_at(url)
     try:
         return bool(probe.ping())
     except redis.RedisError:
@@ -206,7 +207,7 @@ def empty_database_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_at(redis_url, decode_responses=True)
     yield client
     client.close()
 

@@ -26,6 +26,7 @@ from tests.support import (
     child_env,
     free_port,
     open_directory,
+    redis_at,
 )
 
 EVENTS = [f"fault-{n}" for n in range(4)]
@@ -83,7 +84,7 @@ class Rig:
             ).raise_for_status()
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.valkey.url, decode_responses=True)
+        return redis_at(self.valkey.url, decode_responses=True)
 
     def workers(self) -> list[psutil.Process]:
         """The uvicorn worker processes (children of serve that are not the writer)."""

@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import redis
 
+from service.address import RedisAddress
 from service.keys import EventKeys, Keyspace
 
 
@@ -53,6 +54,12 @@ async def eventually(condition: Callable[[], bool], seconds: float, what: str) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def redis_at(url: str, **options: Any) -> redis.Redis:
+    """A redis-py client to `url`, read as boxoffice reads REDIS_URL (one reading everywhere:
+    redis-py's own `from_url` accepts and ignores what boxoffice refuses)."""
+    return redis.Redis(**RedisAddress.parse(url).client_options(), **options)
 
 
 def delete_keyspace(client: redis.Redis, keyspace: Keyspace) -> None:

@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -31,7 +30,7 @@ from service.keys import Keyspace
 from service.scripts import Scripts
 from service.stores import connect_redis
 from tests.model import Model
-from tests.support import ServedBoxoffice, check_invariants, delete_keyspace
+from tests.support import ServedBoxoffice, check_invariants, delete_keyspace, redis_at
 
 # Few events, few tickets and a handful of users: contention, sold-out events and long waiting
 # lists come up in most runs.
@@ -49,7 +48,7 @@ class EngineMachine(RuleBasedStateMachine):
         super().__init__()
         self.model = Model()
         self.keyspace = Keyspace(f"m-{uuid.uuid4().hex[:10]}", 4)
-        self.raw = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        self.raw = redis_at(self.redis_url, decode_responses=True)
         self.loop = asyncio.new_event_loop()
         self.connection = self.loop.run_until_complete(connect_redis(self.redis_url, 4))
         scripts = Scripts(self.connection)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -189,13 +189,15 @@ async def test_after_a_reconnect_no_call_runs_before_the_handshake_has_answered(
                 continue
             acknowledged.append(key)
 
+    def more_than(n: int) -> Callable[[], bool]:
+        return lambda: len(acknowledged) > n
+
     try:
         await hot.connect()
         writers = [asyncio.create_task(write_forever(t)) for t in range(50)]
         killed = 0
         for _ in range(20):
-            before = len(acknowledged)
-            await eventually(lambda n=before: len(acknowledged) > n + 100, 10, "writes to go on")
+            await eventually(more_than(len(acknowledged) + 100), 10, "writes to go on")
             # Every normal client but the killer itself: the transport's connection.
             killed += await asyncio.to_thread(check[5].client_kill_filter, _type="normal")
         stopping.set()

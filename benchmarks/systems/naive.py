@@ -12,13 +12,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from benchmarks.systems import Booking, Initialize
+from service.address import RedisAddress
 from service.booking import Booked, BookingEngine
 from service.errors import BoxofficeError
 from service.keys import Keyspace
@@ -35,8 +36,12 @@ def app() -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        pool = BlockingConnectionPool.from_url(
-            os.environ["REDIS_URL"], max_connections=64, decode_responses=True
+        address = RedisAddress.parse(os.environ["REDIS_URL"])  # as boxoffice reads it
+        pool = BlockingConnectionPool(
+            connection_class=SSLConnection if address.tls else Connection,
+            max_connections=64,
+            decode_responses=True,
+            **address.redis_options(),
         )
         redis = Redis.from_pool(pool)
         scripts = Scripts(redis)
