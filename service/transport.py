@@ -206,7 +206,7 @@ class PipelinedRedis:
             except (OSError, TimeoutError) as error:
                 raise BackendUnavailable(
                     f"Redis at {address.host}:{address.port} cannot be reached "
-                    f"({error or 'no answer within ' + str(self.connect_timeout) + ' s'})."
+                    f"({str(error) or f'no answer within {self.connect_timeout} s'})."
                 ) from error
             for reply in replies:
                 if isinstance(reply, ReplyError):
