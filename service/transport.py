@@ -204,9 +204,11 @@ class PipelinedRedis:
                     f"({error.reason or error}); is it a TLS port, and the URL rediss://?"
                 ) from None
             except (OSError, TimeoutError) as error:
+                why = str(error) or f"no answer within {self.connect_timeout} s"
+                if self._ssl and isinstance(error, TimeoutError):
+                    why += "; is it a TLS port?"  # a plain server waits for a line, silent
                 raise BackendUnavailable(
-                    f"Redis at {address.host}:{address.port} cannot be reached "
-                    f"({str(error) or f'no answer within {self.connect_timeout} s'})."
+                    f"Redis at {address.host}:{address.port} cannot be reached ({why})."
                 ) from error
             for reply in replies:
                 if isinstance(reply, ReplyError):

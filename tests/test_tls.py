@@ -241,3 +241,27 @@ async def test_boxoffice_commands_use_verified_tls_and_say_why_they_refuse(
     [line] = err.splitlines()
     assert line.startswith("boxoffice: SSLCertVerificationError: ")
     assert "certificate verify failed" in line
+
+
+async def test_tls_to_a_port_that_does_not_speak_it_is_a_clear_error(redis_url: str) -> None:
+    # A server that waits for a line (Redis) says nothing to a TLS hello...
+    plain = RedisAddress.parse(redis_url).port
+    hot = PipelinedRedis(rediss_url(redis_url, plain), connect_timeout=0.5)
+    with pytest.raises(BackendUnavailable, match=r"no answer within 0\.5 s; is it a TLS port\?"):
+        await hot.connect()
+
+    # ...one that answers it in plain text ends the TLS session before it starts.
+    async def answer_in_plain_text(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"-ERR this is not TLS\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_in_plain_text, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        hot = PipelinedRedis(rediss_url(redis_url, port))
+        with pytest.raises(ConfigurationError, match=r"no TLS session with Redis at .*TLS port"):
+            await hot.connect()
+    finally:
+        server.close()
+        await server.wait_closed()
