@@ -91,11 +91,6 @@ class RedisAddress:
     tls: TLS | None = None
     """None: plain TCP (`redis://`)."""
 
-    def __str__(self) -> str:
-        """For messages: where, never who."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
-
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
         """The address `url` names, or ConfigurationError with one line saying what is wrong

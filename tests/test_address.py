@@ -120,6 +120,7 @@ async def test_the_service_and_its_ledger_writer_use_the_database_of_the_query_s
         ("h:6379", "scheme h:// is not supported"),
         ("redis://:pw@h:99999", "not a valid URL"),
         ("redis://:pw@h:6379?db", "not name=value pairs"),
+        ("redis://:pw@h:6379#1", "a #fragment is not supported"),
     ],
 )
 async def test_what_the_url_cannot_say_is_refused_in_one_line(url: str, message: str) -> None:
