@@ -165,6 +165,13 @@ async def test_an_unreachable_server_is_a_clear_error() -> None:
         hot.send("PING")
 
 
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {"use_uvloop": u}), id=n)
+        for u, n in ((False, "asyncio"), (True, "uvloop"))
+    ],
+)
 async def test_after_a_reconnect_no_call_runs_before_the_handshake_has_answered(
     tmp_path: Path,
 ) -> None:
