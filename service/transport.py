@@ -8,7 +8,9 @@ no per-call connection checkout: the client's per-call path is what bounds a Pyt
 service (DESIGN.md, "Hot path"), and this is that path made small.
 
 Failure handling:
-- An error reply fails its own call only (`ReplyError`); the connection carries on.
+- An error reply fails its own call only (`ReplyError`); the connection carries on. So do an
+  argument hiredis cannot encode (raised by `send`, before the call takes a reply slot) and a
+  reply that is not UTF-8 (`UnicodeDecodeError`).
 - A lost connection fails every pending call at once with `BackendUnavailable` (the request
   gets a 503 problem, never a hang) and reconnects in the background with backoff; calls made
   while disconnected fail at once.
