@@ -130,6 +130,9 @@ class RedisAddress:
             unquote(parts.password) if parts.password is not None else None,
             query.get("password"),
         )
+        if username and not password:
+            # (redis-py would send AUTH with no password, the transport no AUTH at all)
+            raise _refuse("a username needs a password (user:password@host)")
         tls = _tls(query) if SCHEMES[parts.scheme] else None
         if tls is None and (ssl_given := [n for n in query if n.startswith("ssl_")]):
             raise _refuse(f"{', '.join(ssl_given)} need rediss:// (TLS), not redis://")

@@ -121,6 +121,8 @@ async def test_the_service_and_its_ledger_writer_use_the_database_of_the_query_s
         ("redis://:pw@h:99999", "not a valid URL"),
         ("redis://:pw@h:6379?db", "not name=value pairs"),
         ("redis://:pw@h:6379#1", "a #fragment is not supported"),
+        ("redis://alice@h:6379?db=1&x=pw", "parameter 'x' is not supported"),
+        ("redis://alice@h:6379/1", "a username needs a password"),
     ],
 )
 async def test_what_the_url_cannot_say_is_refused_in_one_line(url: str, message: str) -> None:
