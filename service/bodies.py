@@ -3,11 +3,14 @@
 The structs here both validate requests (msgspec, compiled) and describe them in the OpenAPI
 document, so nothing is described twice. A body is refused before it is decoded when it is too
 large (413) or not JSON by its content type (415); JSON that does not parse is 400; JSON of the
-wrong shape is 422 with every invalid field listed.
+wrong shape is 422 with every invalid field listed. JSON nested deeper than the decoder follows
+(about a thousand levels: it recurses, bounded by Python's recursion limit) is 400, logged in
+one line.
 """
 
 from __future__ import annotations
 
+import logging
 import typing
 from typing import Any, TypeVar
 
@@ -25,6 +28,8 @@ from service.problems import (
 )
 
 MAX_BODY_BYTES = 16 * 1024
+
+log = logging.getLogger("boxoffice.bodies")
 
 
 class InitializeRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
@@ -121,7 +126,15 @@ class BodyReader(typing.Generic[Body]):
                 errors = field_errors(self.schema, raw)
         except (msgspec.DecodeError, UnicodeDecodeError):
             raise ProblemRaised(MALFORMED, "The body is not well-formed UTF-8 JSON.") from None
+        except RecursionError:
+            # msgspec recurses into what a client nests (even to skip it); a 4 KB body of
+            # brackets reaches the limit. A bad request, not a crash: no traceback.
+            log.warning("refused a %d-byte body nested too deeply to decode", len(raw))
+            raise ProblemRaised(MALFORMED, _TOO_DEEP) from None
         raise ProblemRaised(VALIDATION, "The request body is invalid.", errors)
+
+
+_TOO_DEEP = "The body nests arrays or objects too deeply."
 
 
 def _clean(message: str) -> str:
@@ -143,8 +156,9 @@ _KINDS = {ord("["): "an array", ord('"'): "a string", ord("n"): "null", ord("t")
 def field_errors(schema: type[msgspec.Struct], raw: bytes) -> list[FieldError]:
     """Every invalid field of a body that failed validation (msgspec stops at the first).
 
-    Only the top level is decoded freely; each member is decoded straight into its field's type,
-    so nothing here recurses into what a client nests."""
+    Only the top level is decoded freely; each member is decoded straight into its field's type.
+    Skipping over a member still recurses inside msgspec: a body nested about a thousand deep
+    raises RecursionError, which `BodyReader.read` answers."""
     try:
         data = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
     except msgspec.ValidationError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from typing import Any
@@ -242,6 +243,45 @@ async def test_header_abuse_is_refused_with_431_and_changes_nothing(
     assert_problem(response, 431, "headers-too-large")
     assert response.headers["x-request-id"]
     assert snapshot(redis_client, keyspace) == before
+
+
+_DEEP_ARRAY = b"[" * 2000 + b"]" * 2000
+_DEEP_OBJECT = b'{"a":' * 2000 + b"1" + b"}" * 2000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/book", b'{"userId":"a","eventId":"E","x":' + _DEEP_ARRAY + b"}"),
+        ("/cancel", b'{"userId":"holder","eventId":"E","x":' + _DEEP_ARRAY + b"}"),
+        ("/initialize", b'{"eventId":"F","totalTickets":1,"x":' + _DEEP_ARRAY + b"}"),
+        ("/book", b'{"userId":' + _DEEP_OBJECT + b',"eventId":"E"}'),
+        ("/initialize", b'{"eventId":"F","totalTickets":' + _DEEP_ARRAY + b"}"),
+        ("/cancel", _DEEP_OBJECT),
+    ],
+    ids=["book", "cancel", "initialize", "deep object in a field", "deep total", "deep body"],
+)
+async def test_deeply_nested_json_is_malformed_and_logged_in_one_line(
+    client: httpx.AsyncClient,
+    redis_client: redis.Redis,
+    keyspace: Keyspace,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    body: bytes,
+) -> None:
+    """A body nested 2,000 deep (4 KB) is past what the decoder follows: 400, not a crash."""
+    await client.post("/initialize", json={"eventId": "E", "totalTickets": 2})
+    await client.post("/book", json={"userId": "holder", "eventId": "E"})
+    before = snapshot(redis_client, keyspace)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        response = await client.post(path, headers=JSON, content=body)
+    problem = assert_problem(response, 400, "malformed-request")
+    assert "nest" in problem["detail"]
+    assert snapshot(redis_client, keyspace) == before
+    ours = [r for r in caplog.records if r.name.startswith("boxoffice")]
+    assert [(r.levelno, r.exc_info) for r in ours] == [(logging.WARNING, None)], ours
+    assert "nest" in ours[0].getMessage()
 
 
 def _raw(url: str, request: bytes, wait: float = 5) -> bytes:
