@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import typing
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.types import Message, Receive, Scope
 
-from service.booking import EventId, TicketCount, UserId
+from service.booking import MAX_TICKETS, EventId, TicketCount, UserId
 from service.problems import (
     MALFORMED,
     TOO_LARGE,
@@ -35,6 +37,58 @@ log = logging.getLogger("boxoffice.bodies")
 class InitializeRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
     event_id: EventId
     total_tickets: TicketCount
+
+
+class _InitializeWire(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    """What `/initialize` decodes: `totalTickets` as written, made an integer by `whole_tickets`
+    (the published schema is InitializeRequest's)."""
+
+    event_id: EventId
+    total_tickets: msgspec.Raw
+
+
+_TICKETS = msgspec.json.Decoder(TicketCount)
+
+
+def whole_tickets(raw: msgspec.Raw | bytes) -> int:
+    """A `totalTickets` as written: any JSON number with no fractional part (JSON Schema's
+    `integer`: 5, 5.0 and 5e0 alike; not 5.5, `true` or "5"), 0..MAX_TICKETS. Exact: the text
+    decides, not a float (5.0000000000000001 is refused). Raises msgspec.ValidationError."""
+    try:
+        return _TICKETS.decode(raw)
+    except msgspec.ValidationError as error:
+        if "got `float`" not in str(error):
+            raise
+    try:
+        value = Decimal(bytes(raw).decode())
+        whole = value == value.to_integral_value()
+    except InvalidOperation:  # an exponent past what Decimal holds
+        raise msgspec.ValidationError("Number out of range") from None
+    if not whole:
+        raise msgspec.ValidationError("Expected a number with no fractional part")
+    if value < 0:
+        raise msgspec.ValidationError("Expected `int` >= 0")
+    if value > MAX_TICKETS:
+        raise msgspec.ValidationError(f"Expected `int` <= {MAX_TICKETS}")
+    return int(value)
+
+
+_WIRE_DECODER = msgspec.json.Decoder(_InitializeWire)
+
+
+def _decode_initialize(raw: bytes) -> InitializeRequest:
+    wire = _WIRE_DECODER.decode(raw)
+    return InitializeRequest(wire.event_id, whole_tickets(wire.total_tickets))
+
+
+_CUSTOM: dict[type[msgspec.Struct], Callable[[bytes], Any]] = {
+    InitializeRequest: _decode_initialize
+}
+"""Bodies not decoded straight into their struct (off the hot path)."""
+
+_FIELD_CHECKS: dict[tuple[type[msgspec.Struct], str], Callable[[msgspec.Raw], Any]] = {
+    (InitializeRequest, "total_tickets"): whole_tickets
+}
 
 
 class BookingRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
@@ -98,7 +152,9 @@ class BodyReader(typing.Generic[Body]):
 
     def __init__(self, schema: type[Body]) -> None:
         self.schema = schema
-        self._decoder = msgspec.json.Decoder(schema)
+        self._decode: Callable[[bytes], Body] = _CUSTOM.get(
+            schema, msgspec.json.Decoder(schema).decode
+        )
 
     async def read(self, scope: Scope, receive: Receive) -> Body:
         content_type = length = None
@@ -121,7 +177,7 @@ class BodyReader(typing.Generic[Body]):
             raise _too_large()
         try:
             try:
-                return self._decoder.decode(raw)
+                return self._decode(raw)
             except msgspec.ValidationError:
                 errors = field_errors(self.schema, raw)
         except (msgspec.DecodeError, UnicodeDecodeError):
@@ -173,7 +229,11 @@ def field_errors(schema: type[msgspec.Struct], raw: bytes) -> list[FieldError]:
                 errors.append(FieldError(name, f"#/{name}", "This field is required."))
             continue
         try:
-            msgspec.json.decode(data[name], type=field.type, strict=True)
+            check = _FIELD_CHECKS.get((schema, field.name))
+            if check is None:
+                msgspec.json.decode(data[name], type=field.type, strict=True)
+            else:
+                check(data[name])
         except msgspec.ValidationError as error:
             detail = _clean(str(error))
             described = _description(field.type)
