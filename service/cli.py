@@ -11,6 +11,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from redis.asyncio import Redis
 
 from service.errors import BoxofficeError
 from service.keys import Keyspace
-from service.settings import Settings
+from service.settings import Settings, mask_url
 from service.stores import Stores, connect_redis, open_stores
 
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
@@ -94,23 +95,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         writer = None
         if settings.run_writer:
             writer = subprocess.Popen([sys.executable, "-m", "service.cli", "writer"])
-        masked = settings.masked()
         base = f"http://{host}:{port}"
-        store_lines = stores.embedded or []
-        if settings.redis_url:
-            store_lines.append(f"Redis at {masked['REDIS_URL']}")
-        if settings.database_url:
-            store_lines.append(f"PostgreSQL at {masked['DATABASE_URL']}")
-        print(
-            f"boxoffice {version('boxoffice')}\n"
-            + "".join(f"  store     {line}\n" for line in store_lines)
-            + f"  ledger    {len(applied)} migrations applied now; writer "
-            f"{'running' if writer else 'off (BOXOFFICE_WRITER=false)'}\n"
-            f"  listening {base} ({workers} worker{'s' if workers > 1 else ''})\n"
-            f"  API docs  {base}/api\n"
-            f"  stop      Ctrl-C or SIGTERM",
-            flush=True,
-        )
+        print(banner(settings, stores, applied, writer is not None, base, workers), flush=True)
         try:
             uvicorn.run(
                 "service.http:app_from_env",
@@ -140,6 +126,38 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if stores.embedded:
         print("boxoffice: embedded stores stopped", flush=True)
     return EXIT_OK
+
+
+_URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
+
+
+def banner(
+    settings: Settings,
+    stores: Stores,
+    applied: Sequence[str],
+    writer: bool,
+    base: str,
+    workers: int,
+) -> str:
+    """What `serve` prints when it starts: where everything is, no secret shown."""
+    masked = settings.masked()
+    # An embedded server's line may name a URL with its generated password.
+    store_lines = [
+        _URL_IN_TEXT.sub(lambda m: mask_url(m.group()), line) for line in stores.embedded
+    ]
+    if settings.redis_url:
+        store_lines.append(f"Redis at {masked['REDIS_URL']}")
+    if settings.database_url:
+        store_lines.append(f"PostgreSQL at {masked['DATABASE_URL']}")
+    return (
+        f"boxoffice {version('boxoffice')}\n"
+        + "".join(f"  store     {line}\n" for line in store_lines)
+        + f"  ledger    {len(applied)} migrations applied now; writer "
+        f"{'running' if writer else 'off (BOXOFFICE_WRITER=false)'}\n"
+        f"  listening {base} ({workers} worker{'s' if workers > 1 else ''})\n"
+        f"  API docs  {base}/api\n"
+        f"  stop      Ctrl-C or SIGTERM"
+    )
 
 
 # -- migrate ----------------------------------------------------------------------------------
@@ -330,16 +348,23 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         code: int = args.run(settings, args)
     except BoxofficeError as error:
-        print(f"boxoffice: {error.message}", file=sys.stderr)
+        _fail(settings, error.message)
         return EXIT_ERROR
     except (redis_errors.RedisError, asyncpg.PostgresError, OSError) as error:
-        print(f"boxoffice: {type(error).__name__}: {error}", file=sys.stderr)
+        _fail(settings, f"{type(error).__name__}: {error}")
         return EXIT_ERROR
     return code
+
+
+def _fail(settings: Settings | None, message: str) -> None:
+    """One line on stderr; a driver's message may quote a URL or password: redacted."""
+    shown = settings.redact(message) if settings is not None else message
+    print(f"boxoffice: {shown}", file=sys.stderr)
 
 
 if __name__ == "__main__":
