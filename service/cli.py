@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import logging.config
@@ -26,10 +27,10 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from service.errors import BoxofficeError
+from service.errors import BoxofficeError, ConfigurationError
 from service.keys import Keyspace
 from service.settings import Settings, mask_url
-from service.stores import Stores, connect_redis, open_stores
+from service.stores import Stores, check_eviction, connect_redis, open_stores
 
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -72,6 +73,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     workers = args.workers or settings.workers
+    admin = admin_line(settings, host)  # refuses an open admin beyond loopback
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
     # the `finally` blocks below stop the writer and the embedded stores.
@@ -91,12 +93,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ["DATABASE_URL"] = stores.database_url
         # Every worker writes its metrics there; /metrics adds them up.
         os.environ[MULTIPROCESS_ENV] = metrics_dir
+        warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
         applied = asyncio.run(_migrate_url(stores.database_url))
         writer = None
         if settings.run_writer:
             writer = subprocess.Popen([sys.executable, "-m", "service.cli", "writer"])
         base = f"http://{host}:{port}"
-        print(banner(settings, stores, applied, writer is not None, base, workers), flush=True)
+        print(
+            banner(settings, stores, applied, writer is not None, base, workers, admin, warnings),
+            flush=True,
+        )
         try:
             uvicorn.run(
                 "service.http:app_from_env",
@@ -138,8 +144,11 @@ def banner(
     writer: bool,
     base: str,
     workers: int,
+    admin: str = "",
+    warnings: Sequence[str] = (),
 ) -> str:
-    """What `serve` prints when it starts: where everything is, no secret shown."""
+    """What `serve` prints when it starts: where everything is, who may create events, what
+    could not be checked; no secret shown."""
     masked = settings.masked()
     # An embedded server's line may name a URL with its generated password.
     store_lines = [
@@ -152,12 +161,62 @@ def banner(
     return (
         f"boxoffice {version('boxoffice')}\n"
         + "".join(f"  store     {line}\n" for line in store_lines)
+        + "".join(f"  warning   {settings.redact(line)}\n" for line in warnings)
         + f"  ledger    {len(applied)} migrations applied now; writer "
         f"{'running' if writer else 'off (BOXOFFICE_WRITER=false)'}\n"
         f"  listening {base} ({workers} worker{'s' if workers > 1 else ''})\n"
-        f"  API docs  {base}/api\n"
+        + (f"  admin     {admin}\n" if admin else "")
+        + f"  API docs  {base}/api\n"
         f"  stop      Ctrl-C or SIGTERM"
     )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_line(settings: Settings, host: str) -> str:
+    """Who may create events, for the banner. Without a token, `/initialize` is open: that is
+    the zero-setup demo on a loopback bind, and refused anywhere else (a host name, any other
+    address, or loopback behind a trusted proxy, which makes it public) unless
+    BOXOFFICE_ADMIN_OPEN=true says it is meant."""
+    if settings.admin_token:
+        return "POST /initialize needs the token (BOXOFFICE_ADMIN_TOKEN)"
+    if settings.admin_open:
+        return (
+            f"OPEN to anyone who can reach {host}: POST /initialize needs no token "
+            "(BOXOFFICE_ADMIN_OPEN=true)"
+        )
+    if _loopback(host) and not settings.trusted_proxies:
+        return (
+            f"open to anyone who can reach {host} (loopback, no BOXOFFICE_ADMIN_TOKEN): "
+            "a demo on this machine"
+        )
+    where = (
+        "behind BOXOFFICE_TRUSTED_PROXIES (a local proxy makes a loopback bind public)"
+        if _loopback(host)
+        else f"on {host or 'every address'}, which is not loopback"
+    )
+    raise ConfigurationError(
+        f"refusing to serve POST /initialize to anyone {where}: set "
+        "BOXOFFICE_ADMIN_TOKEN=<a long random secret, e.g. `openssl rand -hex 32`> "
+        "(or BOXOFFICE_ADMIN_OPEN=true to leave it open on purpose)"
+    )
+
+
+async def _check_store(url: str) -> str | None:
+    """Refuse a store that may evict booking state before anything starts (the API's
+    lifespan checks again, for whoever runs it without `serve`)."""
+    redis = await connect_redis(url, 1)
+    try:
+        return await check_eviction(redis)
+    finally:
+        await redis.aclose()
 
 
 # -- migrate ----------------------------------------------------------------------------------

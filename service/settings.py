@@ -235,6 +235,12 @@ class Settings:
         "bearer token `/initialize` requires",
         secret=True,
     )
+    admin_open: bool = _setting(
+        "BOXOFFICE_ADMIN_OPEN",
+        _bool,
+        False,
+        "without a token, let `serve` bind beyond loopback with `/initialize` open to anyone",
+    )
     host: str = _setting("BOXOFFICE_HOST", _text, "127.0.0.1", "address `serve` listens on")
     port: int = _setting("BOXOFFICE_PORT", _int_in(0, 65535), 8000, "port `serve` listens on")
     workers: int = _setting("BOXOFFICE_WORKERS", _int_in(1, 256), 1, "HTTP worker processes")
