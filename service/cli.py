@@ -327,6 +327,9 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run(stores: Stores) -> Restored:
         async with connections(settings, stores) as c, c.pool.acquire() as connection:
+            # What is rebuilt must stay: refuse a store that may evict it (as serve does).
+            if warning := await check_eviction(c.redis):
+                print(f"boxoffice: warning: {settings.redact(warning)}", file=sys.stderr)
             return await restore(c.redis, connection, c.keyspace, force=args.force)
 
     with open_stores(settings, share_running=True) as stores:

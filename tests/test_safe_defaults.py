@@ -197,6 +197,24 @@ def test_serve_refuses_a_store_that_may_evict_booking_state(
     assert "noeviction" in lines[0]
 
 
+@pytest.mark.parametrize("own_valkey", [EVICTING[1]], indirect=True, ids=["allkeys-lfu"])
+def test_restore_refuses_to_rebuild_into_a_store_that_may_evict(
+    own_valkey: EmbeddedValkey, database_url: str
+) -> None:
+    """The sibling: restore writes all booking state back; into an evicting store it would be
+    dropped again at maxmemory."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "restore"],
+        env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", REDIS_URL=own_valkey.url,
+                      DATABASE_URL=database_url),
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert "maxmemory-policy is allkeys-lfu" in done.stderr
+
+
 @pytest.mark.parametrize(
     "own_valkey", [("--maxmemory-policy", "volatile-lru")], indirect=True, ids=["volatile-lru"]
 )
