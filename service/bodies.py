@@ -48,6 +48,7 @@ class _InitializeWire(msgspec.Struct, frozen=True, rename="camel", forbid_unknow
 
 
 _TICKETS = msgspec.json.Decoder(TicketCount)
+_NUMBER = msgspec.json.Decoder(float)
 
 
 def whole_tickets(raw: msgspec.Raw | bytes) -> int:
@@ -57,8 +58,11 @@ def whole_tickets(raw: msgspec.Raw | bytes) -> int:
     try:
         return _TICKETS.decode(raw)
     except msgspec.ValidationError as error:
-        if "got `float`" not in str(error):
-            raise
+        refused = error
+    try:
+        _NUMBER.decode(raw)  # a JSON number within a double's range, or not one at all
+    except msgspec.ValidationError:
+        raise refused from None
     try:
         value = Decimal(bytes(raw).decode())
         whole = value == value.to_integral_value()
