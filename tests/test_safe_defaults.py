@@ -159,8 +159,11 @@ def own_valkey(request: pytest.FixtureRequest) -> Iterator[EmbeddedValkey]:
 
 
 @asynccontextmanager
-async def _app(url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(redis_url=url, key_prefix="safe"))
+async def _app(url: str, limits: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        redis_url=url, key_prefix="safe", rate_limit=limits, write_rate_limit=limits
+    )
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
@@ -248,13 +251,15 @@ async def test_a_store_that_refuses_config_get_is_used_with_a_warning(
 @pytest.mark.parametrize(
     "own_valkey", [("--maxmemory-policy", "noeviction")], indirect=True, ids=["noeviction"]
 )
+@pytest.mark.parametrize("limits", [None, "1000/second"], ids=["no limits", "rate limits on"])
 async def test_at_maxmemory_writes_get_503_and_reads_are_served(
-    own_valkey: EmbeddedValkey,
+    own_valkey: EmbeddedValkey, limits: str | None
 ) -> None:
-    """What README promises at maxmemory under noeviction."""
+    """What README promises at maxmemory under noeviction (the rate limiter, which writes its
+    counters, lets requests through when the store refuses them)."""
     admin = redis.Redis(port=own_valkey.port, decode_responses=True)
     try:
-        async with _app(own_valkey.url) as http:
+        async with _app(own_valkey.url, limits) as http:
             made = await http.post("/initialize", json={"eventId": "full", "totalTickets": 1})
             assert made.status_code == 201
             booked = await http.post("/book", json={"userId": "ann", "eventId": "full"})
