@@ -137,3 +137,29 @@ def test_the_start_banner_shows_no_password() -> None:
     assert "redis://:****@127.0.0.1:6390/0 (AOF on)" in text
     for secret in ("r3d9", "q9r", "s3cr", "t9", "k9p", "emb9pw"):
         assert secret not in text, secret
+
+
+def test_a_value_that_is_no_url_is_refused_and_not_shown() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({"REDIS_URL": "cache:6379 pw9x"})
+    assert refused.value.message == (
+        "REDIS_URL=****: expected a URL, scheme://[user:password@]host[:port]/..."
+    )
+
+
+def test_pieces_of_a_misread_password_are_redacted_too() -> None:
+    """What a driver prints of a URL it misread: the host or port it took from a password."""
+    settings = Settings(database_url="postgresql://u:pw1x/zq9@h/db")
+    assert settings.redact("invalid port 'pw1x', database 'zq9@h/db'") == (
+        "invalid port '****', database '****@h/db'"
+    )
+
+
+def test_a_driver_error_line_carries_no_password(database_url: str) -> None:
+    done = _boxoffice(
+        "reconcile", REDIS_URL="redis://:pw9z@127.0.0.1:1/0", DATABASE_URL=database_url
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("boxoffice: ConnectionError: "), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert "pw9z" not in done.stderr
