@@ -303,6 +303,17 @@ async def test_deeply_nested_json_is_malformed_and_logged_in_one_line(
     assert "nest" in ours[0].getMessage()
 
 
+def test_deeply_nested_json_is_400_in_a_served_worker(served: ServedBoxoffice) -> None:
+    """The same in a real uvicorn worker (the recursion limit counts the stack it runs on)."""
+    body = b'{"userId":"a","eventId":"e","x":' + _DEEP_ARRAY + b"}"
+    for path in ("/book", "/cancel", "/initialize"):
+        answer = httpx.post(f"{served.url}{path}", headers=JSON, content=body)
+        assert_problem(answer, 400, "malformed-request")
+    wait_for(lambda: served.output().count("nested too deeply") >= 3, 10, "the three log lines")
+    assert "Traceback" not in served.output()
+    assert "RecursionError" not in served.output()
+
+
 def _raw(url: str, request: bytes, wait: float = 5) -> bytes:
     """Send bytes as they are and read the answer (the server's own HTTP parser meets them)."""
     host, port = url.removeprefix("http://").split(":")
