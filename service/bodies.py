@@ -3,18 +3,23 @@
 The structs here both validate requests (msgspec, compiled) and describe them in the OpenAPI
 document, so nothing is described twice. A body is refused before it is decoded when it is too
 large (413) or not JSON by its content type (415); JSON that does not parse is 400; JSON of the
-wrong shape is 422 with every invalid field listed.
+wrong shape is 422 with every invalid field listed. JSON nested deeper than the decoder follows
+(about a thousand levels: it recurses, bounded by Python's recursion limit) is 400, logged in
+one line.
 """
 
 from __future__ import annotations
 
+import logging
 import typing
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.types import Message, Receive, Scope
 
-from service.booking import EventId, TicketCount, UserId
+from service.booking import MAX_TICKETS, EventId, TicketCount, UserId
 from service.problems import (
     MALFORMED,
     TOO_LARGE,
@@ -26,10 +31,68 @@ from service.problems import (
 
 MAX_BODY_BYTES = 16 * 1024
 
+log = logging.getLogger("boxoffice.bodies")
+
 
 class InitializeRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
     event_id: EventId
     total_tickets: TicketCount
+
+
+class _InitializeWire(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    """What `/initialize` decodes: `totalTickets` as written, made an integer by `whole_tickets`
+    (the published schema is InitializeRequest's)."""
+
+    event_id: EventId
+    total_tickets: msgspec.Raw
+
+
+_TICKETS = msgspec.json.Decoder(TicketCount)
+_NUMBER = msgspec.json.Decoder(float)
+
+
+def whole_tickets(raw: msgspec.Raw | bytes) -> int:
+    """A `totalTickets` as written: any JSON number with no fractional part (JSON Schema's
+    `integer`: 5, 5.0 and 5e0 alike; not 5.5, `true` or "5"), 0..MAX_TICKETS. Exact: the text
+    decides, not a float (5.0000000000000001 is refused). Raises msgspec.ValidationError."""
+    try:
+        return _TICKETS.decode(raw)
+    except msgspec.ValidationError as error:
+        refused = error
+    try:
+        _NUMBER.decode(raw)  # a JSON number within a double's range, or not one at all
+    except msgspec.ValidationError:
+        raise refused from None
+    try:
+        value = Decimal(bytes(raw).decode())
+        whole = value == value.to_integral_value()
+    except InvalidOperation:  # an exponent past what Decimal holds
+        raise msgspec.ValidationError("Number out of range") from None
+    if not whole:
+        raise msgspec.ValidationError("Expected a number with no fractional part")
+    if value < 0:
+        raise msgspec.ValidationError("Expected `int` >= 0")
+    if value > MAX_TICKETS:
+        raise msgspec.ValidationError(f"Expected `int` <= {MAX_TICKETS}")
+    return int(value)
+
+
+_WIRE_DECODER = msgspec.json.Decoder(_InitializeWire)
+
+
+def _decode_initialize(raw: bytes) -> InitializeRequest:
+    wire = _WIRE_DECODER.decode(raw)
+    return InitializeRequest(wire.event_id, whole_tickets(wire.total_tickets))
+
+
+_CUSTOM: dict[type[msgspec.Struct], Callable[[bytes], Any]] = {
+    InitializeRequest: _decode_initialize
+}
+"""Bodies not decoded straight into their struct (off the hot path)."""
+
+_FIELD_CHECKS: dict[tuple[type[msgspec.Struct], str], Callable[[msgspec.Raw], Any]] = {
+    (InitializeRequest, "total_tickets"): whole_tickets
+}
 
 
 class BookingRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
@@ -93,7 +156,9 @@ class BodyReader(typing.Generic[Body]):
 
     def __init__(self, schema: type[Body]) -> None:
         self.schema = schema
-        self._decoder = msgspec.json.Decoder(schema)
+        self._decode: Callable[[bytes], Body] = _CUSTOM.get(
+            schema, msgspec.json.Decoder(schema).decode
+        )
 
     async def read(self, scope: Scope, receive: Receive) -> Body:
         content_type = length = None
@@ -116,12 +181,20 @@ class BodyReader(typing.Generic[Body]):
             raise _too_large()
         try:
             try:
-                return self._decoder.decode(raw)
+                return self._decode(raw)
             except msgspec.ValidationError:
                 errors = field_errors(self.schema, raw)
         except (msgspec.DecodeError, UnicodeDecodeError):
             raise ProblemRaised(MALFORMED, "The body is not well-formed UTF-8 JSON.") from None
+        except RecursionError:
+            # msgspec recurses into what a client nests (even to skip it); a 4 KB body of
+            # brackets reaches the limit. A bad request, not a crash: no traceback.
+            log.warning("refused a %d-byte body nested too deeply to decode", len(raw))
+            raise ProblemRaised(MALFORMED, _TOO_DEEP) from None
         raise ProblemRaised(VALIDATION, "The request body is invalid.", errors)
+
+
+_TOO_DEEP = "The body nests arrays or objects too deeply."
 
 
 def _clean(message: str) -> str:
@@ -143,8 +216,9 @@ _KINDS = {ord("["): "an array", ord('"'): "a string", ord("n"): "null", ord("t")
 def field_errors(schema: type[msgspec.Struct], raw: bytes) -> list[FieldError]:
     """Every invalid field of a body that failed validation (msgspec stops at the first).
 
-    Only the top level is decoded freely; each member is decoded straight into its field's type,
-    so nothing here recurses into what a client nests."""
+    Only the top level is decoded freely; each member is decoded straight into its field's type.
+    Skipping over a member still recurses inside msgspec: a body nested about a thousand deep
+    raises RecursionError, which `BodyReader.read` answers."""
     try:
         data = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
     except msgspec.ValidationError:
@@ -159,7 +233,11 @@ def field_errors(schema: type[msgspec.Struct], raw: bytes) -> list[FieldError]:
                 errors.append(FieldError(name, f"#/{name}", "This field is required."))
             continue
         try:
-            msgspec.json.decode(data[name], type=field.type, strict=True)
+            check = _FIELD_CHECKS.get((schema, field.name))
+            if check is None:
+                msgspec.json.decode(data[name], type=field.type, strict=True)
+            else:
+                check(data[name])
         except msgspec.ValidationError as error:
             detail = _clean(str(error))
             described = _description(field.type)

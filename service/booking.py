@@ -31,7 +31,10 @@ TicketCount = Annotated[
     msgspec.Meta(
         ge=0,
         le=MAX_TICKETS,
-        description='Number of tickets: a JSON integer literal (5.0, true and "5" are refused)',
+        description=(
+            "Number of tickets: any JSON number with no fractional part (5, 5.0 and 5e0 are 5; "
+            '5.5, true and "5" are refused)'
+        ),
         examples=[100],
     ),
 ]

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import logging.config
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,10 +27,10 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from service.errors import BoxofficeError
+from service.errors import BoxofficeError, ConfigurationError
 from service.keys import Keyspace
-from service.settings import Settings
-from service.stores import Stores, connect_redis, open_stores
+from service.settings import Settings, mask_url
+from service.stores import Stores, check_eviction, connect_redis, open_stores
 
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -71,6 +73,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     workers = args.workers or settings.workers
+    admin = admin_line(settings, host)  # refuses an open admin beyond loopback
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
     # the `finally` blocks below stop the writer and the embedded stores.
@@ -90,25 +93,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ["DATABASE_URL"] = stores.database_url
         # Every worker writes its metrics there; /metrics adds them up.
         os.environ[MULTIPROCESS_ENV] = metrics_dir
+        warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
         applied = asyncio.run(_migrate_url(stores.database_url))
         writer = None
         if settings.run_writer:
             writer = subprocess.Popen([sys.executable, "-m", "service.cli", "writer"])
-        masked = settings.masked()
         base = f"http://{host}:{port}"
-        store_lines = stores.embedded or []
-        if settings.redis_url:
-            store_lines.append(f"Redis at {masked['REDIS_URL']}")
-        if settings.database_url:
-            store_lines.append(f"PostgreSQL at {masked['DATABASE_URL']}")
         print(
-            f"boxoffice {version('boxoffice')}\n"
-            + "".join(f"  store     {line}\n" for line in store_lines)
-            + f"  ledger    {len(applied)} migrations applied now; writer "
-            f"{'running' if writer else 'off (BOXOFFICE_WRITER=false)'}\n"
-            f"  listening {base} ({workers} worker{'s' if workers > 1 else ''})\n"
-            f"  API docs  {base}/api\n"
-            f"  stop      Ctrl-C or SIGTERM",
+            banner(settings, stores, applied, writer is not None, base, workers, admin, warnings),
             flush=True,
         )
         try:
@@ -140,6 +132,91 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if stores.embedded:
         print("boxoffice: embedded stores stopped", flush=True)
     return EXIT_OK
+
+
+_URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
+
+
+def banner(
+    settings: Settings,
+    stores: Stores,
+    applied: Sequence[str],
+    writer: bool,
+    base: str,
+    workers: int,
+    admin: str = "",
+    warnings: Sequence[str] = (),
+) -> str:
+    """What `serve` prints when it starts: where everything is, who may create events, what
+    could not be checked; no secret shown."""
+    masked = settings.masked()
+    # An embedded server's line may name a URL with its generated password.
+    store_lines = [
+        _URL_IN_TEXT.sub(lambda m: mask_url(m.group()), line) for line in stores.embedded
+    ]
+    if settings.redis_url:
+        store_lines.append(f"Redis at {masked['REDIS_URL']}")
+    if settings.database_url:
+        store_lines.append(f"PostgreSQL at {masked['DATABASE_URL']}")
+    return (
+        f"boxoffice {version('boxoffice')}\n"
+        + "".join(f"  store     {line}\n" for line in store_lines)
+        + "".join(f"  warning   {settings.redact(line)}\n" for line in warnings)
+        + f"  ledger    {len(applied)} migrations applied now; writer "
+        f"{'running' if writer else 'off (BOXOFFICE_WRITER=false)'}\n"
+        f"  listening {base} ({workers} worker{'s' if workers > 1 else ''})\n"
+        + (f"  admin     {admin}\n" if admin else "")
+        + f"  API docs  {base}/api\n"
+        f"  stop      Ctrl-C or SIGTERM"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_line(settings: Settings, host: str) -> str:
+    """Who may create events, for the banner. Without a token, `/initialize` is open: that is
+    the zero-setup demo on a loopback bind, and refused anywhere else (a host name, any other
+    address, or loopback behind a trusted proxy, which makes it public) unless
+    BOXOFFICE_ADMIN_OPEN=true says it is meant."""
+    if settings.admin_token:
+        return "POST /initialize needs the token (BOXOFFICE_ADMIN_TOKEN)"
+    if settings.admin_open:
+        return (
+            f"OPEN to anyone who can reach {host}: POST /initialize needs no token "
+            "(BOXOFFICE_ADMIN_OPEN=true)"
+        )
+    if _loopback(host) and not settings.trusted_proxies:
+        return (
+            f"open to anyone who can reach {host} (loopback, no BOXOFFICE_ADMIN_TOKEN): "
+            "a demo on this machine"
+        )
+    where = (
+        "behind BOXOFFICE_TRUSTED_PROXIES (a local proxy makes a loopback bind public)"
+        if _loopback(host)
+        else f"on {host or 'every address'}, which is not loopback"
+    )
+    raise ConfigurationError(
+        f"refusing to serve POST /initialize to anyone {where}: set "
+        "BOXOFFICE_ADMIN_TOKEN=<a long random secret, e.g. `openssl rand -hex 32`> "
+        "(or BOXOFFICE_ADMIN_OPEN=true to leave it open on purpose)"
+    )
+
+
+async def _check_store(url: str) -> str | None:
+    """Refuse a store that may evict booking state before anything starts (the API's
+    lifespan checks again, for whoever runs it without `serve`)."""
+    redis = await connect_redis(url, 1)
+    try:
+        return await check_eviction(redis)
+    finally:
+        await redis.aclose()
 
 
 # -- migrate ----------------------------------------------------------------------------------
@@ -250,6 +327,9 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run(stores: Stores) -> Restored:
         async with connections(settings, stores) as c, c.pool.acquire() as connection:
+            # What is rebuilt must stay: refuse a store that may evict it (as serve does).
+            if warning := await check_eviction(c.redis):
+                print(f"boxoffice: warning: {settings.redact(warning)}", file=sys.stderr)
             return await restore(c.redis, connection, c.keyspace, force=args.force)
 
     with open_stores(settings, share_running=True) as stores:
@@ -330,16 +410,23 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         code: int = args.run(settings, args)
     except BoxofficeError as error:
-        print(f"boxoffice: {error.message}", file=sys.stderr)
+        _fail(settings, error.message)
         return EXIT_ERROR
     except (redis_errors.RedisError, asyncpg.PostgresError, OSError) as error:
-        print(f"boxoffice: {type(error).__name__}: {error}", file=sys.stderr)
+        _fail(settings, f"{type(error).__name__}: {error}")
         return EXIT_ERROR
     return code
+
+
+def _fail(settings: Settings | None, message: str) -> None:
+    """One line on stderr; a driver's message may quote a URL or password: redacted."""
+    shown = settings.redact(message) if settings is not None else message
+    print(f"boxoffice: {shown}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from service.problems import FieldError, ProblemRaised
 from service.ratelimit import RateLimitMiddleware, RateLimits
 from service.scripts import Scripts
 from service.settings import Settings
-from service.stores import claim_partitions, connect_redis
+from service.stores import check_eviction, claim_partitions, connect_redis
 from service.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.http")
@@ -136,6 +136,8 @@ class Api:
         try:
             scripts = Scripts(hot)
             await scripts.load()
+            if warning := await check_eviction(redis):
+                log.warning(warning)
             await claim_partitions(redis, self.keyspace)
             await ensure_groups(redis, self.keyspace)
             self.lag = await ledger_lag(redis, self.keyspace)

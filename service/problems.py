@@ -67,7 +67,10 @@ class ProblemType:
 
 
 MALFORMED = ProblemType(
-    "malformed-request", 400, "Malformed request", "The body is not well-formed JSON."
+    "malformed-request",
+    400,
+    "Malformed request",
+    "The body is not well-formed JSON, or nests arrays or objects too deeply.",
 )
 UNAUTHORIZED = ProblemType(
     "unauthorized",

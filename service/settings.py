@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from service.address import RedisAddress
 from service.errors import ConfigurationError
@@ -37,8 +38,11 @@ def _optional(raw: str) -> str | None:
 def _redis_url(raw: str) -> str | None:
     """Checked now, so a URL the clients cannot read alike stops the start with one line; the
     clients parse it again into the same `RedisAddress`."""
-    # ConfigurationError: one line naming the problem, never the password.
-    RedisAddress.parse(raw).ssl_context()  # (the TLS files it names load, too)
+    _url(one_at=False)(raw)  # every driver reads it alike
+    try:
+        RedisAddress.parse(raw).ssl_context()  # (the TLS files it names load, too)
+    except ConfigurationError as error:  # one line naming the problem, never the password
+        raise ValueError(error.message.removeprefix("REDIS_URL: ")) from None
     return raw
 
 
@@ -99,12 +103,115 @@ def _networks(raw: str) -> tuple[Network, ...]:
         ) from None
 
 
+# Query parameters that carry a secret (libpq's password and sslpassword, redis-py's password,
+# anything named like a token or secret).
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+MASK = "****"
+
+
+def _split_url(url: str) -> tuple[str, str, str] | None:
+    """(scheme, user information, the rest after it) of a URL whose every @ lies in its
+    authority, or None when it cannot be read that way (an @, /, ? or # left unencoded in a
+    password, a broken IPv6 literal)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return None
+    try:
+        authority = urlsplit(url).netloc
+    except ValueError:
+        return None
+    if rest.count("@") != authority.count("@"):
+        return None
+    userinfo, at, after = rest.rpartition("@")
+    return scheme, userinfo if at else "", after if at else rest
+
+
+def _mask_query(text: str) -> str:
+    """`text` (path, query, fragment) with the values of secret query parameters masked."""
+    before, question, query = text.partition("?")
+    if not question:
+        return text
+    query, hash_sign, fragment = query.partition("#")
+    pairs = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        secret = equals and _SECRET_PARAMETER.search(unquote_plus(name))
+        pairs.append(f"{name}={MASK}" if secret else pair)
+    return f"{before}?{'&'.join(pairs)}{hash_sign}{fragment}"
+
+
+def mask_url(url: str) -> str:
+    """`url` with its secrets replaced by ****: the password of its user information and the
+    values of query parameters named like secrets (`password`, `sslpassword`, ...). The URL is
+    parsed, not pattern-matched; what cannot be parsed is hidden up to its last @, and a value
+    that is no URL at all is hidden whole."""
+    if "://" not in url:
+        return MASK if url else url
+    split = _split_url(url)
+    if split is None:
+        scheme, _, rest = url.partition("://")
+        _, at, tail = rest.rpartition("@")
+        return f"{scheme}://{MASK}@{_mask_query(tail)}" if at else f"{scheme}://{_mask_query(rest)}"
+    scheme, userinfo, rest = split
+    if not userinfo:
+        shown = ""
+    elif "@" in userinfo:  # readers disagree on where the user name ends: hide it all
+        shown = f"{MASK}@"
+    elif ":" in userinfo:
+        shown = f"{userinfo.partition(':')[0]}:{MASK}@"
+    else:
+        shown = f"{userinfo}@"
+    return f"{scheme}://{shown}{_mask_query(rest)}"
+
+
+def url_secrets(url: str) -> set[str]:
+    """The secrets in `url` as written and as decoded, for redacting messages that quote them."""
+    found: set[str] = set()
+    split = _split_url(url)
+    if split is None:
+        # Everything between the scheme and the last @ might be a password, in any piece.
+        head = url.partition("://")[2].rpartition("@")[0]
+        password = head.partition(":")[2]
+        found.update([*re.split(r"[/?#@]", password), password])
+    else:
+        password = split[1].partition(":")[2]
+        found.update({password, unquote(password)})
+    query = url.partition("?")[2].partition("#")[0]
+    for pair in query.split("&"):
+        name, equals, value = pair.partition("=")
+        if equals and _SECRET_PARAMETER.search(unquote_plus(name)):
+            found.update({value, unquote_plus(value)})
+    found.discard("")
+    return found
+
+
+def _url(*, one_at: bool) -> Callable[[str], str]:
+    """A store URL the drivers all read alike. With `one_at`, an @ in the password must be
+    encoded even so: asyncpg takes the host from after the first @, everyone else the last."""
+
+    def read(raw: str) -> str:
+        if "://" not in raw:
+            raise ValueError("expected a URL, scheme://[user:password@]host[:port]/...")
+        if _split_url(raw) is None or (one_at and raw.partition("://")[2].count("@") > 1):
+            raise ValueError(
+                "not a URL every driver reads alike; percent-encode @ / ? # in the user name "
+                "and password (%40 %2F %3F %23)"
+            )
+        return raw
+
+    return read
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _setting(env: str, read: Callable[[str], Any], default: Any, help: str) -> Any:
-    return field(default=default, metadata={"env": env, "read": read, "help": help})
+def _setting(
+    env: str, read: Callable[[str], Any], default: Any, help: str, *, secret: bool = False
+) -> Any:
+    return field(
+        default=default, metadata={"env": env, "read": read, "help": help, "secret": secret}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +220,18 @@ class Settings:
     production; tests build instances directly."""
 
     redis_url: str | None = _setting(
-        "REDIS_URL", _redis_url, None, "Redis/Valkey URL; unset: the embedded Valkey"
+        "REDIS_URL",
+        _redis_url,
+        None,
+        "Redis/Valkey URL; unset: the embedded Valkey",
+        secret=True,
     )
     database_url: str | None = _setting(
-        "DATABASE_URL", _optional, None, "PostgreSQL URL of the ledger; unset: embedded"
+        "DATABASE_URL",
+        _url(one_at=True),
+        None,
+        "PostgreSQL URL of the ledger; unset: embedded",
+        secret=True,
     )
     key_prefix: str = _setting("BOXOFFICE_KEY_PREFIX", _text, "bo", "first part of every Redis key")
     partitions: int = _setting(
@@ -126,7 +241,17 @@ class Settings:
         "outbox partitions (hash tags); fixed for a keyspace",
     )
     admin_token: str | None = _setting(
-        "BOXOFFICE_ADMIN_TOKEN", _optional, None, "bearer token `/initialize` requires"
+        "BOXOFFICE_ADMIN_TOKEN",
+        _optional,
+        None,
+        "bearer token `/initialize` requires",
+        secret=True,
+    )
+    admin_open: bool = _setting(
+        "BOXOFFICE_ADMIN_OPEN",
+        _bool,
+        False,
+        "without a token, let `serve` bind beyond loopback with `/initialize` open to anyone",
     )
     host: str = _setting("BOXOFFICE_HOST", _text, "127.0.0.1", "address `serve` listens on")
     port: int = _setting("BOXOFFICE_PORT", _int_in(0, 65535), 8000, "port `serve` listens on")
@@ -212,7 +337,8 @@ class Settings:
             try:
                 values[setting.name] = setting.metadata["read"](raw)
             except ValueError as error:
-                raise ConfigurationError(f"{name}={raw!r}: {error}") from None
+                shown = _shown(raw) if setting.metadata["secret"] else repr(raw)
+                raise ConfigurationError(f"{name}={shown}: {error}") from None
         return cls(**values)
 
     @classmethod
@@ -225,16 +351,32 @@ class Settings:
         shown: dict[str, str] = {}
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if setting.name == "admin_token" and value:
-                text = "****"
-            elif setting.name in ("redis_url", "database_url") and value:
-                text = re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:****@", value)
+            if setting.metadata["secret"] and value:
+                text = _shown(value)
             elif isinstance(value, tuple):
                 text = ",".join(str(item) for item in value)
             else:
                 text = "" if value is None else str(value)
             shown[setting.metadata["env"]] = text
         return shown
+
+    def redact(self, text: str) -> str:
+        """`text` (an error message, say) with every secret of these settings replaced by
+        ****, as written and as decoded."""
+        found: set[str] = set()
+        for url in (self.redis_url, self.database_url):
+            if url:
+                found |= url_secrets(url)
+        if self.admin_token:
+            found.add(self.admin_token)
+        for secret in sorted(found, key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        return text
+
+
+def _shown(value: str) -> str:
+    """A secret setting as it may be shown: a URL masked, anything else hidden."""
+    return mask_url(value) if "://" in value else MASK
 
 
 def read_env_file(path: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 
 from service.address import RedisAddress
@@ -95,3 +96,25 @@ async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
             f"{keyspace.prefix!r} was created with {recorded}; keep {recorded} "
             "(or restore into a new BOXOFFICE_KEY_PREFIX)."
         )
+
+
+async def check_eviction(redis: Redis) -> str | None:
+    """Booking state has no TTL: a store whose `maxmemory-policy` may evict keys without one
+    (`allkeys-*`) would silently drop events, holders and outbox records at maxmemory, so it is
+    refused. Returns a warning when the store will not say (managed Redis often refuses CONFIG).
+    """
+    try:
+        reply = await redis.config_get("maxmemory-policy")
+    except redis_errors.ResponseError as error:  # unknown command, or an ACL's NOPERM
+        return (
+            f"cannot check Redis' maxmemory-policy (CONFIG GET refused: {error}); make sure it "
+            "is noeviction (or volatile-*): booking state has no TTL and must never be evicted"
+        )
+    policy = str(reply.get("maxmemory-policy", ""))
+    if policy.startswith("allkeys-"):
+        raise ConfigurationError(
+            f"Redis' maxmemory-policy is {policy}: at maxmemory it would evict booking state "
+            "(keys without a TTL); set maxmemory-policy noeviction on the server (writes are "
+            "then refused with 503 at maxmemory, reads still served)"
+        )
+    return None

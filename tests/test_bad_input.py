@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from typing import Any
@@ -99,10 +100,23 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes | None, int, str, list[st
      ["totalTickets"]),
     ("float tickets", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":1.5}', 422,
      "validation-error", ["totalTickets"]),
-    ("integral float", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":5.0}', 422,
+    ("fraction past float precision", "POST", "/initialize", JSON,
+     b'{"eventId":"N","totalTickets":5.0000000000000001}', 422, "validation-error",
+     ["totalTickets"]),
+    ("fractional exponent", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":5e-1}',
+     422, "validation-error", ["totalTickets"]),
+    ("whole float too large", "POST", "/initialize", JSON,
+     b'{"eventId":"N","totalTickets":1.0000001e7}', 422, "validation-error", ["totalTickets"]),
+    ("negative whole float", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":-1.0}',
+     422, "validation-error", ["totalTickets"]),
+    ("huge exponent", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":1e30}', 422,
      "validation-error", ["totalTickets"]),
-    ("exponent", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":1e3}', 422,
-     "validation-error", ["totalTickets"]),
+    ("exponent past any float", "POST", "/initialize", JSON,
+     b'{"eventId":"N","totalTickets":1e99999999999999999999}', 422, "validation-error",
+     ["totalTickets"]),
+    ("exponent below any float", "POST", "/initialize", JSON,
+     b'{"eventId":"N","totalTickets":1e-99999999999999999999}', 422, "validation-error",
+     ["totalTickets"]),
     ("bool tickets", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":true}', 422,
      "validation-error", ["totalTickets"]),
     ("string tickets", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":"5"}', 422,
@@ -143,6 +157,12 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes | None, int, str, list[st
      "malformed-request", []),
     ("float overflow", "POST", "/initialize", JSON, b'{"eventId":"N","totalTickets":1e400}', 422,
      "validation-error", ["totalTickets"]),
+    ("negative float overflow", "POST", "/initialize", JSON,
+     b'{"eventId":"N","totalTickets":-1e400}', 422, "validation-error", ["totalTickets"]),
+    ("whole float, other field wrong", "POST", "/initialize", JSON,
+     b'{"eventId":"a b","totalTickets":5.0}', 422, "validation-error", ["eventId"]),
+    ("fractional float, other field wrong", "POST", "/initialize", JSON,
+     b'{"eventId":"a b","totalTickets":5.5}', 422, "validation-error", ["eventId", "totalTickets"]),
     ("empty key", "POST", "/book", JSON, b'{"userId":"u","eventId":"E","":1}', 422,
      "validation-error", [""]),
     ("huge key", "POST", "/book", JSON,
@@ -242,6 +262,73 @@ async def test_header_abuse_is_refused_with_431_and_changes_nothing(
     assert_problem(response, 431, "headers-too-large")
     assert response.headers["x-request-id"]
     assert snapshot(redis_client, keyspace) == before
+
+
+_DEEP_ARRAY = b"[" * 2000 + b"]" * 2000
+_DEEP_OBJECT = b'{"a":' * 2000 + b"1" + b"}" * 2000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/book", b'{"userId":"a","eventId":"E","x":' + _DEEP_ARRAY + b"}"),
+        ("/cancel", b'{"userId":"holder","eventId":"E","x":' + _DEEP_ARRAY + b"}"),
+        ("/initialize", b'{"eventId":"F","totalTickets":1,"x":' + _DEEP_ARRAY + b"}"),
+        ("/book", b'{"userId":' + _DEEP_OBJECT + b',"eventId":"E"}'),
+        ("/initialize", b'{"eventId":"F","totalTickets":' + _DEEP_ARRAY + b"}"),
+        ("/cancel", _DEEP_OBJECT),
+    ],
+    ids=["book", "cancel", "initialize", "deep object in a field", "deep total", "deep body"],
+)
+async def test_deeply_nested_json_is_malformed_and_logged_in_one_line(
+    client: httpx.AsyncClient,
+    redis_client: redis.Redis,
+    keyspace: Keyspace,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    body: bytes,
+) -> None:
+    """A body nested 2,000 deep (4 KB) is past what the decoder follows: 400, not a crash."""
+    await client.post("/initialize", json={"eventId": "E", "totalTickets": 2})
+    await client.post("/book", json={"userId": "holder", "eventId": "E"})
+    before = snapshot(redis_client, keyspace)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        response = await client.post(path, headers=JSON, content=body)
+    problem = assert_problem(response, 400, "malformed-request")
+    assert "nest" in problem["detail"]
+    assert snapshot(redis_client, keyspace) == before
+    ours = [r for r in caplog.records if r.name.startswith("boxoffice")]
+    assert [(r.levelno, r.exc_info) for r in ours] == [(logging.WARNING, None)], ours
+    assert "nest" in ours[0].getMessage()
+
+
+def _answered(url: str, path: str, status: str) -> float:
+    """How many answers of `status` /metrics has counted for POST `path` (other workers' up to
+    a second late)."""
+    scrape = httpx.get(f"{url}/metrics").text
+    series = f'boxoffice_http_requests_total{{method="POST",route="{path}",status="{status}"}}'
+    found = re.search(re.escape(series) + r" (\S+)", scrape)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_deeply_nested_json_is_400_in_a_served_worker(served: ServedBoxoffice) -> None:
+    """The same in a real uvicorn worker (the recursion limit counts the stack it runs on)."""
+    body = b'{"userId":"a","eventId":"e","x":' + _DEEP_ARRAY + b"}"
+    paths = ("/book", "/cancel", "/initialize")
+    before = {path: _answered(served.url, path, "400") for path in paths}
+    for path in paths:
+        answer = httpx.post(f"{served.url}{path}", headers=JSON, content=body)
+        assert_problem(answer, 400, "malformed-request")
+    wait_for(lambda: served.output().count("nested too deeply") >= 3, 10, "the three log lines")
+    assert "Traceback" not in served.output()
+    assert "RecursionError" not in served.output()
+    # Leave once /metrics counts them, so tests that count 400s after this one start even.
+    wait_for(
+        lambda: all(_answered(served.url, p, "400") > before[p] for p in paths),
+        10,
+        "/metrics to count the three answers",
+    )
 
 
 def _raw(url: str, request: bytes, wait: float = 5) -> bytes:

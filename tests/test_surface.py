@@ -294,6 +294,7 @@ def test_compose_file_is_complete_and_uses_real_settings() -> None:
     ):
         checked = subprocess.run(
             [docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+            env=child_env(BOXOFFICE_ADMIN_TOKEN="compose-check"),
             capture_output=True,
             text=True,
             check=False,

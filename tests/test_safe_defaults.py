@@ -1,0 +1,295 @@
+"""Safe defaults: no open admin by accident, and no store that may evict booking state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from service.embedded import EmbeddedValkey
+from service.errors import ConfigurationError
+from service.http import create_app
+from service.settings import Settings
+from tests.support import ServedBoxoffice, child_env, free_port, open_directory
+from tests.test_api import assert_problem
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _serve(*args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """`boxoffice serve` that is expected to refuse: it must exit on its own, quickly. If it
+    starts instead, its whole process group (workers, writer) is stopped."""
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port()), *args]
+    process = subprocess.Popen(
+        command,
+        env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", **env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"serve started instead of refusing:\n{stdout}{stderr}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+# -- the admin token ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--host", "0.0.0.0"), {}),
+        (("--host", "::"), {}),
+        ((), {"BOXOFFICE_HOST": "0.0.0.0"}),  # the Dockerfile's way
+        (("--host", "boxoffice.example"), {}),
+        (("--host", "127.0.0.1"), {"BOXOFFICE_TRUSTED_PROXIES": "127.0.0.1"}),
+        (("--host", "localhost"), {"BOXOFFICE_TRUSTED_PROXIES": "10.0.0.0/8"}),
+    ],
+    ids=["0.0.0.0", "::", "BOXOFFICE_HOST", "a host name", "loopback behind a proxy",
+         "localhost behind a proxy"],
+)  # fmt: skip
+def test_serve_refuses_open_admin_beyond_loopback(
+    redis_url: str, database_url: str, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    done = _serve(
+        *args, REDIS_URL=redis_url, DATABASE_URL=database_url, BOXOFFICE_ADMIN_TOKEN=None,
+        BOXOFFICE_ADMIN_OPEN=None, **env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("boxoffice: ")
+    assert "BOXOFFICE_ADMIN_TOKEN=" in lines[0]
+    assert "BOXOFFICE_ADMIN_OPEN=true" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "host", "says"),
+    [
+        (Settings(), "127.0.0.1", "open to anyone who can reach 127.0.0.1"),
+        (Settings(), "localhost", "open to anyone who can reach localhost"),
+        (Settings(), "::1", "open to anyone who can reach ::1"),
+        (Settings(), "127.0.0.2", "open to anyone who can reach 127.0.0.2"),
+        (Settings(admin_token="t"), "0.0.0.0", "needs the token"),
+        (Settings(admin_token="t", trusted_proxies=Settings.from_env(
+            {"BOXOFFICE_TRUSTED_PROXIES": "10.0.0.1"}).trusted_proxies), "0.0.0.0",
+         "needs the token"),
+        (Settings(admin_open=True), "0.0.0.0", "OPEN to anyone who can reach 0.0.0.0"),
+    ],
+)  # fmt: skip
+def test_the_banner_says_who_may_create_events(settings: Settings, host: str, says: str) -> None:
+    from service.cli import admin_line
+
+    assert says in admin_line(settings, host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.org", ""])
+def test_admin_line_refuses_every_bind_beyond_loopback(host: str) -> None:
+    from service.cli import admin_line
+
+    with pytest.raises(ConfigurationError, match="BOXOFFICE_ADMIN_TOKEN="):
+        admin_line(Settings(), host)
+
+
+def test_the_open_demo_on_loopback_says_so_in_its_banner(served: ServedBoxoffice) -> None:
+    banner = served.output()
+    assert "admin     open to anyone who can reach 127.0.0.1" in banner, banner
+
+
+def test_compose_requires_the_token_and_the_image_sets_none() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    token = compose["services"]["api"]["environment"]["BOXOFFICE_ADMIN_TOKEN"]
+    assert re.fullmatch(r"\$\{BOXOFFICE_ADMIN_TOKEN:\?[^}]+\}", token), token
+    for service in compose["services"].values():
+        assert "BOXOFFICE_ADMIN_OPEN" not in (service.get("environment") or {})
+    valkey = compose["services"]["valkey"]["command"]
+    assert valkey[valkey.index("--maxmemory-policy") + 1] == "noeviction"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    settings = [line for line in dockerfile.splitlines() if line.startswith(("ENV", "ARG"))]
+    assert [line for line in settings if "BOXOFFICE_ADMIN" in line] == []
+    assert any("BOXOFFICE_HOST=0.0.0.0" in line for line in settings)  # so serve's check applies
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
+                                 check=False).returncode == 0:  # fmt: skip
+        unset = subprocess.run(
+            [docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+            env=child_env(BOXOFFICE_ADMIN_TOKEN=None), capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+        assert unset.returncode != 0
+        assert "BOXOFFICE_ADMIN_TOKEN" in unset.stderr
+
+
+# -- the store's eviction policy ------------------------------------------------------------
+
+
+@pytest.fixture
+def own_valkey(request: pytest.FixtureRequest) -> Iterator[EmbeddedValkey]:
+    """A Valkey of this test's own (never CONFIG SET on the shared server), started with the
+    options the test is parametrized with."""
+    extra: tuple[str, ...] = getattr(request, "param", ())
+    home = open_directory()
+    server = EmbeddedValkey(home / "valkey", free_port(), extra_args=extra)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _app(url: str, limits: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        redis_url=url, key_prefix="safe", rate_limit=limits, write_rate_limit=limits
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
+            yield http
+
+
+EVICTING = [("--maxmemory-policy", policy)
+            for policy in ("allkeys-lru", "allkeys-lfu", "allkeys-random")]  # fmt: skip
+
+
+@pytest.mark.parametrize("own_valkey", EVICTING, indirect=True, ids=lambda a: a[1])
+async def test_the_api_refuses_a_store_that_may_evict_booking_state(
+    own_valkey: EmbeddedValkey,
+) -> None:
+    admin = redis.Redis(port=own_valkey.port, decode_responses=True)
+    policy = admin.config_get("maxmemory-policy")["maxmemory-policy"]
+    admin.close()
+    with pytest.raises(ConfigurationError, match="maxmemory-policy") as refused:
+        async with _app(own_valkey.url):
+            pass
+    assert f"maxmemory-policy is {policy}:" in refused.value.message
+    assert "noeviction" in refused.value.message
+
+
+@pytest.mark.parametrize("own_valkey", [EVICTING[0]], indirect=True, ids=["allkeys-lru"])
+def test_serve_refuses_a_store_that_may_evict_booking_state(
+    own_valkey: EmbeddedValkey, database_url: str
+) -> None:
+    done = _serve(REDIS_URL=own_valkey.url, DATABASE_URL=database_url)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "maxmemory-policy is allkeys-lru" in lines[0]
+    assert "noeviction" in lines[0]
+
+
+@pytest.mark.parametrize("own_valkey", [EVICTING[1]], indirect=True, ids=["allkeys-lfu"])
+def test_restore_refuses_to_rebuild_into_a_store_that_may_evict(
+    own_valkey: EmbeddedValkey, database_url: str
+) -> None:
+    """The sibling: restore writes all booking state back; into an evicting store it would be
+    dropped again at maxmemory."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "restore"],
+        env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", REDIS_URL=own_valkey.url,
+                      DATABASE_URL=database_url),
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert "maxmemory-policy is allkeys-lfu" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "own_valkey", [("--maxmemory-policy", "volatile-lru")], indirect=True, ids=["volatile-lru"]
+)
+async def test_a_policy_that_evicts_only_keys_with_a_ttl_is_accepted(
+    own_valkey: EmbeddedValkey,
+) -> None:
+    async with _app(own_valkey.url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_store_that_refuses_config_get_is_used_with_a_warning(
+    own_valkey: EmbeddedValkey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Managed Redis often refuses CONFIG: say so and go on."""
+    admin = redis.Redis(port=own_valkey.port)
+    admin.acl_setuser(
+        "app", enabled=True, passwords=["+app-pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-config"],
+    )  # fmt: skip
+    admin.close()
+    url = f"redis://app:app-pw@127.0.0.1:{own_valkey.port}/0"
+    with caplog.at_level(logging.WARNING, logger="boxoffice"):
+        async with _app(url) as http:
+            created = await http.post("/initialize", json={"eventId": "e", "totalTickets": 1})
+            assert created.status_code == 201
+    warned = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "CONFIG GET" in warned[0]
+
+
+@pytest.mark.parametrize(
+    "own_valkey", [("--maxmemory-policy", "noeviction")], indirect=True, ids=["noeviction"]
+)
+@pytest.mark.parametrize("limits", [None, "1000/second"], ids=["no limits", "rate limits on"])
+async def test_at_maxmemory_writes_get_503_and_reads_are_served(
+    own_valkey: EmbeddedValkey, limits: str | None
+) -> None:
+    """What README promises at maxmemory under noeviction (the rate limiter, which writes its
+    counters, lets requests through when the store refuses them)."""
+    admin = redis.Redis(port=own_valkey.port, decode_responses=True)
+    try:
+        async with _app(own_valkey.url, limits) as http:
+            made = await http.post("/initialize", json={"eventId": "full", "totalTickets": 1})
+            assert made.status_code == 201
+            booked = await http.post("/book", json={"userId": "ann", "eventId": "full"})
+            assert booked.status_code == 201
+            # Over the limit: a filler past what maxmemory allows (our own server).
+            admin.set("filler", "x" * 4_000_000)
+            admin.config_set("maxmemory", 1_000_000)
+            before = {key: admin.dump(key) for key in admin.keys("safe:*")}
+
+            writes = [
+                ("/book", {"userId": "bob", "eventId": "full"}),
+                ("/cancel", {"userId": "ann", "eventId": "full"}),
+                ("/initialize", {"eventId": "other", "totalTickets": 1}),
+            ]
+            for path, body in writes:
+                refused = await http.post(path, json=body)
+                assert_problem(refused, 503, "service-unavailable")
+                assert refused.headers["retry-after"] == "1"
+            status = await http.get("/status/full")
+            assert status.status_code == 200
+            assert status.json()["bookedCount"] == 1
+            mine = await http.get("/events/full/users/ann")
+            assert mine.status_code == 200
+            assert mine.json() == {"status": "booked", "eventId": "full", "userId": "ann",
+                                   "bookingId": "bk-2"}  # fmt: skip
+            assert (await http.get("/readyz")).status_code == 200
+            assert {key: admin.dump(key) for key in admin.keys("safe:*")} == before
+
+            admin.config_set("maxmemory", 0)  # room again: writes go through
+            later = await http.post("/book", json={"userId": "bob", "eventId": "full"})
+            assert later.status_code == 202
+    finally:
+        admin.close()
