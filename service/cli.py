@@ -25,7 +25,7 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from service.errors import BoxofficeError
+from service.errors import BoxofficeError, ConfigurationError
 from service.keys import Keyspace
 from service.settings import Settings
 from service.stores import Stores, connect_redis, open_stores
@@ -168,6 +168,9 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _writer(settings: Settings, args: argparse.Namespace) -> int:
     from ledger.writer import Writer, WriterConfig
 
+    for option, value in (("--batch-size", args.batch_size), ("--lease", args.lease)):
+        if not value > 0:
+            raise ConfigurationError(f"{option} must be greater than 0 (got {value:g}).")
     _log_setup(settings)
 
     async def run(stores: Stores) -> None:
@@ -289,14 +292,23 @@ def parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the ledger's schema migrations")
     migrate.set_defaults(run=_migrate)
 
+    from ledger.writer import WriterConfig
+
+    defaults = WriterConfig()
     writer = commands.add_parser("writer", help="drain the outbox into the ledger until SIGTERM")
-    writer.add_argument("--batch-size", type=int, default=2000, help="records per transaction")
+    writer.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"records per transaction ({defaults.batch_size})",
+    )
     writer.add_argument(
         "--lease",
         type=float,
-        default=10.0,
+        default=defaults.lease_ms / 1000,
         metavar="SECONDS",
-        help="how long a partition stays with a writer that stopped answering",
+        help="how long a partition stays with a writer that stopped answering "
+        f"({defaults.lease_ms / 1000:g})",
     )
     writer.set_defaults(run=_writer)
 
