@@ -60,10 +60,37 @@ class WriterConfig:
     (README: "After a small batch")."""
     lease_ms: int = 10_000
     """A partition is free again this long after its writer stopped renewing its lease."""
+    command_timeout_ms: int | None = None
+    """The longest any one PostgreSQL call may take (default: a third of the lease; at most
+    half of it): a writer stuck in a call must give up before its lease can run out."""
+    reclaim_idle_ms: int | None = None
+    """Records delivered to a consumer and not acknowledged for this long are claimed by the
+    partition's holder and written again (default: the lease). A writer that read after losing
+    its lease and then died or moved on would otherwise pin them, and its event, forever."""
     retry_blocked_s: float = 2.0
     """How often records waiting for an earlier one are tried again."""
     trim_every_s: float = 1.0
     report_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.lease_ms <= 0:
+            raise ValueError("the writer's batch size and lease must be greater than 0")
+        if not 0 < self.command_timeout_s * 1000 <= self.lease_ms / 2:
+            raise ValueError(
+                f"a PostgreSQL call may take at most half the lease ({self.lease_ms / 2:g} ms), "
+                f"not {self.command_timeout_ms} ms"
+            )
+        if self.reclaim_idle < self.command_timeout_s * 1000:
+            raise ValueError("records must not be reclaimed while a PostgreSQL call may still run")
+
+    @property
+    def command_timeout_s(self) -> float:
+        return (self.command_timeout_ms or self.lease_ms / 3) / 1000
+
+    @property
+    def reclaim_idle(self) -> int:
+        """Milliseconds a record may stay delivered and unacknowledged."""
+        return self.reclaim_idle_ms or self.lease_ms
 
 
 @dataclass(slots=True)
@@ -90,12 +117,17 @@ def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
     )
 
 
-async def apply_records(pool: asyncpg.Pool, records: Sequence[Record]) -> dict[str, str]:
-    """Write records in one transaction; their outcomes by stream id."""
+async def apply_records(
+    pool: asyncpg.Pool, records: Sequence[Record], within: float | None = None
+) -> dict[str, str]:
+    """Write records in one transaction; their outcomes by stream id. `within` bounds both the
+    wait for a connection and the statement (seconds)."""
     if not records:
         return {}
-    async with pool.acquire() as connection:
-        rows = await connection.fetch(query("apply_batch"), *apply_arguments(records))
+    async with pool.acquire(timeout=within) as connection:
+        rows = await connection.fetch(
+            query("apply_batch"), *apply_arguments(records), timeout=within
+        )
     return {row["stream_id"]: row["outcome"] for row in rows}
 
 
@@ -189,7 +221,10 @@ class Writer:
 
     async def _drain(self, partition: int, stop: asyncio.Event) -> None:
         """Write the partition's records while the lease lasts."""
-        hot = PipelinedRedis(self.redis_url, timeout=self.config.block_ms / 1000 + 10)
+        # A read blocks block_ms; past that, a reply later than a PostgreSQL call may take means
+        # the connection is stuck, and the lease must not run out while we wait on it.
+        timeout = self.config.block_ms / 1000 + self.config.command_timeout_s
+        hot = PipelinedRedis(self.redis_url, timeout=timeout)
         await hot.connect()
         try:
             await self._drain_over(hot, partition, stop)
@@ -199,12 +234,22 @@ class Writer:
     async def _drain_over(self, hot: PipelinedRedis, partition: int, stop: asyncio.Event) -> None:
         stream = self.keyspace.outbox(partition)
         config = self.config
-        await self._take_over(hot, stream)
+        await self._take_over(hot, stream, 0)
         cursor = "0"  # first what is pending for us, then new records (">")
-        renewed = trimmed = time.monotonic()
+        renewed = trimmed = reclaimed = retired = time.monotonic()
         retry_blocked_at: float | None = None
         while not stop.is_set():
             now = time.monotonic()
+            if now - reclaimed > config.reclaim_idle / 1000 / 2:
+                # Records another consumer read and left (it lost its lease, paused, died):
+                # holding the lease, this writer owns them. Checked continuously, not only at
+                # take-over, since a consumer can read after the take-over.
+                if await self._take_over(hot, stream, config.reclaim_idle):
+                    cursor, retry_blocked_at = "0", None
+                reclaimed = now
+            if now - retired > config.lease_ms / 1000:
+                await self._retire(hot, stream)
+                retired = now
             if now - renewed > config.lease_ms / 1000 / 3:
                 if not await self._lease(partition, "hold"):
                     log.warning("partition %d: lease lost", partition)
@@ -234,16 +279,39 @@ class Writer:
             if cursor == ">" and len(entries) < config.batch_size // 4:
                 await _sleep(stop, config.linger_ms / 1000)
 
-    async def _take_over(self, hot: PipelinedRedis, stream: str) -> None:
-        """Claim what other consumers left pending: holding the lease, this writer owns it."""
-        start = "0-0"
+    async def _take_over(self, hot: PipelinedRedis, stream: str, min_idle_ms: int) -> int:
+        """Claim what consumers left pending for at least `min_idle_ms`: holding the lease, this
+        writer owns it. Returns how many records other consumers held."""
+        start, taken = "0-0", 0
         while True:
             reply = await hot.execute(
-                "XAUTOCLAIM", stream, GROUP, self.name, 0, start, "COUNT", 1000, "JUSTID"
+                "XAUTOCLAIM", stream, GROUP, self.name, min_idle_ms, start, "COUNT", 1000, "JUSTID"
             )
-            start = reply[0]
+            start, claimed = reply[0], reply[1]
+            taken += len(claimed)
             if start == "0-0":
-                return
+                break
+        if taken and min_idle_ms:
+            log.warning(
+                "%s: reclaimed %d records left unacknowledged for over %d ms",
+                stream,
+                taken,
+                min_idle_ms,
+            )
+        return taken
+
+    async def _retire(self, hot: PipelinedRedis, stream: str) -> None:
+        """Forget consumers that own nothing and have not read for longer than records may stay
+        unacknowledged: writers that are gone, or hold other partitions (reading again brings a
+        consumer back)."""
+        idle_ms = max(self.config.reclaim_idle, self.config.lease_ms)
+        for fields in await hot.execute("XINFO", "CONSUMERS", stream, GROUP):
+            info = dict(zip(fields[::2], fields[1::2], strict=True))
+            name = str(info["name"])
+            if name == self.name or int(info["pending"]) or int(info["idle"]) < idle_ms:
+                continue
+            if await self._scripts.call("retire", (stream,), (GROUP, name, idle_ms)):
+                log.info("%s: consumer %s retired (gone, owning nothing)", stream, name)
 
     async def _write(self, hot: PipelinedRedis, stream: str, entries: list[Entry]) -> int:
         """Apply one batch and acknowledge what is written; returns how many wait for an
@@ -259,7 +327,7 @@ class Writer:
             except MalformedRecord as error:
                 self.stats.malformed += 1
                 log.error("%s: left pending, it breaks the record format: %s", stream, error)
-        outcomes = await apply_records(self.pool, records)
+        outcomes = await apply_records(self.pool, records, self.config.command_timeout_s)
         ackable = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
         if vanished:
             log.error("%s: %d pending records were gone from the stream", stream, len(vanished))

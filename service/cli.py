@@ -41,13 +41,17 @@ class Connections:
 
 
 @asynccontextmanager
-async def connections(settings: Settings, stores: Stores) -> AsyncIterator[Connections]:
-    from ledger.database import connect_pool
+async def connections(
+    settings: Settings, stores: Stores, command_timeout: float | None = None
+) -> AsyncIterator[Connections]:
+    from ledger.database import COMMAND_TIMEOUT_S, connect_pool
 
     redis = await connect_redis(stores.redis_url, 32)
     try:
         await redis.ping()
-        pool = await connect_pool(stores.database_url)
+        pool = await connect_pool(
+            stores.database_url, command_timeout=command_timeout or COMMAND_TIMEOUT_S
+        )
         try:
             yield Connections(redis, pool, Keyspace(settings.key_prefix, settings.partitions))
         finally:
@@ -173,18 +177,22 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigurationError(f"{option} must be greater than 0 (got {value:g}).")
     _log_setup(settings)
 
+    try:
+        config = WriterConfig(
+            batch_size=args.batch_size,
+            lease_ms=int(args.lease * 1000),
+            linger_ms=settings.writer_linger_ms,
+        )
+    except ValueError as error:
+        raise ConfigurationError(f"{error}.") from None
+
     async def run(stores: Stores) -> None:
         await _migrate_url(stores.database_url)
-        async with connections(settings, stores) as c:
+        async with connections(settings, stores, config.command_timeout_s) as c:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            config = WriterConfig(
-                batch_size=args.batch_size,
-                lease_ms=int(args.lease * 1000),
-                linger_ms=settings.writer_linger_ms,
-            )
             writer = Writer(c.redis, c.pool, c.keyspace, stores.redis_url, config=config)
             await writer.run(stop)
 
