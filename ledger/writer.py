@@ -36,6 +36,7 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from ledger.deadletters import DeadLetter, freeze, frozen_events, park, quarantine
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
 from service.keys import Keyspace
@@ -100,6 +101,9 @@ class WriterStats:
     blocked: int = 0
     conflict: int = 0
     malformed: int = 0
+    """Records quarantined because they break the format or PostgreSQL rejects them."""
+    parked: int = 0
+    """Records of frozen events set aside in dead_letters until their event is released."""
     batches: int = 0
     held: set[int] = field(default_factory=set)
 
@@ -159,6 +163,8 @@ class Writer:
         self.stats = WriterStats()
         self._scripts = Scripts(redis)
         self._live_writers = 1
+        self._frozen: set[str] = set()
+        self._frozen_read_at = -math.inf
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_groups(self.redis, self.keyspace)
@@ -318,6 +324,7 @@ class Writer:
         earlier record."""
         records: list[Record] = []
         vanished: list[str] = []
+        dead: list[DeadLetter] = []
         for stream_id, fields in entries:
             if not fields:  # trimmed while pending: nothing left to write
                 vanished.append(stream_id)
@@ -325,10 +332,30 @@ class Writer:
             try:
                 records.append(parse(stream_id, fields))
             except MalformedRecord as error:
-                self.stats.malformed += 1
-                log.error("%s: left pending, it breaks the record format: %s", stream, error)
-        outcomes = await apply_records(self.pool, records, self.config.command_timeout_s)
+                dead.append(DeadLetter.malformed(stream, stream_id, fields, str(error)))
+        frozen = await self._frozen_events()
+        parked: list[Record] = []
+        if any(r.event in frozen for r in records):
+            waiting = [r for r in records if r.event in frozen]
+            async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+                released = await park(connection, stream, waiting, self.name)
+            parked = [r for r in waiting if r not in released]
+            records = [r for r in records if r.event not in frozen or r in released]
+        outcomes = await self._apply(stream, records, dead)
+        for record in records:
+            if outcomes.get(record.stream_id) == "conflict":
+                dead.append(
+                    DeadLetter.of(
+                        stream,
+                        record,
+                        "conflict",
+                        "same event and seq as a ledger entry, other content",
+                    )
+                )
+        if dead:
+            await self._quarantine(stream, dead)
         ackable = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
+        ackable += [d.stream_id for d in dead] + [r.stream_id for r in parked]
         if vanished:
             log.error("%s: %d pending records were gone from the stream", stream, len(vanished))
             ackable += vanished
@@ -336,26 +363,67 @@ class Writer:
             await hot.execute("XACK", stream, GROUP, *ackable)
         stats = self.stats
         stats.batches += 1
+        stats.parked += len(parked)
         blocked = 0
-        for stream_id, outcome in outcomes.items():
+        for outcome in outcomes.values():
             if outcome == "applied":
                 stats.applied += 1
             elif outcome == "duplicate":
                 stats.duplicate += 1
             elif outcome == "blocked":
                 blocked += 1
-            else:
-                stats.conflict += 1
-                log.error(
-                    "%s %s: conflicts with the ledger (same event and seq, other content); "
-                    "left pending - run `boxoffice reconcile`",
-                    stream,
-                    stream_id,
-                )
         stats.blocked += blocked
         if blocked:
             log.warning("%s: %d records wait for an earlier record of their event", stream, blocked)
         return blocked
+
+    async def _apply(
+        self, stream: str, records: list[Record], dead: list[DeadLetter]
+    ) -> dict[str, str]:
+        """`apply_records`; when PostgreSQL rejects the batch (a value out of range, a
+        constraint), each record alone, so only the ones it rejects are quarantined."""
+        within = self.config.command_timeout_s
+        try:
+            return await apply_records(self.pool, records, within)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+            log.warning("%s: batch rejected (%s); applying its records one by one", stream, error)
+        outcomes: dict[str, str] = {}
+        for record in records:
+            try:
+                outcomes.update(await apply_records(self.pool, [record], within))
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+                dead.append(DeadLetter.of(stream, record, "rejected", str(error)))
+        return outcomes
+
+    async def _quarantine(self, stream: str, dead: list[DeadLetter]) -> None:
+        """Copy to dead_letters, freeze their events, count them: never leave them pending."""
+        async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+            await quarantine(connection, dead, self.name)
+        await freeze(self.redis, self.keyspace, dead)
+        self._frozen |= {d.event_id for d in dead if d.event_id is not None}
+        for letter in dead:
+            if letter.reason == "conflict":
+                self.stats.conflict += 1
+            else:
+                self.stats.malformed += 1
+            log.error(
+                "%s %s: quarantined (%s: %s); event %s frozen until `boxoffice release`",
+                stream,
+                letter.stream_id,
+                letter.reason,
+                letter.detail,
+                letter.event_id or "(none)",
+            )
+
+    async def _frozen_events(self) -> set[str]:
+        """Events with an unreleased quarantined record, read again every few seconds so a
+        release is noticed."""
+        now = time.monotonic()
+        if now - self._frozen_read_at > self.config.retry_blocked_s:
+            async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+                self._frozen = await frozen_events(connection)
+            self._frozen_read_at = now
+        return self._frozen
 
     async def _trim(self, hot: PipelinedRedis, stream: str) -> None:
         """Drop what every reader has acknowledged: up to the oldest pending record, or past
