@@ -162,12 +162,7 @@ async def release(
                 records.append(parse(row["stream_id"], json.loads(row["fields"])))
             except MalformedRecord:
                 continue
-        outcomes: dict[str, str] = {}
-        if records:
-            from ledger.writer import apply_arguments
-
-            applied = await connection.fetch(query("apply_batch"), *apply_arguments(records))
-            outcomes = {r["stream_id"]: r["outcome"] for r in applied}
+        outcomes = await _offer(connection, records)
         resolutions: list[tuple[str, int]] = []
         for row in rows:
             outcome = outcomes.get(row["stream_id"], row["reason"])
@@ -196,6 +191,33 @@ async def release(
     if mine:
         await redis.hdel(keyspace.quarantine, *mine)
     return result
+
+
+_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+async def _offer(connection: Connection, records: Sequence[Record]) -> dict[str, str]:
+    """Outcomes of applying records inside the caller's transaction; a record PostgreSQL
+    rejects comes out `rejected` (each is tried alone, in a savepoint, once the batch fails)."""
+    from ledger.writer import apply_arguments
+
+    if not records:
+        return {}
+    try:
+        async with connection.transaction():
+            rows = await connection.fetch(query("apply_batch"), *apply_arguments(records))
+        return {r["stream_id"]: r["outcome"] for r in rows}
+    except _REJECTED:
+        pass
+    outcomes: dict[str, str] = {}
+    for record in records:
+        try:
+            async with connection.transaction():
+                rows = await connection.fetch(query("apply_batch"), *apply_arguments([record]))
+            outcomes.update({r["stream_id"]: r["outcome"] for r in rows})
+        except _REJECTED:
+            outcomes[record.stream_id] = "rejected"
+    return outcomes
 
 
 class _Refused(Exception):

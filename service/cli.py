@@ -245,12 +245,42 @@ def _print_report(report: object) -> None:
         for event in report.drifted:
             table.add_row(event.event_id, "\n".join(event.differences))
         console.print(table)
+    for quarantined in report.quarantined:
+        console.print(f"[red]{quarantined.line()}[/red] - repair, then `boxoffice release`")
     verdict = "[green]consistent[/green]" if report.ok else "[red]drift[/red]"
     console.print(
         f"{verdict}: {len(report.events)} events compared, {len(report.drifted)} differ; "
         f"ledger lag {report.lag} records"
         + (f"; {report.repaired} records re-delivered" if report.repaired else "")
     )
+
+
+# -- release ----------------------------------------------------------------------------------
+
+
+def _release(settings: Settings, args: argparse.Namespace) -> int:
+    from ledger.deadletters import Released, release_or_refuse
+
+    async def run(stores: Stores) -> Released:
+        async with connections(settings, stores) as c:
+            return await release_or_refuse(
+                c.redis, c.pool, c.keyspace, args.event, args.by, args.discard
+            )
+
+    with open_stores(settings, share_running=True) as stores:
+        done = asyncio.run(run(stores))
+    if done.refused:
+        for line in done.refused:
+            print(f"boxoffice: {args.event}: {line}", file=sys.stderr)
+        print(
+            f"boxoffice: {args.event} stays frozen; repair the ledger or Redis, or release "
+            "with --discard",
+            file=sys.stderr,
+        )
+        return EXIT_DRIFT
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(done.resolved.items())) or "nothing"
+    print(f"released {args.event}: {counts}")
+    return EXIT_OK
 
 
 # -- restore ----------------------------------------------------------------------------------
@@ -336,6 +366,23 @@ def parser() -> argparse.ArgumentParser:
         help="first wait up to SECONDS for the writer to drain",
     )
     reconcile.set_defaults(run=_reconcile)
+
+    release = commands.add_parser(
+        "release",
+        help="unfreeze an event after repairing what quarantined its record; exit 1 if refused",
+    )
+    release.add_argument("event", help="the frozen event's id")
+    release.add_argument(
+        "--discard",
+        action="store_true",
+        help="mark dead letters that still do not apply as discarded (kept, never applied)",
+    )
+    release.add_argument(
+        "--by",
+        default=os.environ.get("USER") or "operator",
+        help="who releases, recorded in dead_letters.resolved_by ($USER)",
+    )
+    release.set_defaults(run=_release)
 
     restore = commands.add_parser("restore", help="rebuild Redis from the ledger")
     restore.add_argument(
