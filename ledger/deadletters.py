@@ -90,28 +90,47 @@ async def quarantine(connection: Connection, letters: Sequence[DeadLetter], writ
     )
 
 
+def stream_order(stream_id: str) -> tuple[int, int]:
+    """A stream id as a sortable key (its text does not sort: "9-0" > "10-0")."""
+    ms, _, n = stream_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+Frozen = dict[str, tuple[int, int]]
+"""Frozen events -> the stream position of the first record that froze them: records of the
+event from there on wait; earlier ones are written as usual."""
+
+
+def waits(record: Record, frozen: Frozen) -> bool:
+    at = frozen.get(record.event)
+    return at is not None and stream_order(record.stream_id) > at
+
+
+async def frozen_events(connection: Connection) -> Frozen:
+    frozen: Frozen = {}
+    for row in await connection.fetch(query("frozen_events")):
+        at = stream_order(row["stream_id"])
+        event = row["event_id"]
+        frozen[event] = min(at, frozen.get(event, at))
+    return frozen
+
+
 async def park(
     connection: Connection, stream: str, records: Sequence[Record], writer: str
 ) -> list[Record]:
     """Park later records of frozen events; returns those whose event was released meanwhile
     (to be applied as usual)."""
-    released: list[Record] = []
     async with connection.transaction():
         for event_id in sorted({r.event for r in records}):
             await connection.execute(*_lock(event_id))
-        frozen = {row["event_id"] for row in await connection.fetch(query("frozen_events"))}
+        frozen = await frozen_events(connection)
         letters = [
             DeadLetter.of(stream, r, HELD, "waits behind a quarantined record of its event")
             for r in records
-            if r.event in frozen
+            if waits(r, frozen)
         ]
-        released = [r for r in records if r.event not in frozen]
         await quarantine(connection, letters, writer)
-    return released
-
-
-async def frozen_events(connection: Connection) -> set[str]:
-    return {row["event_id"] for row in await connection.fetch(query("frozen_events"))}
+    return [r for r in records if not waits(r, frozen)]
 
 
 async def freeze(redis: Redis, keyspace: Keyspace, letters: Sequence[DeadLetter]) -> None:

@@ -41,7 +41,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
 ON CONFLICT (stream, stream_id) DO NOTHING;
 
 -- name: frozen_events
-SELECT DISTINCT event_id
+SELECT event_id, stream_id
   FROM dead_letters
  WHERE resolved_at IS NULL AND reason <> 'held' AND event_id IS NOT NULL;
 

@@ -36,7 +36,16 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from ledger.deadletters import DeadLetter, freeze, frozen_events, park, quarantine
+from ledger.deadletters import (
+    DeadLetter,
+    Frozen,
+    freeze,
+    frozen_events,
+    park,
+    quarantine,
+    stream_order,
+    waits,
+)
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
 from service.keys import Keyspace
@@ -135,6 +144,19 @@ async def apply_records(
     return {row["stream_id"]: row["outcome"] for row in rows}
 
 
+_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+"""What PostgreSQL answers a record it will never take: retrying cannot help."""
+_CONFLICT = "same event and seq as a ledger entry, other content"
+
+
+class _Undo(Exception):
+    """Rolls back a batch in which some records conflict with the ledger."""
+
+    def __init__(self, records: list[Record]) -> None:
+        super().__init__(f"{len(records)} conflicting records")
+        self.records = records
+
+
 def _successor(stream_id: str) -> str:
     ms, n = stream_id.split("-", 1)
     return f"{ms}-{int(n) + 1}"
@@ -163,7 +185,7 @@ class Writer:
         self.stats = WriterStats()
         self._scripts = Scripts(redis)
         self._live_writers = 1
-        self._frozen: set[str] = set()
+        self._frozen: Frozen = {}
         self._frozen_read_at = -math.inf
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -241,6 +263,7 @@ class Writer:
         stream = self.keyspace.outbox(partition)
         config = self.config
         await self._take_over(hot, stream, 0)
+        self._frozen_read_at = -math.inf  # the previous holder may have frozen events
         cursor = "0"  # first what is pending for us, then new records (">")
         renewed = trimmed = reclaimed = retired = time.monotonic()
         retry_blocked_at: float | None = None
@@ -333,29 +356,24 @@ class Writer:
                 records.append(parse(stream_id, fields))
             except MalformedRecord as error:
                 dead.append(DeadLetter.malformed(stream, stream_id, fields, str(error)))
-        frozen = await self._frozen_events()
+        # Quarantine what cannot be applied, set aside the records of frozen events, apply the
+        # rest; a conflict found on the way undoes its batch and goes round again, so no record
+        # of a freshly frozen event is written after the one that froze it.
+        outcomes: dict[str, str] = {}
         parked: list[Record] = []
-        if any(r.event in frozen for r in records):
-            waiting = [r for r in records if r.event in frozen]
-            async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
-                released = await park(connection, stream, waiting, self.name)
-            parked = [r for r in waiting if r not in released]
-            records = [r for r in records if r.event not in frozen or r in released]
-        outcomes = await self._apply(stream, records, dead)
-        for record in records:
-            if outcomes.get(record.stream_id) == "conflict":
-                dead.append(
-                    DeadLetter.of(
-                        stream,
-                        record,
-                        "conflict",
-                        "same event and seq as a ledger entry, other content",
-                    )
-                )
-        if dead:
-            await self._quarantine(stream, dead)
+        quarantined: list[DeadLetter] = []
+        while True:
+            if dead:
+                await self._quarantine(stream, dead)
+                quarantined += dead
+            records, set_aside = await self._set_aside(stream, records)
+            parked += set_aside
+            written, dead, records = await self._apply(stream, records)
+            outcomes.update(written)
+            if not dead:
+                break
         ackable = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
-        ackable += [d.stream_id for d in dead] + [r.stream_id for r in parked]
+        ackable += [d.stream_id for d in quarantined] + [r.stream_id for r in parked]
         if vanished:
             log.error("%s: %d pending records were gone from the stream", stream, len(vanished))
             ackable += vanished
@@ -377,30 +395,80 @@ class Writer:
             log.warning("%s: %d records wait for an earlier record of their event", stream, blocked)
         return blocked
 
+    async def _set_aside(
+        self, stream: str, records: list[Record]
+    ) -> tuple[list[Record], list[Record]]:
+        """Park the records of frozen events in dead_letters; returns the records to apply and
+        the ones parked."""
+        frozen = await self._frozen_events()
+        waiting = [r for r in records if waits(r, frozen)]
+        if not waiting:
+            return records, []
+        async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+            released = await park(connection, stream, waiting, self.name)
+        for record in released:
+            self._frozen.pop(record.event, None)
+        return [r for r in records if r not in waiting or r in released], [
+            r for r in waiting if r not in released
+        ]
+
     async def _apply(
-        self, stream: str, records: list[Record], dead: list[DeadLetter]
-    ) -> dict[str, str]:
-        """`apply_records`; when PostgreSQL rejects the batch (a value out of range, a
-        constraint), each record alone, so only the ones it rejects are quarantined."""
+        self, stream: str, records: list[Record]
+    ) -> tuple[dict[str, str], list[DeadLetter], list[Record]]:
+        """Write records in one transaction. Returns the outcomes of what was committed, the
+        records to quarantine, and the records to go round again (their event is about to be
+        frozen, or their batch was undone). A batch with a conflict is undone; a batch that
+        PostgreSQL rejects (a value out of range, a constraint) is applied record by record, so
+        only the records it rejects are quarantined."""
+        if not records:
+            return {}, [], []
         within = self.config.command_timeout_s
         try:
-            return await apply_records(self.pool, records, within)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+            async with (
+                self.pool.acquire(timeout=within) as connection,
+                connection.transaction(),
+            ):
+                rows = await connection.fetch(
+                    query("apply_batch"), *apply_arguments(records), timeout=within
+                )
+                outcomes = {row["stream_id"]: row["outcome"] for row in rows}
+                conflicts = [r for r in records if outcomes[r.stream_id] == "conflict"]
+                if conflicts:
+                    raise _Undo(conflicts)
+            return outcomes, [], []
+        except _Undo as undo:
+            dead = [DeadLetter.of(stream, r, "conflict", _CONFLICT) for r in undo.records]
+            return {}, dead, [r for r in records if r not in undo.records]
+        except _REJECTED as error:
             log.warning("%s: batch rejected (%s); applying its records one by one", stream, error)
-        outcomes: dict[str, str] = {}
+        outcomes, dead, again = {}, [], []
+        stopped: set[str] = set()
         for record in records:
+            if record.event in stopped:
+                again.append(record)
+                continue
             try:
-                outcomes.update(await apply_records(self.pool, [record], within))
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+                outcome = await apply_records(self.pool, [record], within)
+            except _REJECTED as error:
                 dead.append(DeadLetter.of(stream, record, "rejected", str(error)))
-        return outcomes
+                stopped.add(record.event)
+                continue
+            if outcome[record.stream_id] == "conflict":  # alone, it changed nothing
+                dead.append(DeadLetter.of(stream, record, "conflict", _CONFLICT))
+                stopped.add(record.event)
+                continue
+            outcomes.update(outcome)
+        return outcomes, dead, again
 
     async def _quarantine(self, stream: str, dead: list[DeadLetter]) -> None:
         """Copy to dead_letters, freeze their events, count them: never leave them pending."""
         async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
             await quarantine(connection, dead, self.name)
         await freeze(self.redis, self.keyspace, dead)
-        self._frozen |= {d.event_id for d in dead if d.event_id is not None}
+        for letter in dead:
+            if letter.event_id is not None:
+                at = stream_order(letter.stream_id)
+                self._frozen[letter.event_id] = min(at, self._frozen.get(letter.event_id, at))
         for letter in dead:
             if letter.reason == "conflict":
                 self.stats.conflict += 1
@@ -415,7 +483,7 @@ class Writer:
                 letter.event_id or "(none)",
             )
 
-    async def _frozen_events(self) -> set[str]:
+    async def _frozen_events(self) -> Frozen:
         """Events with an unreleased quarantined record, read again every few seconds so a
         release is noticed."""
         now = time.monotonic()

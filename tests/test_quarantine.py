@@ -193,3 +193,36 @@ async def test_a_malformed_or_rejected_record_is_quarantined_and_the_rest_writte
         assert released.returncode == 0, released.stderr
     assert redis_client.hget(keys.meta, "frozen") is None
     assert boxoffice(settings, "reconcile").returncode == 0
+
+
+async def test_records_after_a_conflict_in_the_same_batch_are_held_not_written(
+    engine: BookingEngine,
+    redis_client: redis.Redis,
+    redis_url: str,
+    database_url: str,
+    keyspace: Keyspace,
+    event_id: str,
+) -> None:
+    """A conflict says Redis and the ledger disagree about the event: nothing of it read after
+    the conflicting record may reach the ledger until an operator has looked."""
+    keys = keyspace.event(event_id)
+    other = event_id + "-other"
+    await engine.initialize(event_id, 10)
+    await engine.book(event_id, "a")
+    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+        await eventually(lambda: writer.stats.applied == 2, 20, "the first records")
+    forged = {"event": event_id, "seq": "2", "op": "book", "user": "mallory", "booking": "bk-2"}
+    redis_client.xadd(keys.outbox, forged)  # type: ignore[arg-type]
+    await engine.book(event_id, "b")  # seq 3: would apply after seq 2, in the same batch
+    await engine.initialize(other, 10)
+    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+        await eventually(lambda: writer.stats.parked == 1, 20, "seq 3 parked")
+        await eventually(lambda: writer.stats.applied == 1, 20, "the other event written")
+        assert writer.stats.conflict == 1
+        assert redis_client.xpending(keys.outbox, GROUP)["pending"] == 0
+    rows = await fetch(database_url, f"SELECT last_seq FROM events WHERE event_id = '{event_id}'")
+    assert rows[0]["last_seq"] == 2
+    assert await dead_letters(database_url) == [
+        (event_id, 2, "conflict", None, None),
+        (event_id, 3, "held", None, None),
+    ]
