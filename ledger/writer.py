@@ -79,6 +79,11 @@ class WriterConfig:
     its lease and then died or moved on would otherwise pin them, and its event, forever."""
     retry_blocked_s: float = 2.0
     """How often records waiting for an earlier one are tried again."""
+    gap_after_ms: int | None = None
+    """A record blocked this long (an earlier record of its event never came: a sequence gap)
+    is quarantined like a conflict instead of pinning its partition (default: six leases, and
+    at least three times `reclaim_idle_ms`, so a record stuck with a dead consumer is reclaimed
+    first)."""
     trim_every_s: float = 1.0
     report_every_s: float = 10.0
 
@@ -92,10 +97,17 @@ class WriterConfig:
             )
         if self.reclaim_idle < self.command_timeout_s * 1000:
             raise ValueError("records must not be reclaimed while a PostgreSQL call may still run")
+        if self.gap_after < 2 * self.reclaim_idle:
+            raise ValueError("a gap must not be declared before a stuck record can be reclaimed")
 
     @property
     def command_timeout_s(self) -> float:
         return (self.command_timeout_ms or self.lease_ms / 3) / 1000
+
+    @property
+    def gap_after(self) -> int:
+        """Milliseconds a record may stay blocked."""
+        return self.gap_after_ms or max(6 * self.lease_ms, 3 * self.reclaim_idle)
 
     @property
     def reclaim_idle(self) -> int:
@@ -110,7 +122,8 @@ class WriterStats:
     blocked: int = 0
     conflict: int = 0
     malformed: int = 0
-    """Records quarantined because they break the format or PostgreSQL rejects them."""
+    """Records quarantined for another reason than a conflict: malformed, rejected by
+    PostgreSQL, or blocked past `gap_after_ms`."""
     parked: int = 0
     """Records of frozen events set aside in dead_letters until their event is released."""
     batches: int = 0
@@ -187,6 +200,8 @@ class Writer:
         self._live_writers = 1
         self._frozen: Frozen = {}
         self._frozen_read_at = -math.inf
+        self._blocked_since: dict[tuple[str, str], float] = {}
+        """(stream, stream id) -> when the record was first found blocked."""
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_groups(self.redis, self.keyspace)
@@ -264,6 +279,8 @@ class Writer:
         config = self.config
         await self._take_over(hot, stream, 0)
         self._frozen_read_at = -math.inf  # the previous holder may have frozen events
+        for key in [k for k in self._blocked_since if k[0] == stream]:
+            del self._blocked_since[key]
         cursor = "0"  # first what is pending for us, then new records (">")
         renewed = trimmed = reclaimed = retired = time.monotonic()
         retry_blocked_at: float | None = None
@@ -362,6 +379,7 @@ class Writer:
         outcomes: dict[str, str] = {}
         parked: list[Record] = []
         quarantined: list[DeadLetter] = []
+        applying = {r.stream_id: r for r in records}
         while True:
             if dead:
                 await self._quarantine(stream, dead)
@@ -371,7 +389,13 @@ class Writer:
             written, dead, records = await self._apply(stream, records)
             outcomes.update(written)
             if not dead:
+                dead, records = self._gaps(stream, applying, outcomes)
+                for stream_id in [d.stream_id for d in dead] + [r.stream_id for r in records]:
+                    del outcomes[stream_id]
+            if not dead:
                 break
+        for stream_id in [d.stream_id for d in quarantined] + [r.stream_id for r in parked]:
+            self._blocked_since.pop((stream, stream_id), None)
         ackable = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
         ackable += [d.stream_id for d in quarantined] + [r.stream_id for r in parked]
         if vanished:
@@ -394,6 +418,48 @@ class Writer:
         if blocked:
             log.warning("%s: %d records wait for an earlier record of their event", stream, blocked)
         return blocked
+
+    def _gaps(
+        self, stream: str, records: dict[str, Record], outcomes: dict[str, str]
+    ) -> tuple[list[DeadLetter], list[Record]]:
+        """Blocked records whose wait has lasted past `gap_after`: the first of each event is
+        quarantined (the event freezes), its later blocked ones go round again to be held."""
+        now = time.monotonic()
+        since = self._blocked_since
+        overdue: dict[str, Record] = {}
+        for stream_id, outcome in outcomes.items():
+            key = (stream, stream_id)
+            if outcome != "blocked":
+                since.pop(key, None)
+                continue
+            first = since.setdefault(key, now)
+            record = records[stream_id]
+            if now - first > self.config.gap_after / 1000 and (
+                record.event not in overdue or record.seq < overdue[record.event].seq
+            ):
+                overdue[record.event] = record
+        if not overdue:
+            return [], []
+        dead = [
+            DeadLetter.of(
+                stream,
+                r,
+                "gap",
+                f"blocked over {self.config.gap_after} ms: an "
+                "earlier record of its event never came",
+            )
+            for r in overdue.values()
+        ]
+        again = [
+            r
+            for sid, outcome in outcomes.items()
+            if outcome == "blocked"
+            and (r := records[sid]).event in overdue
+            and r is not overdue[r.event]
+        ]
+        for record in [*overdue.values(), *again]:
+            since.pop((stream, record.stream_id), None)
+        return dead, again
 
     async def _set_aside(
         self, stream: str, records: list[Record]

@@ -10,12 +10,14 @@ import httpx
 import pytest
 import redis
 
+from ledger.reconcile import wait_for_drain
 from ledger.writer import WriterConfig
 from service.booking import BookingEngine
 from service.http import create_app
 from service.keys import Keyspace
 from service.outbox import GROUP
 from service.settings import Settings
+from service.stores import connect_redis
 from tests.support import eventually
 from tests.test_ledger import fetch, running_writer
 from tests.test_operations import boxoffice
@@ -226,3 +228,51 @@ async def test_records_after_a_conflict_in_the_same_batch_are_held_not_written(
         (event_id, 2, "conflict", None, None),
         (event_id, 3, "held", None, None),
     ]
+
+
+async def test_a_record_blocked_past_the_gap_bound_is_quarantined_instead_of_pinning(
+    engine: BookingEngine,
+    redis_client: redis.Redis,
+    redis_url: str,
+    database_url: str,
+    keyspace: Keyspace,
+    event_id: str,
+) -> None:
+    """A sequence gap (a record that never came) blocks every later record of its event forever:
+    past `gap_after_ms` the first blocked one is quarantined and the rest held, so the stream
+    trims and the lag drains."""
+    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
+    keys = keyspace.event(event_id)
+    await engine.initialize(event_id, 10)
+    await engine.book(event_id, "a")
+    # seq 3 never reaches the outbox; 4 and 5 do.
+    redis_client.hincrby(keys.meta, "seq", 1)
+    await engine.book(event_id, "b")
+    await engine.book(event_id, "c")
+    config = WriterConfig(
+        batch_size=50,
+        block_ms=100,
+        linger_ms=10,
+        lease_ms=1000,
+        retry_blocked_s=0.2,
+        reclaim_idle_ms=1000,
+        gap_after_ms=2000,
+    )
+    async with running_writer(redis_url, database_url, keyspace, "w", config) as writer:
+        await eventually(lambda: writer.stats.blocked >= 2, 20, "the records blocked")
+        await eventually(lambda: writer.stats.malformed == 1, 20, "the gap quarantined")
+        await eventually(lambda: writer.stats.parked == 1, 20, "the next record held")
+        assert redis_client.xpending(keys.outbox, GROUP)["pending"] == 0
+        connection = await connect_redis(redis_url, 2)
+        try:
+            assert await wait_for_drain(connection, keyspace, 10) == 0
+        finally:
+            await connection.aclose()
+    assert await dead_letters(database_url) == [
+        (event_id, 4, "gap", None, None),
+        (event_id, 5, "held", None, None),
+    ]
+    assert redis_client.hget(keys.meta, "frozen") is not None
+    assert boxoffice(settings, "reconcile").returncode == 1
+    released = boxoffice(settings, "release", event_id, "--discard")
+    assert released.stdout.strip() == f"released {event_id}: 2 discarded", released.stderr

@@ -9,7 +9,7 @@ CREATE TABLE dead_letters (
     event_id       text,
     seq            bigint,
     reason         text        NOT NULL
-                   CHECK (reason IN ('conflict', 'malformed', 'rejected', 'held')),
+                   CHECK (reason IN ('conflict', 'malformed', 'rejected', 'gap', 'held')),
     detail         text        NOT NULL,
     fields         jsonb       NOT NULL,
     writer         text        NOT NULL,
@@ -22,6 +22,7 @@ CREATE TABLE dead_letters (
     CHECK ((resolved_at IS NULL) = (resolved_by IS NULL))
 );
 COMMENT ON COLUMN dead_letters.reason IS
-    'conflict, malformed or rejected: the record that froze its event; held: a later record of '
-    'a frozen event, parked until release.';
+    'conflict, malformed, rejected or gap (blocked past WriterConfig.gap_after_ms: an earlier '
+    'record of its event never came): the record that froze its event; held: a later record '
+    'of a frozen event, parked until release.';
 CREATE INDEX dead_letters_unresolved ON dead_letters (event_id, seq) WHERE resolved_at IS NULL;
