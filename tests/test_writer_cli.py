@@ -41,3 +41,31 @@ def test_writer_defaults_come_from_the_writer_config() -> None:
     config = WriterConfig()
     assert args.batch_size == config.batch_size
     assert args.lease == config.lease_ms / 1000
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"batch_size": 0}, "greater than 0"),
+        ({"lease_ms": 0}, "greater than 0"),
+        ({"lease_ms": 10_000, "command_timeout_ms": 6_000}, "at most half the lease"),
+        ({"command_timeout_ms": 3_000, "reclaim_idle_ms": 1_000}, "may still run"),
+        ({"reclaim_idle_ms": 10_000, "gap_after_ms": 15_000}, "can be reclaimed"),
+    ],
+)
+def test_writer_config_refuses_bounds_that_undo_each_other(
+    settings: dict[str, int], says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        WriterConfig(**settings)
+
+
+def test_writer_config_derives_its_bounds_from_the_lease() -> None:
+    config = WriterConfig(lease_ms=9_000)
+    assert (config.command_timeout_s, config.reclaim_idle, config.gap_after) == (3.0, 9_000, 54_000)
+    # A PostgreSQL call always ends before the lease could run out, records are reclaimed
+    # only once no call of their reader can still be running, and a gap is declared only
+    # after a stuck record had its chance to be reclaimed.
+    assert config.command_timeout_s * 1000 <= config.lease_ms / 2
+    assert config.reclaim_idle >= config.command_timeout_s * 1000
+    assert config.gap_after >= 2 * config.reclaim_idle
