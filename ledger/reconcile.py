@@ -224,10 +224,13 @@ async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> in
 async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report) -> int:
     """Re-deliver records the ledger lacks that are still in the outbox streams; returns how
     many were written."""
+    # A frozen event waits for `boxoffice release`: re-delivering its records would write past
+    # the one that froze it.
+    frozen = {q.event_id for q in report.quarantined}
     wanted: dict[str, tuple[set[int], int | None]] = {
         e.event_id: (set(e.missing_seqs), e.ledger_behind_from)
         for e in report.events
-        if e.missing_seqs or e.ledger_behind_from is not None
+        if (e.missing_seqs or e.ledger_behind_from is not None) and e.event_id not in frozen
     }
     if not wanted:
         return 0

@@ -276,3 +276,29 @@ async def test_a_record_blocked_past_the_gap_bound_is_quarantined_instead_of_pin
     assert boxoffice(settings, "reconcile").returncode == 1
     released = boxoffice(settings, "release", event_id, "--discard")
     assert released.stdout.strip() == f"released {event_id}: 2 discarded", released.stderr
+
+
+async def test_reconcile_repair_does_not_write_past_a_frozen_events_quarantined_record(
+    engine: BookingEngine,
+    redis_client: redis.Redis,
+    redis_url: str,
+    database_url: str,
+    keyspace: Keyspace,
+    event_id: str,
+) -> None:
+    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
+    keys = keyspace.event(event_id)
+    await engine.initialize(event_id, 10)
+    await engine.book(event_id, "a")
+    forged = {"event": event_id, "seq": "2", "op": "book", "user": "mallory", "booking": "bk-2"}
+    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+        await eventually(lambda: writer.stats.applied == 2, 20, "the first records")
+        redis_client.xadd(keys.outbox, forged)  # type: ignore[arg-type]
+        await eventually(lambda: writer.stats.conflict == 1, 20, "the conflict quarantined")
+    # Written while no writer runs: still in the outbox when the operator reaches for --repair.
+    await engine.book(event_id, "b")
+    done = boxoffice(settings, "reconcile", "--repair", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert json.loads(done.stdout)["repairedRecords"] == 0
+    rows = await fetch(database_url, f"SELECT last_seq FROM events WHERE event_id = '{event_id}'")
+    assert rows[0]["last_seq"] == 2
