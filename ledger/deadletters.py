@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from ledger.database import Connection
 from ledger.queries import query
@@ -146,8 +147,9 @@ async def freeze(redis: Redis, keyspace: Keyspace, letters: Sequence[DeadLetter]
             continue
         meta = keyspace.event(letter.event_id).meta
         if await redis.exists(meta):
-            # Only the first quarantined record of the event is named: release clears it all.
-            await redis.hsetnx(meta, "frozen", letter.stream_id)
+            # The latest quarantined record is named: a release that resolved earlier ones
+            # only (a record quarantined while it ran) leaves the event frozen.
+            await redis.hset(meta, "frozen", letter.stream_id)
 
 
 @dataclass(slots=True)
@@ -204,9 +206,22 @@ async def release(
             result.resolved[resolution] = result.resolved.get(resolution, 0) + 1
     # The ledger is settled first: a crash here leaves the event frozen, and release again
     # finds nothing left to resolve and unfreezes it.
-    await redis.hdel(keyspace.event(event_id).meta, "frozen")
+    resolved_ids = {row["stream_id"] for row in rows}
+    meta = keyspace.event(event_id).meta
+
+    async def unfreeze(pipe: Pipeline) -> None:
+        named = await pipe.hget(meta, "frozen")
+        pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        if named is None or named in resolved_ids:
+            pipe.hdel(meta, "frozen")
+
+    await redis.transaction(unfreeze, meta)
     listed = await redis.hgetall(keyspace.quarantine)
-    mine = [name for name, event in listed.items() if event == event_id]
+    mine = [
+        name
+        for name, event in listed.items()
+        if event == event_id and str(name).rpartition("/")[2] in resolved_ids
+    ]
     if mine:
         await redis.hdel(keyspace.quarantine, *mine)
     return result
