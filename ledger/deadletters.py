@@ -164,19 +164,28 @@ async def release(
     redis: Redis,
     connection: Connection,
     keyspace: Keyspace,
-    event_id: str,
+    event_id: str | None,
     by: str,
     discard: bool,
+    record: str | None = None,
 ) -> Released:
-    """End an event's freeze after repair (see the module's docstring)."""
+    """End an event's freeze after repair (see the module's docstring); or, with `event_id`
+    None, resolve one dead letter that names no event (`record`, its stream id)."""
     result = Released()
     async with connection.transaction():
-        await connection.execute(*_lock(event_id))
-        rows = await connection.fetch(
-            "SELECT id, stream_id, seq, reason, detail, fields FROM dead_letters"
-            " WHERE event_id = $1 AND resolved_at IS NULL ORDER BY seq NULLS FIRST, id",
-            event_id,
-        )
+        if event_id is not None:
+            await connection.execute(*_lock(event_id))
+            rows = await connection.fetch(
+                "SELECT id, stream_id, seq, reason, detail, fields FROM dead_letters"
+                " WHERE event_id = $1 AND resolved_at IS NULL ORDER BY seq NULLS FIRST, id",
+                event_id,
+            )
+        else:
+            rows = await connection.fetch(
+                "SELECT id, stream_id, seq, reason, detail, fields FROM dead_letters"
+                " WHERE event_id IS NULL AND stream_id = $1 AND resolved_at IS NULL",
+                record,
+            )
         records: list[Record] = []
         for row in rows:
             try:
@@ -207,6 +216,9 @@ async def release(
     # The ledger is settled first: a crash here leaves the event frozen, and release again
     # finds nothing left to resolve and unfreezes it.
     resolved_ids = {row["stream_id"] for row in rows}
+    if event_id is None:
+        await _unlist(redis, keyspace, "", resolved_ids)
+        return result
     meta = keyspace.event(event_id).meta
 
     async def unfreeze(pipe: Pipeline) -> None:
@@ -216,15 +228,20 @@ async def release(
             pipe.hdel(meta, "frozen")
 
     await redis.transaction(unfreeze, meta)
+    await _unlist(redis, keyspace, event_id, resolved_ids)
+    return result
+
+
+async def _unlist(redis: Redis, keyspace: Keyspace, event_id: str, resolved: set[str]) -> None:
+    """Drop resolved records from the list `/readyz` reports."""
     listed = await redis.hgetall(keyspace.quarantine)
     mine = [
         name
         for name, event in listed.items()
-        if event == event_id and str(name).rpartition("/")[2] in resolved_ids
+        if event == event_id and str(name).rpartition("/")[2] in resolved
     ]
     if mine:
         await redis.hdel(keyspace.quarantine, *mine)
-    return result
 
 
 _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -261,11 +278,17 @@ class _Refused(Exception):
 
 
 async def release_or_refuse(
-    redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, event_id: str, by: str, discard: bool
+    redis: Redis,
+    pool: asyncpg.Pool,
+    keyspace: Keyspace,
+    event_id: str | None,
+    by: str,
+    discard: bool,
+    record: str | None = None,
 ) -> Released:
     """`release`, with a refusal returned (its transaction rolled back) instead of raised."""
     async with pool.acquire() as connection:
         try:
-            return await release(redis, connection, keyspace, event_id, by, discard)
+            return await release(redis, connection, keyspace, event_id, by, discard, record)
         except _Refused as refused:
             return refused.result

@@ -261,25 +261,29 @@ def _print_report(report: object) -> None:
 def _release(settings: Settings, args: argparse.Namespace) -> int:
     from ledger.deadletters import Released, release_or_refuse
 
+    if (args.event is None) == (args.record is None):
+        raise ConfigurationError("release takes an event id or --record STREAM_ID, not both.")
+    target = args.event if args.event is not None else f"record {args.record}"
+
     async def run(stores: Stores) -> Released:
         async with connections(settings, stores) as c:
             return await release_or_refuse(
-                c.redis, c.pool, c.keyspace, args.event, args.by, args.discard
+                c.redis, c.pool, c.keyspace, args.event, args.by, args.discard, args.record
             )
 
     with open_stores(settings, share_running=True) as stores:
         done = asyncio.run(run(stores))
     if done.refused:
         for line in done.refused:
-            print(f"boxoffice: {args.event}: {line}", file=sys.stderr)
+            print(f"boxoffice: {target}: {line}", file=sys.stderr)
         print(
-            f"boxoffice: {args.event} stays frozen; repair the ledger or Redis, or release "
+            f"boxoffice: {target} stays quarantined; repair the ledger or Redis, or release "
             "with --discard",
             file=sys.stderr,
         )
         return EXIT_DRIFT
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(done.resolved.items())) or "nothing"
-    print(f"released {args.event}: {counts}")
+    print(f"released {target}: {counts}")
     return EXIT_OK
 
 
@@ -371,7 +375,12 @@ def parser() -> argparse.ArgumentParser:
         "release",
         help="unfreeze an event after repairing what quarantined its record; exit 1 if refused",
     )
-    release.add_argument("event", help="the frozen event's id")
+    release.add_argument("event", nargs="?", help="the frozen event's id")
+    release.add_argument(
+        "--record",
+        metavar="STREAM_ID",
+        help="instead of an event: a quarantined record that names no event",
+    )
     release.add_argument(
         "--discard",
         action="store_true",

@@ -302,3 +302,35 @@ async def test_reconcile_repair_does_not_write_past_a_frozen_events_quarantined_
     assert json.loads(done.stdout)["repairedRecords"] == 0
     rows = await fetch(database_url, f"SELECT last_seq FROM events WHERE event_id = '{event_id}'")
     assert rows[0]["last_seq"] == 2
+
+
+async def test_a_record_naming_no_event_is_quarantined_and_released_by_its_stream_id(
+    engine: BookingEngine,
+    redis_client: redis.Redis,
+    redis_url: str,
+    database_url: str,
+    keyspace: Keyspace,
+    event_id: str,
+) -> None:
+    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
+    keys = keyspace.event(event_id)
+    await engine.initialize(event_id, 10)
+    stray = str(redis_client.xadd(keys.outbox, {"seq": "1", "op": "book"}))
+    await engine.book(event_id, "a")
+    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+        await eventually(lambda: writer.stats.malformed == 1, 20, "the record quarantined")
+        await eventually(lambda: writer.stats.applied == 2, 20, "the event written on")
+    assert redis_client.hget(keys.meta, "frozen") is None  # it names no event to freeze
+    assert redis_client.hgetall(keyspace.quarantine) == {f"{keys.outbox}/{stray}": ""}
+    assert await dead_letters(database_url) == [(None, 1, "malformed", None, None)]
+    assert boxoffice(settings, "reconcile").returncode == 1
+    both = boxoffice(settings, "release", event_id, "--record", stray)
+    assert (both.returncode, both.stderr.count("\n")) == (2, 1)
+    refused = boxoffice(settings, "release", "--record", stray)
+    assert refused.returncode == 1
+    assert "still malformed" in refused.stderr
+    released = boxoffice(settings, "release", "--record", stray, "--discard", "--by", "ops")
+    assert released.stdout.strip() == f"released record {stray}: 1 discarded", released.stderr
+    assert await dead_letters(database_url) == [(None, 1, "malformed", "discarded", "ops")]
+    assert redis_client.hgetall(keyspace.quarantine) == {}
+    assert boxoffice(settings, "reconcile").returncode == 0
