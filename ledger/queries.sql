@@ -34,3 +34,26 @@ SELECT s AS seq
  WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.event_id = $1 AND e.seq = s)
  ORDER BY s
  LIMIT $3;
+
+-- name: dead_letter
+INSERT INTO dead_letters (stream, stream_id, event_id, seq, reason, detail, fields, writer)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+ON CONFLICT (stream, stream_id) DO NOTHING;
+
+-- name: frozen_events
+SELECT event_id, stream_id
+  FROM dead_letters
+ WHERE resolved_at IS NULL AND reason <> 'held' AND event_id IS NOT NULL;
+
+-- name: unresolved_dead_letters
+SELECT stream, stream_id, event_id, seq, reason, detail, quarantined_at
+  FROM dead_letters
+ WHERE resolved_at IS NULL AND reason <> 'held'
+   AND ($1::text IS NULL OR event_id = $1)
+ ORDER BY quarantined_at, id;
+
+-- name: held_counts
+SELECT event_id, count(*) AS held
+  FROM dead_letters
+ WHERE resolved_at IS NULL AND reason = 'held' AND ($1::text IS NULL OR event_id = $1)
+ GROUP BY event_id;

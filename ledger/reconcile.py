@@ -18,6 +18,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from ledger.database import Connection
+from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
 from ledger.state import Continuity, EventState, continuity, ledger_states, redis_event_ids
 from ledger.state import redis_state as read_redis_state
@@ -42,15 +43,36 @@ class EventReport:
         return not self.differences
 
 
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A dead letter nobody released yet (see `ledger.deadletters`)."""
+
+    stream_id: str
+    event_id: str | None
+    seq: int | None
+    reason: str
+    detail: str
+    held: int
+    """Later records of its event parked behind it."""
+
+    def line(self) -> str:
+        return (
+            f"record {self.stream_id} (event {self.event_id or '-'}, seq {self.seq}) "
+            f"quarantined: {self.reason}: {self.detail}; {self.held} later records held"
+        )
+
+
 @dataclass(slots=True)
 class Report:
     events: list[EventReport]
     lag: int
     repaired: int = 0
+    quarantined: list[Quarantined] = field(default_factory=list)
+    """Dead letters not released: the ledger is not whole while one is there."""
 
     @property
     def ok(self) -> bool:
-        return all(event.ok for event in self.events)
+        return all(event.ok for event in self.events) and not self.quarantined
 
     @property
     def drifted(self) -> list[EventReport]:
@@ -63,6 +85,17 @@ class Report:
             "drifted": len(self.drifted),
             "ledgerLag": self.lag,
             "repairedRecords": self.repaired,
+            "quarantined": [
+                {
+                    "streamId": q.stream_id,
+                    "eventId": q.event_id,
+                    "seq": q.seq,
+                    "reason": q.reason,
+                    "detail": q.detail,
+                    "held": q.held,
+                }
+                for q in self.quarantined
+            ],
             "differences": [
                 {"eventId": event.event_id, "differences": event.differences}
                 for event in self.drifted
@@ -161,7 +194,22 @@ async def reconcile(
     for eid in ids:
         state = await read_redis_state(redis, keyspace, eid)
         events.append(compare(eid, state, ledger.get(eid), journal.get(eid)))
-    return Report(events, await ledger_lag(redis, keyspace))
+    held = {
+        row["event_id"]: int(row["held"])
+        for row in await connection.fetch(query("held_counts"), event_id)
+    }
+    quarantined = [
+        Quarantined(
+            row["stream_id"],
+            row["event_id"],
+            row["seq"],
+            row["reason"],
+            row["detail"],
+            held.get(row["event_id"], 0),
+        )
+        for row in await connection.fetch(query("unresolved_dead_letters"), event_id)
+    ]
+    return Report(events, await ledger_lag(redis, keyspace), quarantined=quarantined)
 
 
 async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> int:
@@ -176,10 +224,13 @@ async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> in
 async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report) -> int:
     """Re-deliver records the ledger lacks that are still in the outbox streams; returns how
     many were written."""
+    # A frozen event waits for `boxoffice release`: re-delivering its records would write past
+    # the one that froze it.
+    frozen = {q.event_id for q in report.quarantined}
     wanted: dict[str, tuple[set[int], int | None]] = {
         e.event_id: (set(e.missing_seqs), e.ledger_behind_from)
         for e in report.events
-        if e.missing_seqs or e.ledger_behind_from is not None
+        if (e.missing_seqs or e.ledger_behind_from is not None) and e.event_id not in frozen
     }
     if not wanted:
         return 0

@@ -36,6 +36,16 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from ledger.deadletters import (
+    DeadLetter,
+    Frozen,
+    freeze,
+    frozen_events,
+    park,
+    quarantine,
+    stream_order,
+    waits,
+)
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
 from service.keys import Keyspace
@@ -60,10 +70,49 @@ class WriterConfig:
     (README: "After a small batch")."""
     lease_ms: int = 10_000
     """A partition is free again this long after its writer stopped renewing its lease."""
+    command_timeout_ms: int | None = None
+    """The longest any one PostgreSQL call may take (default: a third of the lease; at most
+    half of it): a writer stuck in a call must give up before its lease can run out."""
+    reclaim_idle_ms: int | None = None
+    """Records delivered to a consumer and not acknowledged for this long are claimed by the
+    partition's holder and written again (default: the lease). A writer that read after losing
+    its lease and then died or moved on would otherwise pin them, and its event, forever."""
     retry_blocked_s: float = 2.0
     """How often records waiting for an earlier one are tried again."""
+    gap_after_ms: int | None = None
+    """A record blocked this long (an earlier record of its event never came: a sequence gap)
+    is quarantined like a conflict instead of pinning its partition (default: six leases, and
+    at least three times `reclaim_idle_ms`, so a record stuck with a dead consumer is reclaimed
+    first)."""
     trim_every_s: float = 1.0
     report_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.lease_ms <= 0:
+            raise ValueError("the writer's batch size and lease must be greater than 0")
+        if not 0 < self.command_timeout_s * 1000 <= self.lease_ms / 2:
+            raise ValueError(
+                f"a PostgreSQL call may take at most half the lease ({self.lease_ms / 2:g} ms), "
+                f"not {self.command_timeout_ms} ms"
+            )
+        if self.reclaim_idle < self.command_timeout_s * 1000:
+            raise ValueError("records must not be reclaimed while a PostgreSQL call may still run")
+        if self.gap_after < 2 * self.reclaim_idle:
+            raise ValueError("a gap must not be declared before a stuck record can be reclaimed")
+
+    @property
+    def command_timeout_s(self) -> float:
+        return (self.command_timeout_ms or self.lease_ms / 3) / 1000
+
+    @property
+    def gap_after(self) -> int:
+        """Milliseconds a record may stay blocked."""
+        return self.gap_after_ms or max(6 * self.lease_ms, 3 * self.reclaim_idle)
+
+    @property
+    def reclaim_idle(self) -> int:
+        """Milliseconds a record may stay delivered and unacknowledged."""
+        return self.reclaim_idle_ms or self.lease_ms
 
 
 @dataclass(slots=True)
@@ -73,6 +122,10 @@ class WriterStats:
     blocked: int = 0
     conflict: int = 0
     malformed: int = 0
+    """Records quarantined for another reason than a conflict: malformed, rejected by
+    PostgreSQL, or blocked past `gap_after_ms`."""
+    parked: int = 0
+    """Records of frozen events set aside in dead_letters until their event is released."""
     batches: int = 0
     held: set[int] = field(default_factory=set)
 
@@ -90,13 +143,31 @@ def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
     )
 
 
-async def apply_records(pool: asyncpg.Pool, records: Sequence[Record]) -> dict[str, str]:
-    """Write records in one transaction; their outcomes by stream id."""
+async def apply_records(
+    pool: asyncpg.Pool, records: Sequence[Record], within: float | None = None
+) -> dict[str, str]:
+    """Write records in one transaction; their outcomes by stream id. `within` bounds both the
+    wait for a connection and the statement (seconds)."""
     if not records:
         return {}
-    async with pool.acquire() as connection:
-        rows = await connection.fetch(query("apply_batch"), *apply_arguments(records))
+    async with pool.acquire(timeout=within) as connection:
+        rows = await connection.fetch(
+            query("apply_batch"), *apply_arguments(records), timeout=within
+        )
     return {row["stream_id"]: row["outcome"] for row in rows}
+
+
+_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+"""What PostgreSQL answers a record it will never take: retrying cannot help."""
+_CONFLICT = "same event and seq as a ledger entry, other content"
+
+
+class _Undo(Exception):
+    """Rolls back a batch in which some records conflict with the ledger."""
+
+    def __init__(self, records: list[Record]) -> None:
+        super().__init__(f"{len(records)} conflicting records")
+        self.records = records
 
 
 def _successor(stream_id: str) -> str:
@@ -127,6 +198,10 @@ class Writer:
         self.stats = WriterStats()
         self._scripts = Scripts(redis)
         self._live_writers = 1
+        self._frozen: Frozen = {}
+        self._frozen_read_at = -math.inf
+        self._blocked_since: dict[tuple[str, str], float] = {}
+        """(stream, stream id) -> when the record was first found blocked."""
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_groups(self.redis, self.keyspace)
@@ -189,7 +264,10 @@ class Writer:
 
     async def _drain(self, partition: int, stop: asyncio.Event) -> None:
         """Write the partition's records while the lease lasts."""
-        hot = PipelinedRedis(self.redis_url, timeout=self.config.block_ms / 1000 + 10)
+        # A read blocks block_ms; past that, a reply later than a PostgreSQL call may take means
+        # the connection is stuck, and the lease must not run out while we wait on it.
+        timeout = self.config.block_ms / 1000 + self.config.command_timeout_s
+        hot = PipelinedRedis(self.redis_url, timeout=timeout)
         await hot.connect()
         try:
             await self._drain_over(hot, partition, stop)
@@ -199,12 +277,25 @@ class Writer:
     async def _drain_over(self, hot: PipelinedRedis, partition: int, stop: asyncio.Event) -> None:
         stream = self.keyspace.outbox(partition)
         config = self.config
-        await self._take_over(hot, stream)
+        await self._take_over(hot, stream, 0)
+        self._frozen_read_at = -math.inf  # the previous holder may have frozen events
+        for key in [k for k in self._blocked_since if k[0] == stream]:
+            del self._blocked_since[key]
         cursor = "0"  # first what is pending for us, then new records (">")
-        renewed = trimmed = time.monotonic()
+        renewed = trimmed = reclaimed = retired = time.monotonic()
         retry_blocked_at: float | None = None
         while not stop.is_set():
             now = time.monotonic()
+            if now - reclaimed > config.reclaim_idle / 1000 / 2:
+                # Records another consumer read and left (it lost its lease, paused, died):
+                # holding the lease, this writer owns them. Checked continuously, not only at
+                # take-over, since a consumer can read after the take-over.
+                if await self._take_over(hot, stream, config.reclaim_idle):
+                    cursor, retry_blocked_at = "0", None
+                reclaimed = now
+            if now - retired > config.lease_ms / 1000:
+                await self._retire(hot, stream)
+                retired = now
             if now - renewed > config.lease_ms / 1000 / 3:
                 if not await self._lease(partition, "hold"):
                     log.warning("partition %d: lease lost", partition)
@@ -234,22 +325,46 @@ class Writer:
             if cursor == ">" and len(entries) < config.batch_size // 4:
                 await _sleep(stop, config.linger_ms / 1000)
 
-    async def _take_over(self, hot: PipelinedRedis, stream: str) -> None:
-        """Claim what other consumers left pending: holding the lease, this writer owns it."""
-        start = "0-0"
+    async def _take_over(self, hot: PipelinedRedis, stream: str, min_idle_ms: int) -> int:
+        """Claim what consumers left pending for at least `min_idle_ms`: holding the lease, this
+        writer owns it. Returns how many records other consumers held."""
+        start, taken = "0-0", 0
         while True:
             reply = await hot.execute(
-                "XAUTOCLAIM", stream, GROUP, self.name, 0, start, "COUNT", 1000, "JUSTID"
+                "XAUTOCLAIM", stream, GROUP, self.name, min_idle_ms, start, "COUNT", 1000, "JUSTID"
             )
-            start = reply[0]
+            start, claimed = reply[0], reply[1]
+            taken += len(claimed)
             if start == "0-0":
-                return
+                break
+        if taken and min_idle_ms:
+            log.warning(
+                "%s: reclaimed %d records left unacknowledged for over %d ms",
+                stream,
+                taken,
+                min_idle_ms,
+            )
+        return taken
+
+    async def _retire(self, hot: PipelinedRedis, stream: str) -> None:
+        """Forget consumers that own nothing and have not read for longer than records may stay
+        unacknowledged: writers that are gone, or hold other partitions (reading again brings a
+        consumer back)."""
+        idle_ms = max(self.config.reclaim_idle, self.config.lease_ms)
+        for fields in await hot.execute("XINFO", "CONSUMERS", stream, GROUP):
+            info = dict(zip(fields[::2], fields[1::2], strict=True))
+            name = str(info["name"])
+            if name == self.name or int(info["pending"]) or int(info["idle"]) < idle_ms:
+                continue
+            if await self._scripts.call("retire", (stream,), (GROUP, name, idle_ms)):
+                log.info("%s: consumer %s retired (gone, owning nothing)", stream, name)
 
     async def _write(self, hot: PipelinedRedis, stream: str, entries: list[Entry]) -> int:
         """Apply one batch and acknowledge what is written; returns how many wait for an
         earlier record."""
         records: list[Record] = []
         vanished: list[str] = []
+        dead: list[DeadLetter] = []
         for stream_id, fields in entries:
             if not fields:  # trimmed while pending: nothing left to write
                 vanished.append(stream_id)
@@ -257,10 +372,32 @@ class Writer:
             try:
                 records.append(parse(stream_id, fields))
             except MalformedRecord as error:
-                self.stats.malformed += 1
-                log.error("%s: left pending, it breaks the record format: %s", stream, error)
-        outcomes = await apply_records(self.pool, records)
+                dead.append(DeadLetter.malformed(stream, stream_id, fields, str(error)))
+        # Quarantine what cannot be applied, set aside the records of frozen events, apply the
+        # rest; a conflict found on the way undoes its batch and goes round again, so no record
+        # of a freshly frozen event is written after the one that froze it.
+        outcomes: dict[str, str] = {}
+        parked: list[Record] = []
+        quarantined: list[DeadLetter] = []
+        applying = {r.stream_id: r for r in records}
+        while True:
+            if dead:
+                await self._quarantine(stream, dead)
+                quarantined += dead
+            records, set_aside = await self._set_aside(stream, records)
+            parked += set_aside
+            written, dead, records = await self._apply(stream, records)
+            outcomes.update(written)
+            if not dead:
+                dead, records = self._gaps(stream, applying, outcomes)
+                for stream_id in [d.stream_id for d in dead] + [r.stream_id for r in records]:
+                    del outcomes[stream_id]
+            if not dead:
+                break
+        for stream_id in [d.stream_id for d in quarantined] + [r.stream_id for r in parked]:
+            self._blocked_since.pop((stream, stream_id), None)
         ackable = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
+        ackable += [d.stream_id for d in quarantined] + [r.stream_id for r in parked]
         if vanished:
             log.error("%s: %d pending records were gone from the stream", stream, len(vanished))
             ackable += vanished
@@ -268,26 +405,159 @@ class Writer:
             await hot.execute("XACK", stream, GROUP, *ackable)
         stats = self.stats
         stats.batches += 1
+        stats.parked += len(parked)
         blocked = 0
-        for stream_id, outcome in outcomes.items():
+        for outcome in outcomes.values():
             if outcome == "applied":
                 stats.applied += 1
             elif outcome == "duplicate":
                 stats.duplicate += 1
             elif outcome == "blocked":
                 blocked += 1
-            else:
-                stats.conflict += 1
-                log.error(
-                    "%s %s: conflicts with the ledger (same event and seq, other content); "
-                    "left pending - run `boxoffice reconcile`",
-                    stream,
-                    stream_id,
-                )
         stats.blocked += blocked
         if blocked:
             log.warning("%s: %d records wait for an earlier record of their event", stream, blocked)
         return blocked
+
+    def _gaps(
+        self, stream: str, records: dict[str, Record], outcomes: dict[str, str]
+    ) -> tuple[list[DeadLetter], list[Record]]:
+        """Blocked records whose wait has lasted past `gap_after`: the first of each event is
+        quarantined (the event freezes), its later blocked ones go round again to be held."""
+        now = time.monotonic()
+        since = self._blocked_since
+        overdue: dict[str, Record] = {}
+        for stream_id, outcome in outcomes.items():
+            key = (stream, stream_id)
+            if outcome != "blocked":
+                since.pop(key, None)
+                continue
+            first = since.setdefault(key, now)
+            record = records[stream_id]
+            if now - first > self.config.gap_after / 1000 and (
+                record.event not in overdue or record.seq < overdue[record.event].seq
+            ):
+                overdue[record.event] = record
+        if not overdue:
+            return [], []
+        dead = [
+            DeadLetter.of(
+                stream,
+                r,
+                "gap",
+                f"blocked over {self.config.gap_after} ms: an "
+                "earlier record of its event never came",
+            )
+            for r in overdue.values()
+        ]
+        again = [
+            r
+            for sid, outcome in outcomes.items()
+            if outcome == "blocked"
+            and (r := records[sid]).event in overdue
+            and r is not overdue[r.event]
+        ]
+        for record in [*overdue.values(), *again]:
+            since.pop((stream, record.stream_id), None)
+        return dead, again
+
+    async def _set_aside(
+        self, stream: str, records: list[Record]
+    ) -> tuple[list[Record], list[Record]]:
+        """Park the records of frozen events in dead_letters; returns the records to apply and
+        the ones parked."""
+        frozen = await self._frozen_events()
+        waiting = [r for r in records if waits(r, frozen)]
+        if not waiting:
+            return records, []
+        async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+            released = await park(connection, stream, waiting, self.name)
+        for record in released:
+            self._frozen.pop(record.event, None)
+        return [r for r in records if r not in waiting or r in released], [
+            r for r in waiting if r not in released
+        ]
+
+    async def _apply(
+        self, stream: str, records: list[Record]
+    ) -> tuple[dict[str, str], list[DeadLetter], list[Record]]:
+        """Write records in one transaction. Returns the outcomes of what was committed, the
+        records to quarantine, and the records to go round again (their event is about to be
+        frozen, or their batch was undone). A batch with a conflict is undone; a batch that
+        PostgreSQL rejects (a value out of range, a constraint) is applied record by record, so
+        only the records it rejects are quarantined."""
+        if not records:
+            return {}, [], []
+        within = self.config.command_timeout_s
+        try:
+            async with (
+                self.pool.acquire(timeout=within) as connection,
+                connection.transaction(),
+            ):
+                rows = await connection.fetch(
+                    query("apply_batch"), *apply_arguments(records), timeout=within
+                )
+                outcomes = {row["stream_id"]: row["outcome"] for row in rows}
+                conflicts = [r for r in records if outcomes[r.stream_id] == "conflict"]
+                if conflicts:
+                    raise _Undo(conflicts)
+            return outcomes, [], []
+        except _Undo as undo:
+            dead = [DeadLetter.of(stream, r, "conflict", _CONFLICT) for r in undo.records]
+            return {}, dead, [r for r in records if r not in undo.records]
+        except _REJECTED as error:
+            log.warning("%s: batch rejected (%s); applying its records one by one", stream, error)
+        outcomes, dead, again = {}, [], []
+        stopped: set[str] = set()
+        for record in records:
+            if record.event in stopped:
+                again.append(record)
+                continue
+            try:
+                outcome = await apply_records(self.pool, [record], within)
+            except _REJECTED as error:
+                dead.append(DeadLetter.of(stream, record, "rejected", str(error)))
+                stopped.add(record.event)
+                continue
+            if outcome[record.stream_id] == "conflict":  # alone, it changed nothing
+                dead.append(DeadLetter.of(stream, record, "conflict", _CONFLICT))
+                stopped.add(record.event)
+                continue
+            outcomes.update(outcome)
+        return outcomes, dead, again
+
+    async def _quarantine(self, stream: str, dead: list[DeadLetter]) -> None:
+        """Copy to dead_letters, freeze their events, count them: never leave them pending."""
+        async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+            await quarantine(connection, dead, self.name)
+        await freeze(self.redis, self.keyspace, dead)
+        for letter in dead:
+            if letter.event_id is not None:
+                at = stream_order(letter.stream_id)
+                self._frozen[letter.event_id] = min(at, self._frozen.get(letter.event_id, at))
+        for letter in dead:
+            if letter.reason == "conflict":
+                self.stats.conflict += 1
+            else:
+                self.stats.malformed += 1
+            log.error(
+                "%s %s: quarantined (%s: %s); event %s frozen until `boxoffice release`",
+                stream,
+                letter.stream_id,
+                letter.reason,
+                letter.detail,
+                letter.event_id or "(none)",
+            )
+
+    async def _frozen_events(self) -> Frozen:
+        """Events with an unreleased quarantined record, read again every few seconds so a
+        release is noticed."""
+        now = time.monotonic()
+        if now - self._frozen_read_at > self.config.retry_blocked_s:
+            async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+                self._frozen = await frozen_events(connection)
+            self._frozen_read_at = now
+        return self._frozen
 
     async def _trim(self, hot: PipelinedRedis, stream: str) -> None:
         """Drop what every reader has acknowledged: up to the oldest pending record, or past

@@ -43,13 +43,17 @@ class Connections:
 
 
 @asynccontextmanager
-async def connections(settings: Settings, stores: Stores) -> AsyncIterator[Connections]:
-    from ledger.database import connect_pool
+async def connections(
+    settings: Settings, stores: Stores, command_timeout: float | None = None
+) -> AsyncIterator[Connections]:
+    from ledger.database import COMMAND_TIMEOUT_S, connect_pool
 
     redis = await connect_redis(stores.redis_url, 32)
     try:
         await redis.ping()
-        pool = await connect_pool(stores.database_url)
+        pool = await connect_pool(
+            stores.database_url, command_timeout=command_timeout or COMMAND_TIMEOUT_S
+        )
         try:
             yield Connections(redis, pool, Keyspace(settings.key_prefix, settings.partitions))
         finally:
@@ -245,20 +249,27 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _writer(settings: Settings, args: argparse.Namespace) -> int:
     from ledger.writer import Writer, WriterConfig
 
+    for option, value in (("--batch-size", args.batch_size), ("--lease", args.lease)):
+        if not value > 0:
+            raise ConfigurationError(f"{option} must be greater than 0 (got {value:g}).")
     _log_setup(settings)
+
+    try:
+        config = WriterConfig(
+            batch_size=args.batch_size,
+            lease_ms=int(args.lease * 1000),
+            linger_ms=settings.writer_linger_ms,
+        )
+    except ValueError as error:
+        raise ConfigurationError(f"{error}.") from None
 
     async def run(stores: Stores) -> None:
         await _migrate_url(stores.database_url)
-        async with connections(settings, stores) as c:
+        async with connections(settings, stores, config.command_timeout_s) as c:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            config = WriterConfig(
-                batch_size=args.batch_size,
-                lease_ms=int(args.lease * 1000),
-                linger_ms=settings.writer_linger_ms,
-            )
             writer = Writer(c.redis, c.pool, c.keyspace, stores.redis_url, config=config)
             await writer.run(stop)
 
@@ -311,12 +322,46 @@ def _print_report(report: object) -> None:
         for event in report.drifted:
             table.add_row(event.event_id, "\n".join(event.differences))
         console.print(table)
+    for quarantined in report.quarantined:
+        console.print(f"[red]{quarantined.line()}[/red] - repair, then `boxoffice release`")
     verdict = "[green]consistent[/green]" if report.ok else "[red]drift[/red]"
     console.print(
         f"{verdict}: {len(report.events)} events compared, {len(report.drifted)} differ; "
         f"ledger lag {report.lag} records"
         + (f"; {report.repaired} records re-delivered" if report.repaired else "")
     )
+
+
+# -- release ----------------------------------------------------------------------------------
+
+
+def _release(settings: Settings, args: argparse.Namespace) -> int:
+    from ledger.deadletters import Released, release_or_refuse
+
+    if (args.event is None) == (args.record is None):
+        raise ConfigurationError("release takes an event id or --record STREAM_ID, not both.")
+    target = args.event if args.event is not None else f"record {args.record}"
+
+    async def run(stores: Stores) -> Released:
+        async with connections(settings, stores) as c:
+            return await release_or_refuse(
+                c.redis, c.pool, c.keyspace, args.event, args.by, args.discard, args.record
+            )
+
+    with open_stores(settings, share_running=True) as stores:
+        done = asyncio.run(run(stores))
+    if done.refused:
+        for line in done.refused:
+            print(f"boxoffice: {target}: {line}", file=sys.stderr)
+        print(
+            f"boxoffice: {target} stays quarantined; repair the ledger or Redis, or release "
+            "with --discard",
+            file=sys.stderr,
+        )
+        return EXIT_DRIFT
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(done.resolved.items())) or "nothing"
+    print(f"released {target}: {counts}")
+    return EXIT_OK
 
 
 # -- restore ----------------------------------------------------------------------------------
@@ -369,14 +414,23 @@ def parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the ledger's schema migrations")
     migrate.set_defaults(run=_migrate)
 
+    from ledger.writer import WriterConfig
+
+    defaults = WriterConfig()
     writer = commands.add_parser("writer", help="drain the outbox into the ledger until SIGTERM")
-    writer.add_argument("--batch-size", type=int, default=2000, help="records per transaction")
+    writer.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"records per transaction ({defaults.batch_size})",
+    )
     writer.add_argument(
         "--lease",
         type=float,
-        default=10.0,
+        default=defaults.lease_ms / 1000,
         metavar="SECONDS",
-        help="how long a partition stays with a writer that stopped answering",
+        help="how long a partition stays with a writer that stopped answering "
+        f"({defaults.lease_ms / 1000:g})",
     )
     writer.set_defaults(run=_writer)
 
@@ -396,6 +450,28 @@ def parser() -> argparse.ArgumentParser:
         help="first wait up to SECONDS for the writer to drain",
     )
     reconcile.set_defaults(run=_reconcile)
+
+    release = commands.add_parser(
+        "release",
+        help="unfreeze an event after repairing what quarantined its record; exit 1 if refused",
+    )
+    release.add_argument("event", nargs="?", help="the frozen event's id")
+    release.add_argument(
+        "--record",
+        metavar="STREAM_ID",
+        help="instead of an event: a quarantined record that names no event",
+    )
+    release.add_argument(
+        "--discard",
+        action="store_true",
+        help="mark dead letters that still do not apply as discarded (kept, never applied)",
+    )
+    release.add_argument(
+        "--by",
+        default=os.environ.get("USER") or "operator",
+        help="who releases, recorded in dead_letters.resolved_by ($USER)",
+    )
+    release.set_defaults(run=_release)
 
     restore = commands.add_parser("restore", help="rebuild Redis from the ledger")
     restore.add_argument(

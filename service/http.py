@@ -107,6 +107,10 @@ class Api:
         self._redis: Redis | None = None
         self.lag = 0
         """Records the ledger trails by, as last polled."""
+        self.quarantined: dict[str, str] = {}
+        """Records the ledger quarantined, unreleased ("<stream>/<id>" -> eventId), as last
+        polled. Readiness names them but stays ready: one bad event must not take every worker
+        out of the load balancer."""
         self.rate_limits: RateLimits | None = None
         """In force once the lifespan has connected, when any limit is set."""
         self._openapi = msgspec.json.encode(openapi.document(settings))
@@ -172,6 +176,9 @@ class Api:
             try:
                 self.lag = await ledger_lag(redis, self.keyspace)
                 observability.LEDGER_LAG.set(self.lag)
+                listed = await redis.hgetall(self.keyspace.quarantine)
+                self.quarantined = {str(k): str(v) for k, v in listed.items()}
+                observability.DEAD_LETTERS.set(len(self.quarantined))
             except Exception:
                 log.debug("ledger lag poll failed", exc_info=True)
 
@@ -228,8 +235,17 @@ class Api:
             return problem_response(
                 problems.UNAVAILABLE, "Not ready: " + "; ".join(found) + ".", request
             )
+        frozen = sorted({event for event in self.quarantined.values() if event})
         return json_response(
-            Readiness("ready", "ok", "ok" if url else "not configured", self.lag, bound)
+            Readiness(
+                "ready",
+                "ok",
+                "ok" if url else "not configured",
+                self.lag,
+                bound,
+                len(self.quarantined),
+                frozen[:20],
+            )
         )
 
     async def metrics(self, request: Request) -> Response:

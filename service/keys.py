@@ -10,6 +10,8 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:{pNN}:lease                   string  the ledger writer draining the partition
     <prefix>:writers                       zset    live ledger writers, scored by expiry (ms)
     <prefix>:partitions                    string  the partition count this keyspace was made with
+    <prefix>:quarantine                    hash    "<stream>/<stream id>" -> eventId ("" for none)
+                                                   of records the ledger quarantined, unreleased
 
 Event ids never contain braces (see `service.booking.ID_PATTERN`), so the first `{...}` of a
 key is always the partition tag.
@@ -88,6 +90,12 @@ class Keyspace:
 
     def event(self, event_id: str) -> EventKeys:
         return _event_keys(self.prefix, self.partitions, event_id)
+
+    @property
+    def quarantine(self) -> str:
+        """Records the ledger writers quarantined and nobody released yet (see
+        `ledger.deadletters`): what `/readyz` reports without asking PostgreSQL."""
+        return f"{self.prefix}:quarantine"
 
     @property
     def partitions_key(self) -> str:

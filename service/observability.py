@@ -59,6 +59,12 @@ LEDGER_LAG = Gauge(
     "Outbox records not yet acknowledged by the ledger writers",
     multiprocess_mode="livemax",
 )
+DEAD_LETTERS = Gauge(
+    "boxoffice_ledger_dead_letters",
+    "Outbox records the ledger quarantined (conflict, malformed, rejected) and nobody released; "
+    "their events are frozen until `boxoffice release`",
+    multiprocess_mode="livemax",
+)
 RATE_LIMITED = Counter(
     "boxoffice_rate_limited_total", "Requests refused by a rate limit", ["policy"]
 )

@@ -294,7 +294,7 @@ def document(settings: Settings) -> dict[str, Any]:
         {"200": _json("Alive.", "Health", {"status": "ok"})},
     )  # fmt: skip
     ready = {"status": "ready", "redis": "ok", "ledger": "ok", "ledgerLag": 0,
-             "maxLedgerLag": 100000}  # fmt: skip
+             "maxLedgerLag": 100000, "deadLetters": 0, "frozenEvents": []}  # fmt: skip
     add(
         "get", "/readyz", "readyz", "operations",
         "Readiness: Redis and the ledger answer, the ledger lag is in bounds",

@@ -21,6 +21,10 @@ class Readiness(msgspec.Struct, frozen=True, rename="camel"):
     """Outbox records the ledger writers have not acknowledged yet."""
     max_ledger_lag: int
     """The bound above which writes are refused (0: none)."""
+    dead_letters: int = 0
+    """Records the ledger quarantined and nobody released (`boxoffice release`)."""
+    frozen_events: list[str] = msgspec.field(default_factory=list)
+    """Events frozen by those records (at most 20 named): writes to them answer 503."""
 
 
 class ProblemDescription(msgspec.Struct, frozen=True):

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from service.errors import BackendUnavailable
 from service.transport import Arg, ReplyError
 
-NAMES = ("initialize", "book", "cancel", "status", "user_state", "lease")
+NAMES = ("initialize", "book", "cancel", "status", "user_state", "lease", "retire")
 
 # Error replies that mean "the server cannot take this call right now", not "the call was
 # wrong": a 503 with Retry-After, never a 500.

@@ -184,6 +184,8 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
             "ledger": "not configured",
             "ledgerLag": 0,
             "maxLedgerLag": 100_000,
+            "deadLetters": 0,
+            "frozenEvents": [],
         },
     )
 

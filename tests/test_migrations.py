@@ -12,7 +12,7 @@ import pytest
 from ledger.migrate import migrate, migrations, pending
 
 pytestmark = pytest.mark.anyio
-ALL = ["0001_ledger", "0002_apply", "0003_apply_times_from_ids"]
+ALL = ["0001_ledger", "0002_apply", "0003_apply_times_from_ids", "0004_dead_letters"]
 
 
 def test_migrations_are_found_in_order() -> None:
