@@ -14,7 +14,8 @@
 --   {"reset"}                               the epoch marker is missing: the store lost its
 --                                           data (restore it from the ledger); nothing changed
 --   {"unknown"}                             no such event
---   {"frozen"}                              the event is frozen; nothing changed
+--   {"frozen"}                              the event is frozen: a change was asked for
+--                                           (a retry is answered as ever); nothing changed
 --   {"booked", bookingId, created}          created 1: booked now (outbox op=book)
 --                                           created 0: held already; nothing changed
 --   {"waitlisted", position, created}       position is 1-based; created 1: joined now
@@ -40,21 +41,19 @@ end
 if redis.call('EXISTS', epoch) == 0 then
   return {'reset'}
 end
+-- A retry is answered first: one lookup, as cheap as before the checks came (a holder
+-- exists only for an event that exists).
+local booking_id = redis.call('HGET', holders, user_id)
+if booking_id then
+  return {'booked', booking_id, 0}
+end
 local current = redis.call('HMGET', meta, 'available', 'seq', 'frozen')
 if not current[1] then
   return {'unknown'}
 end
-if current[3] then
-  return {'frozen'}
-end
 local left, seq = tonumber(current[1]), tonumber(current[2])
 if not left or left < 0 or left % 1 ~= 0 or not seq or seq < 1 or seq % 1 ~= 0 then
   return redis.error_reply('CORRUPT book: available or seq of ' .. meta .. ' is not a count')
-end
-
-local booking_id = redis.call('HGET', holders, user_id)
-if booking_id then
-  return {'booked', booking_id, 0}
 end
 -- Nobody waits while tickets are left (a cancel hands its ticket to the head of the waiting
 -- list at once), so only a sold-out event needs the waiting-list lookup.
@@ -63,6 +62,10 @@ if left == 0 then
   if rank then
     return {'waitlisted', rank + 1, 0}
   end
+end
+-- A frozen event takes no change; retries above changed nothing and are answered as ever.
+if current[3] then
+  return {'frozen'}
 end
 
 seq = seq + 1

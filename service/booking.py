@@ -101,7 +101,7 @@ def _refusal(kind: str, event_id: str) -> Exception:
     if kind == "frozen":
         return EventFrozen(
             f"Event {event_id!r} is frozen: one of its changes could not be written to the "
-            "ledger. Bookings and cancels are refused until an operator releases it."
+            "ledger. New bookings and cancels are refused until an operator releases it."
         )
     return UnknownEvent(f"Event {event_id!r} does not exist.")
 

@@ -38,8 +38,8 @@ class StoreReset(BoxofficeError):
 
 class EventFrozen(BoxofficeError):
     """The event is frozen: one of its changes could not be written to the ledger and was
-    quarantined. Bookings and cancels are refused until an operator releases it; nothing was
-    changed."""
+    quarantined. New bookings and cancels are refused until an operator releases it; nothing
+    was changed."""
 
 
 class BackendUnavailable(BoxofficeError):

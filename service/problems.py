@@ -151,9 +151,10 @@ EVENT_FROZEN = ProblemType(
     "event-frozen",
     503,
     "Event frozen",
-    "A change of this event could not be written to the ledger and was quarantined; bookings "
-    "and cancels of the event are refused until an operator repairs it and releases the event "
-    "(other events are served). Nothing was changed; retry after `Retry-After` seconds.",
+    "A change of this event could not be written to the ledger and was quarantined; new "
+    "bookings and cancels of the event are refused until an operator repairs it and releases "
+    "the event (retries of a booking already made, reads and other events are served). Nothing "
+    "was changed; retry after `Retry-After` seconds.",
 )
 
 RATE_LIMITED = ProblemType(

@@ -1,8 +1,8 @@
-"""A frozen event refuses bookings and cancels (the script side of the ledger's quarantine).
+"""A frozen event refuses new bookings and cancels (the script side of the ledger's quarantine).
 
 The ledger writer freezes an event whose record it had to quarantine by setting `frozen` (the
 record's stream id) in the event's meta hash; `book.lua` and `cancel.lua` then answer `frozen`
-before any write (503 `event-frozen`), and reads go on. The field is set by hand here.
+before any write (503 `event-frozen`); retries and reads are answered as ever. The field is set by hand here.
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ async def test_a_frozen_event_refuses_book_and_cancel_and_changes_nothing(
     before = snapshot(redis_client, keyspace)
     for attempt in (
         engine.book(event_id, "u2"),
-        engine.book(event_id, "u1"),
         engine.cancel(event_id, "u1"),
         engine.cancel(event_id, "w1"),
         engine.cancel(event_id, "nobody"),
     ):
         with pytest.raises(EventFrozen, match=f"Event '{event_id}' is frozen"):
             await attempt
+    # A retry changes nothing and is answered as ever.
+    assert await engine.book(event_id, "u1") == (Booked(event_id, "u1", "bk-2"), False)
+    assert await engine.book(event_id, "w1") == (Waitlisted(event_id, "w1", 1), False)
     assert snapshot(redis_client, keyspace) == before
     # Reads go on; other events are not concerned.
     assert await engine.status(event_id) == EventStatus(event_id, 1, 0, 1, 1)
