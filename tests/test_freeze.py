@@ -1,8 +1,9 @@
-"""A frozen event refuses new bookings and cancels (the script side of the ledger's quarantine).
+"""A frozen event refuses new bookings and cancels (the scripts' side of the quarantine).
 
 The ledger writer freezes an event whose record it had to quarantine by setting `frozen` (the
 record's stream id) in the event's meta hash; `book.lua` and `cancel.lua` then answer `frozen`
-before any write (503 `event-frozen`); retries and reads are answered as ever. The field is set by hand here.
+before any write (503 `event-frozen`); retries and reads are answered as ever. The field is
+set by hand here.
 """
 
 from __future__ import annotations
