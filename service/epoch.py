@@ -63,15 +63,6 @@ async def clear(redis_client: Redis, keyspace: Keyspace) -> None:
     await redis_client.unlink(*keyspace.epochs())
 
 
-async def missing(redis_client: Redis, keyspace: Keyspace) -> list[int]:
-    """The partitions whose marker is missing."""
-    async with redis_client.pipeline(transaction=False) as pipe:
-        for key in keyspace.epochs():
-            pipe.exists(key)
-        found = await pipe.execute()
-    return [partition for partition, there in enumerate(found) if not there]
-
-
 def mark_blocking(client: redis.Redis, keyspace: Keyspace, origin: str = NEW) -> None:
     """`mark`, for synchronous callers (test fixtures, benchmarks)."""
     with client.pipeline(transaction=False) as pipe:
