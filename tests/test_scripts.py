@@ -10,6 +10,7 @@ the snapshot is unchanged; then a good call takes the very next seq.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from ledger.records import parse
-from service.booking import MAX_TICKETS
+from service.booking import ID_PATTERN, MAX_TICKETS
 from service.keys import EventKeys, Keyspace
 from service.scripts import Scripts
 from service.stores import connect_redis
@@ -285,3 +286,20 @@ async def test_user_state_refuses_bad_arguments(
     await opened(scripts, keys, 1, "u0")
     await refused(scripts, redis_client, keyspace, "user_state", keys.reads, args)
     await refused(scripts, redis_client, keyspace, "status", keys.reads, ("extra",))
+
+
+async def test_the_scripts_take_exactly_the_ids_the_api_takes(
+    scripts: Scripts, keyspace: Keyspace
+) -> None:
+    """The scripts' alphabet and length bound are the API's (`service.booking.ID_PATTERN`)."""
+    keys = keyspace.event(EVENT)
+    await opened(scripts, keys, 1)
+    pattern = re.compile(ID_PATTERN)
+    candidates = [f"a{chr(c)}" for c in range(128)] + ["é", "a" * 64, "a" * 65, "", "a\n"]
+    for user in candidates:
+        try:
+            await scripts.call("user_state", keys.reads, (user,))
+            taken = True
+        except ReplyError:
+            taken = False
+        assert taken is bool(pattern.search(user)), repr(user)
