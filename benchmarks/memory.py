@@ -8,6 +8,7 @@ import asyncio
 import uuid
 
 from benchmarks.stores import BenchStores
+from service import epoch
 from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.scripts import Scripts
@@ -38,6 +39,7 @@ def waiter_bytes(stores: BenchStores, waiters: int) -> dict[str, float]:
     keyspace = Keyspace(f"mem-{uuid.uuid4().hex[:8]}", 16)
     client = redis_at(stores.redis_url)
     try:
+        epoch.mark_blocking(client, keyspace)  # a new deployment's keyspace
         before = int(client.info("memory")["used_memory"])
         asyncio.run(_join(stores.redis_url, keyspace, waiters))
         with_outbox = int(client.info("memory")["used_memory"])

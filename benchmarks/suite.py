@@ -293,6 +293,7 @@ def _one(stores: BenchStores, system: str, scenario: Scenario, load: Load) -> Ru
     if system in ("naive", "bare"):
         prefix = f"{system}-{os.getpid()}-{time.monotonic_ns()}"
         env = child_env(REDIS_URL=stores.redis_url, BOXOFFICE_KEY_PREFIX=prefix)
+        _mark_new(stores.redis_url, prefix)  # no ledger: a new deployment's keyspace
         with uvicorn_app(f"benchmarks.systems.{system}:app", env, stores.home, True) as url:
             try:
                 return measure(system, url, scenario, load, lambda: consistent(url, scenario))
@@ -326,6 +327,17 @@ def _writer(env: dict[str, str], cwd: Path, start: bool) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             writer.kill()
             writer.wait()
+
+
+def _mark_new(redis_url: str, prefix: str) -> None:
+    import redis
+
+    from service import epoch
+    from service.keys import Keyspace
+
+    client = redis.Redis.from_url(redis_url)
+    epoch.mark_blocking(client, Keyspace(prefix, 16))
+    client.close()
 
 
 def _delete_prefix(redis_url: str, prefix: str) -> None:

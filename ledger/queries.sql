@@ -4,6 +4,9 @@
 -- name: apply_batch
 SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7);
 
+-- name: ledger_is_empty
+SELECT NOT EXISTS (SELECT 1 FROM ledger_entries);
+
 -- name: events
 SELECT event_id, total_tickets, last_seq
   FROM events

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from ledger.database import Connection
 from ledger.state import EventState, ledger_states, redis_event_ids
+from service import epoch
 from service.errors import BoxofficeError
 from service.keys import Keyspace
 from service.outbox import ensure_groups
@@ -79,6 +80,7 @@ async def restore(
         await _write(redis, keyspace, state)
     await ensure_groups(redis, keyspace)
     await claim_partitions(redis, keyspace)
+    await epoch.mark(redis, keyspace, epoch.RESTORED)  # last: the store takes requests again
     return Restored(
         events=len(states),
         bookings=sum(len(s.holders) for s in states.values()),

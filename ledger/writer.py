@@ -225,9 +225,8 @@ class Writer:
     # -- partitions ------------------------------------------------------------------------
 
     async def _lease(self, partition: int, mode: str) -> bool:
-        held = await self._scripts.call(
-            "lease", (self.keyspace.lease(partition),), (self.name, self.config.lease_ms, mode)
-        )
+        keys = (self.keyspace.lease(partition), self.keyspace.epoch(partition))
+        held = await self._scripts.call("lease", keys, (self.name, self.config.lease_ms, mode))
         return bool(held)
 
     async def _partition(self, partition: int, stop: asyncio.Event) -> None:

@@ -4,10 +4,18 @@
 -- KEYS[1] meta      hash    total, available, seq
 -- KEYS[2] holders   hash    userId -> bookingId
 -- KEYS[3] waitlist  zset    userId scored by the seq of joining
+-- KEYS[4] epoch     string  the partition's epoch marker (service/epoch.py)
 --
--- Replies {"unknown"} or {"ok", total, available, booked, waiting}
-local meta, holders, waitlist = KEYS[1], KEYS[2], KEYS[3]
+-- Replies {"reset"} (the store lost its data: an unknown event would be a lie), {"unknown"}
+-- or {"ok", total, available, booked, waiting}.
+if #KEYS ~= 4 or #ARGV ~= 0 then
+  return redis.error_reply('BADARG status takes 4 keys and no arguments')
+end
+local meta, holders, waitlist, epoch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
+if redis.call('EXISTS', epoch) == 0 then
+  return {'reset'}
+end
 local current = redis.call('HMGET', meta, 'total', 'available')
 if not current[1] then
   return {'unknown'}

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from service.errors import EventConflict, NotBooked, UnknownEvent
+from service.errors import EventConflict, EventFrozen, NotBooked, StoreReset, UnknownEvent
 from service.keys import Keyspace
 from service.scripts import Scripts
 
@@ -96,6 +96,19 @@ def _status(event_id: str, reply: list[Any]) -> EventStatus:
     return EventStatus(event_id, reply[1], reply[2], reply[3], reply[4])
 
 
+def _refusal(kind: str, event_id: str) -> Exception:
+    """The error for a script's refusal: checked only after the common answers, so the hot path
+    pays nothing for it."""
+    if kind == "reset":
+        return StoreReset()
+    if kind == "frozen":
+        return EventFrozen(
+            f"Event {event_id!r} is frozen: one of its changes could not be written to the "
+            "ledger. New bookings and cancels are refused until an operator releases it."
+        )
+    return UnknownEvent(f"Event {event_id!r} does not exist.")
+
+
 class BookingEngine:
     """Domain operations on the events of one keyspace."""
 
@@ -112,6 +125,8 @@ class BookingEngine:
         opened before with the same total is a safe retry."""
         keys = self._keys.event(event_id)
         reply = await self._scripts.call("initialize", keys.writes, (event_id, total_tickets))
+        if reply[0] == "reset":
+            raise StoreReset()
         status = _status(event_id, reply)
         if reply[0] == "conflict":
             raise EventConflict(
@@ -129,7 +144,7 @@ class BookingEngine:
             return Booked(event_id, user_id, reply[1]), reply[2] == 1
         if kind == "waitlisted":
             return Waitlisted(event_id, user_id, reply[1]), reply[2] == 1
-        raise UnknownEvent(f"Event {event_id!r} does not exist.")
+        raise _refusal(kind, event_id)
 
     async def cancel(self, event_id: str, user_id: str) -> CancelResult:
         """Give back a booking (the head of the waiting list gets it in the same step), or
@@ -146,12 +161,12 @@ class BookingEngine:
             raise NotBooked(
                 f"User {user_id!r} holds no booking and is not waiting for event {event_id!r}."
             )
-        raise UnknownEvent(f"Event {event_id!r} does not exist.")
+        raise _refusal(kind, event_id)
 
     async def status(self, event_id: str) -> EventStatus:
         reply = await self._scripts.call("status", self._keys.event(event_id).reads, ())
-        if reply[0] == "unknown":
-            raise UnknownEvent(f"Event {event_id!r} does not exist.")
+        if reply[0] != "ok":
+            raise _refusal(reply[0], event_id)
         return _status(event_id, reply)
 
     async def user_state(self, event_id: str, user_id: str) -> UserState:
@@ -163,4 +178,4 @@ class BookingEngine:
             return Waitlisted(event_id, user_id, reply[1])
         if kind == "none":
             return NoBooking(event_id, user_id)
-        raise UnknownEvent(f"Event {event_id!r} does not exist.")
+        raise _refusal(kind, event_id)

@@ -98,7 +98,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Every worker writes its metrics there; /metrics adds them up.
         os.environ[MULTIPROCESS_ENV] = metrics_dir
         warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
-        applied = asyncio.run(_migrate_url(stores.database_url))
+        applied, _ = asyncio.run(_prepare(settings, stores))
         writer = None
         if settings.run_writer:
             writer = subprocess.Popen([sys.executable, "-m", "service.cli", "writer"])
@@ -236,10 +236,35 @@ async def _migrate_url(url: str) -> list[str]:
         await connection.close()
 
 
+async def _prepare(settings: Settings, stores: Stores) -> tuple[list[str], int]:
+    """Migrate the ledger, then mark a new deployment's store (`service.epoch`): only when the
+    ledger holds no entry at all, since a store that lost its data looks new from Redis.
+    Returns the migrations applied now and how many epoch markers were set."""
+    from ledger.queries import query
+    from service import epoch
+
+    applied = await _migrate_url(stores.database_url)
+    connection = await asyncpg.connect(stores.database_url)
+    try:
+        new = bool(await connection.fetchval(query("ledger_is_empty")))
+    finally:
+        await connection.close()
+    if not new:
+        return applied, 0
+    redis = await connect_redis(stores.redis_url, 2)
+    try:
+        keyspace = Keyspace(settings.key_prefix, settings.partitions)
+        return applied, await epoch.mark_new(redis, keyspace)
+    finally:
+        await redis.aclose()
+
+
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     with open_stores(settings, share_running=True) as stores:
-        applied = asyncio.run(_migrate_url(stores.database_url))
+        applied, marked = asyncio.run(_prepare(settings, stores))
     print(f"applied {', '.join(applied)}" if applied else "the ledger schema is current")
+    if marked:
+        print(f"the ledger is empty: marked a new store ({marked} partitions)")
     return EXIT_OK
 
 
@@ -264,7 +289,7 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigurationError(f"{error}.") from None
 
     async def run(stores: Stores) -> None:
-        await _migrate_url(stores.database_url)
+        await _prepare(settings, stores)
         async with connections(settings, stores, config.command_timeout_s) as c:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -375,6 +400,12 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
             # What is rebuilt must stay: refuse a store that may evict it (as serve does).
             if warning := await check_eviction(c.redis):
                 print(f"boxoffice: warning: {settings.redact(warning)}", file=sys.stderr)
+            if args.force:
+                # The live state is about to be replaced: no process may write into it meanwhile.
+                # restore() sets the markers again once the state is rebuilt.
+                from service import epoch
+
+                await epoch.clear(c.redis, c.keyspace)
             return await restore(c.redis, connection, c.keyspace, force=args.force)
 
     with open_stores(settings, share_running=True) as stores:

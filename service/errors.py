@@ -31,5 +31,16 @@ class NotBooked(BoxofficeError):
     """The user holds no booking and is not on the waiting list of this event."""
 
 
+class StoreReset(BoxofficeError):
+    """The booking store lost its data and takes no requests until an operator restores it from
+    the ledger (`boxoffice restore`); nothing was changed. Retry later."""
+
+
+class EventFrozen(BoxofficeError):
+    """The event is frozen: one of its changes could not be written to the ledger and was
+    quarantined. New bookings and cancels are refused until an operator releases it; nothing
+    was changed."""
+
+
 class BackendUnavailable(BoxofficeError):
     """The booking store cannot be reached right now; retry shortly."""

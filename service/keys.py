@@ -8,6 +8,8 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:{pNN}:ev:<eventId>:waitlist   zset    userId scored by the seq of joining
     <prefix>:{pNN}:outbox                  stream  state changes of the partition's events
     <prefix>:{pNN}:lease                   string  the ledger writer draining the partition
+    <prefix>:{pNN}:epoch                   string  the keyspace epoch marker (`service.epoch`):
+                                                   every script refuses to run without it
     <prefix>:writers                       zset    live ledger writers, scored by expiry (ms)
     <prefix>:partitions                    string  the partition count this keyspace was made with
     <prefix>:quarantine                    hash    "<stream>/<stream id>" -> eventId ("" for none)
@@ -30,16 +32,11 @@ class EventKeys:
     holders: str
     waitlist: str
     outbox: str
-
-    @property
-    def writes(self) -> tuple[str, str, str, str]:
-        """KEYS of the scripts that change state (they append to the outbox)."""
-        return (self.meta, self.holders, self.waitlist, self.outbox)
-
-    @property
-    def reads(self) -> tuple[str, str, str]:
-        """KEYS of the read-only scripts."""
-        return (self.meta, self.holders, self.waitlist)
+    epoch: str
+    writes: tuple[str, str, str, str, str]
+    """KEYS of the scripts that change state (they append to the outbox)."""
+    reads: tuple[str, str, str, str]
+    """KEYS of the read-only scripts."""
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -47,11 +44,17 @@ def _event_keys(prefix: str, partitions: int, event_id: str) -> EventKeys:
     """An event's keys, built once: hot events are asked for on every request."""
     tag = f"{{p{zlib.crc32(event_id.encode()) % partitions:02d}}}"
     base = f"{prefix}:{tag}:ev:{event_id}:"
+    meta, holders, waitlist = base + "meta", base + "holders", base + "waitlist"
+    outbox, epoch = f"{prefix}:{tag}:outbox", f"{prefix}:{tag}:epoch"
+    # Built once with the keys (not a property): the hot path asks for them on every call.
     return EventKeys(
-        meta=base + "meta",
-        holders=base + "holders",
-        waitlist=base + "waitlist",
-        outbox=f"{prefix}:{tag}:outbox",
+        meta=meta,
+        holders=holders,
+        waitlist=waitlist,
+        outbox=outbox,
+        epoch=epoch,
+        writes=(meta, holders, waitlist, outbox, epoch),
+        reads=(meta, holders, waitlist, epoch),
     )
 
 
@@ -75,6 +78,13 @@ class Keyspace:
 
     def lease(self, partition: int) -> str:
         return f"{self.prefix}:{self.tag(partition)}:lease"
+
+    def epoch(self, partition: int) -> str:
+        """The partition's epoch marker (`service.epoch`)."""
+        return f"{self.prefix}:{self.tag(partition)}:epoch"
+
+    def epochs(self) -> list[str]:
+        return [self.epoch(p) for p in range(self.partitions)]
 
     @property
     def writers(self) -> str:

@@ -98,7 +98,12 @@ def _common(*, body: bool) -> dict[str, Any]:
         "431": _problem(problems.HEADERS_TOO_LARGE),
         "429": _problem(problems.RATE_LIMITED, headers=("Retry-After", "RateLimit")),
         "500": _problem(problems.INTERNAL),
-        "503": _problem(problems.UNAVAILABLE, problems.LEDGER_BEHIND, headers=("Retry-After",)),
+        "503": _problem(
+            problems.UNAVAILABLE,
+            problems.LEDGER_BEHIND,
+            problems.STORE_RESET,
+            headers=("Retry-After",),
+        ),
     }
     if body:
         common.update(
@@ -204,7 +209,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "summary": summary,
             "operationId": operation_id,
             "tags": [tag],
-            "responses": {**responses, **_common(body=body is not None)},
+            # An operation's own answer for a status wins over the common one.
+            "responses": {**_common(body=body is not None), **responses},
             **extra,
         }
         if body is not None:
@@ -234,6 +240,13 @@ def document(settings: Settings) -> dict[str, Any]:
         **security,
     )  # fmt: skip
     booking_body = ("BookingRequest", {"userId": "ann", "eventId": "gala"})
+    changes_refused = _problem(
+        problems.UNAVAILABLE,
+        problems.LEDGER_BEHIND,
+        problems.STORE_RESET,
+        problems.EVENT_FROZEN,
+        headers=("Retry-After",),
+    )
     add(
         "post", "/book", "book", "bookings",
         "Book a ticket, or join the waiting list when sold out",
@@ -250,6 +263,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 BOOKED,
             ),
             "404": _problem(problems.UNKNOWN_EVENT),
+            "503": changes_refused,
         },
         body=booking_body,
     )  # fmt: skip
@@ -270,6 +284,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 },
             ),
             "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_BOOKED),
+            "503": changes_refused,
         },
         body=booking_body,
     )  # fmt: skip

@@ -14,13 +14,17 @@ from service.errors import (
     BackendUnavailable,
     BoxofficeError,
     EventConflict,
+    EventFrozen,
     NotBooked,
+    StoreReset,
     UnknownEvent,
 )
 
 MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
 """What 503 answers ask clients to wait."""
+RETRY_AFTER_REPAIR_SECONDS = "10"
+"""What 503 answers that wait for an operator (a restore, a repair) ask clients to wait."""
 _encode = msgspec.json.Encoder().encode
 
 
@@ -137,6 +141,24 @@ LEDGER_BEHIND = ProblemType(
     "The durable ledger trails the booking store by more than its bound; writes are refused "
     "until it catches up. Retry after `Retry-After` seconds.",
 )
+STORE_RESET = ProblemType(
+    "store-reset",
+    503,
+    "Store reset",
+    "The booking store lost its data (its epoch marker is missing: restarted empty, flushed or "
+    "replaced). Every request on it is refused, so that nothing is booked twice and no event "
+    "looks unknown, until an operator rebuilds it from the ledger with `boxoffice restore`. "
+    "Nothing was changed; retry after `Retry-After` seconds.",
+)
+EVENT_FROZEN = ProblemType(
+    "event-frozen",
+    503,
+    "Event frozen",
+    "A change of this event could not be written to the ledger and was quarantined; new "
+    "bookings and cancels of the event are refused until an operator repairs it and releases "
+    "the event (retries of a booking already made, reads and other events are served). Nothing "
+    "was changed; retry after `Retry-After` seconds.",
+)
 
 RATE_LIMITED = ProblemType(
     "rate-limited",
@@ -163,6 +185,8 @@ ALL: dict[str, ProblemType] = {
         INTERNAL,
         UNAVAILABLE,
         LEDGER_BEHIND,
+        STORE_RESET,
+        EVENT_FROZEN,
         RATE_LIMITED,
     )
 }
@@ -190,7 +214,7 @@ def for_error(error: BoxofficeError) -> tuple[ProblemType, dict[str, str] | None
     for cls in type(error).__mro__:
         kind = _DOMAIN.get(cls)
         if kind is not None:
-            return kind, None
+            return kind, _HEADERS.get(kind)
     return INTERNAL, None
 
 
@@ -199,4 +223,10 @@ _DOMAIN: dict[type, ProblemType] = {
     NotBooked: NOT_BOOKED,
     EventConflict: EVENT_CONFLICT,
     BackendUnavailable: UNAVAILABLE,
+    StoreReset: STORE_RESET,
+    EventFrozen: EVENT_FROZEN,
+}
+_HEADERS: dict[ProblemType, dict[str, str]] = {
+    STORE_RESET: {"Retry-After": RETRY_AFTER_REPAIR_SECONDS},
+    EVENT_FROZEN: {"Retry-After": RETRY_AFTER_REPAIR_SECONDS},
 }

@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from ledger.migrate import migrate
+from service import epoch
 from service.booking import BookingEngine
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.http import create_app
@@ -213,7 +214,9 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def _new_keyspace(redis_client: redis.Redis) -> Iterator[Keyspace]:
+    """A new keyspace, marked as a new deployment's (`service.epoch`): its ledger is empty."""
     keyspace = Keyspace(f"t-{uuid.uuid4().hex[:12]}", 16)
+    epoch.mark_blocking(redis_client, keyspace)
     yield keyspace
     delete_keyspace(redis_client, keyspace)
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from service import epoch
 from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
 from service.http import create_app
@@ -257,6 +258,8 @@ async def test_store_going_away_answers_503_then_recovers(tmp_path: Path, event_
     """A lost store is a 503 problem with Retry-After, never a hang or a 500."""
     port = free_port()
     with EmbeddedValkey(tmp_path / "v", port) as store:
+        with redis.Redis.from_url(store.url) as marker:
+            epoch.mark_blocking(marker, Keyspace("gone", 16))  # a new deployment's store
         app = create_app(Settings(redis_url=store.url, key_prefix="gone"))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -16,6 +16,7 @@ import asyncio
 import shutil
 import signal
 
+import httpx
 import pytest
 
 from tests.rig import EVENTS, Rig, assert_nothing_lost, get, load, rig
@@ -88,7 +89,12 @@ async def test_redis_lost_entirely_then_restored_from_the_ledger(rig: Rig) -> No
     rig.valkey.kill()
     shutil.rmtree(rig.valkey.data_dir)  # the disk is gone too
     rig.valkey.start()
-    wait_for(lambda: get(f"{rig.url}/status/{EVENTS[0]}").status_code == 404, 30, "loss")
+    # A store that lost its data says so (not "unknown event") and takes no write.
+    wait_for(lambda: get(f"{rig.url}/status/{EVENTS[0]}").status_code == 503, 30, "loss")
+    assert get(f"{rig.url}/status/{EVENTS[0]}").json()["type"] == "/problems/store-reset"
+    async with httpx.AsyncClient(base_url=rig.url) as http:
+        refused = await http.post("/initialize", json={"eventId": EVENTS[0], "totalTickets": 1})
+    assert (refused.status_code, refused.json()["type"]) == (503, "/problems/store-reset")
 
     restored = rig.server.command("restore")
     assert restored.returncode == 0, restored.stderr

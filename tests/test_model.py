@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from ledger.records import parse
+from service import epoch
 from service.booking import (
     Booked,
     BookingEngine,
@@ -49,6 +50,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.model = Model()
         self.keyspace = Keyspace(f"m-{uuid.uuid4().hex[:10]}", 4)
         self.raw = redis_at(self.redis_url, decode_responses=True)
+        epoch.mark_blocking(self.raw, self.keyspace)
         self.loop = asyncio.new_event_loop()
         self.connection = self.loop.run_until_complete(connect_redis(self.redis_url, 4))
         scripts = Scripts(self.connection)

@@ -35,7 +35,7 @@ def book_and_steal(
     writer blocked on the stream is served only after the thief took it. Returns its stream id."""
     keys = keyspace.event(event_id)
     pipe = client.pipeline(transaction=True)
-    pipe.evalsha(read_all()["book"].sha, 4, *keys.writes, event_id, user)
+    pipe.evalsha(read_all()["book"].sha, len(keys.writes), *keys.writes, event_id, user)
     pipe.xreadgroup(GROUP, thief, {keys.outbox: ">"}, count=1)
     booked, read = pipe.execute()
     assert booked[0] == "booked", booked
