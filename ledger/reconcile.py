@@ -5,7 +5,8 @@ waiting list in order, the sequence counters, and the journal's continuity (ever
 number from 1 to the last one present, each once). Each difference is one line.
 
 Run it once the writer has drained (`wait_for_drain`); under traffic, records on their way to
-the ledger show up as the ledger being behind.
+the ledger show up as the ledger being behind. Events are read one at a time, in pages
+(`ledger.state`); an event that changed during every read of it is reported as changing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from redis.asyncio import Redis
 
 from ledger.database import Connection
 from ledger.records import MalformedRecord, Record, parse
-from ledger.state import Continuity, EventState, continuity, ledger_states, redis_event_ids
+from ledger.state import (
+    CHUNK,
+    TRIES,
+    Continuity,
+    EventChanging,
+    EventState,
+    continuity,
+    ledger_events,
+    redis_event_ids,
+    snapshot,
+)
 from ledger.state import redis_state as read_redis_state
 from ledger.writer import ACKABLE, apply_records
 from service.keys import Keyspace
@@ -148,19 +159,40 @@ def compare(
 
 
 async def reconcile(
-    redis: Redis, connection: Connection, keyspace: Keyspace, event_id: str | None = None
+    redis: Redis,
+    connection: Connection,
+    keyspace: Keyspace,
+    event_id: str | None = None,
+    chunk: int = CHUNK,
+    tries: int = TRIES,
 ) -> Report:
-    ledger = await ledger_states(connection, event_id)
-    journal = await continuity(connection, event_id)
-    ids = (
-        [event_id]
-        if event_id
-        else sorted(set(await redis_event_ids(redis, keyspace)) | set(ledger))
-    )
+    """Compare every event (or one), holding one event of each side in memory at a time: the
+    ledger's events come in event id order from one snapshot, merged with Redis' ids."""
     events = []
-    for eid in ids:
-        state = await read_redis_state(redis, keyspace, eid)
-        events.append(compare(eid, state, ledger.get(eid), journal.get(eid)))
+    async with snapshot(connection):
+        journal = await continuity(connection, event_id)
+        in_redis = [event_id] if event_id else await redis_event_ids(redis, keyspace)
+        ledger = aiter(ledger_events(connection, event_id, chunk))
+        ledger_next = await anext(ledger, None)
+        at = 0
+        while at < len(in_redis) or ledger_next is not None:
+            state: EventState | None = None
+            if ledger_next is not None and (
+                at == len(in_redis) or ledger_next.event_id <= in_redis[at]
+            ):
+                eid, state = ledger_next.event_id, ledger_next
+                ledger_next = await anext(ledger, None)
+                if at < len(in_redis) and in_redis[at] == eid:
+                    at += 1
+            else:
+                eid = in_redis[at]
+                at += 1
+            try:
+                in_store = await read_redis_state(redis, keyspace, eid, chunk, tries)
+            except EventChanging as changing:
+                events.append(EventReport(eid, [changing.message]))
+                continue
+            events.append(compare(eid, in_store, state, journal.get(eid)))
     return Report(events, await ledger_lag(redis, keyspace))
 
 
