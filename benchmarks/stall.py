@@ -99,6 +99,8 @@ class Step:
     peak_rss_mb: float
     longest_command_ms: float
     longest_command: str
+    load_average: float
+    """The machine's 1-minute load average when the step ended (2 cores here)."""
     output: str
 
 
@@ -183,13 +185,15 @@ def build_redis(url: str, holders: int, waiters: int) -> None:
 
 
 def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step:
-    """`boxoffice *args` with the code in `code_dir`, PINGing Redis all along."""
+    """`boxoffice *args` with the code in `code_dir`, PINGing Redis all along. With no args:
+    10 seconds of PINGs alone, the machine's noise floor."""
     server = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     server.slowlog_reset()
     with Pinger(env["REDIS_URL"]) as pinger:
         start = time.perf_counter()
+        command = [sys.executable, "-m", "service.cli", *args] if args else ["sleep", "10"]
         child = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
+            command,
             cwd=code_dir,
             env={**env, "PYTHONPATH": str(code_dir)},
             stdout=subprocess.PIPE,
@@ -206,7 +210,7 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
     longest = max(slow, key=lambda entry: int(entry[2]), default=None)
     return Step(
         code=code,
-        command="boxoffice " + " ".join(args),
+        command="boxoffice " + " ".join(args) if args else "(none: PINGs alone for 10 s)",
         exit_code=child.returncode,
         seconds=round(seconds, 2),
         worst_ping_ms=round(pinger.worst_ms, 2),
@@ -215,6 +219,7 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
         peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
         longest_command_ms=round(int(longest[2]) / 1000, 2) if longest else 0.0,
         longest_command=" ".join(str(a) for a in longest[3][:4]) if longest else "",
+        load_average=round(os.getloadavg()[0], 2),
         output=output.strip()[-400:],
     )
 
@@ -222,15 +227,15 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
 def table(steps: list[Step]) -> str:
     lines = [
         "| code | command | exit | seconds | worst PING ms | PINGs over 10 ms "
-        "| longest command (slow log) | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| longest command (slow log) | peak RSS MB | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         lines.append(
             f"| {s.code} | `{s.command}` | {s.exit_code} | {s.seconds:.2f} | "
             f"{s.worst_ping_ms:,.2f} | {s.pings_over_10ms} of {s.pings:,} | "
             f"{s.longest_command_ms:,.2f} ms `{s.longest_command.split(' ')[0]}` | "
-            f"{s.peak_rss_mb:,.0f} |"
+            f"{s.peak_rss_mb:,.0f} | {s.load_average:.1f} |"
         )
     return "\n".join(lines)
 
@@ -274,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 BOXOFFICE_PARTITIONS=str(KEYSPACE.partitions),
                 BOXOFFICE_LOG_LEVEL="warning",
             )
+            steps.append(run_step("-", ROOT, env))
             codes = [("before", args.before.resolve())] if args.before else []
             codes.append(("after", ROOT))
             for code, code_dir in codes:
