@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import redis
 
 from benchmarks.book import HERE
@@ -88,6 +89,33 @@ class Pinger:
 
 
 @dataclass
+class Peak:
+    """The highest resident memory of a process, sampled every 20 ms while the context lasts."""
+
+    process: psutil.Process
+    rss: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Peak:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.rss = max(self.rss, self.process.memory_info().rss)
+            except psutil.Error:  # exited
+                return
+
+
+@dataclass
 class Step:
     code: str
     command: str
@@ -99,6 +127,9 @@ class Step:
     peak_rss_mb: float
     longest_command_ms: float
     longest_command: str
+    commands: int
+    """Commands Redis ran during the step (PINGs included)."""
+    commands_over_1ms: int
     load_average: float
     """The machine's 1-minute load average when the step ended (2 cores here)."""
     output: str
@@ -189,6 +220,7 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
     10 seconds of PINGs alone, the machine's noise floor."""
     server = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     server.slowlog_reset()
+    ran_before = int(server.info("stats")["total_commands_processed"])
     with Pinger(env["REDIS_URL"]) as pinger:
         start = time.perf_counter()
         command = [sys.executable, "-m", "service.cli", *args] if args else ["sleep", "10"]
@@ -201,12 +233,17 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
             text=True,
         )
         assert child.stdout is not None
-        output = child.stdout.read()
-        _, status, usage = os.wait4(child.pid, 0)
+        # Sampled, not the child's maxrss: that counts the pages of this process the child
+        # had mapped between fork and exec.
+        peak = Peak(psutil.Process(child.pid))
+        with peak:
+            output = child.stdout.read()
+            child.wait()
         seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
     slow: list[Any] = server.execute_command("SLOWLOG", "GET", "-1")  # type: ignore[no-untyped-call]
+    ran = int(server.info("stats")["total_commands_processed"]) - ran_before
     server.close()
+    slow = [entry for entry in slow if entry[3][0].upper() != "SLOWLOG"]
     longest = max(slow, key=lambda entry: int(entry[2]), default=None)
     return Step(
         code=code,
@@ -216,9 +253,11 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
         worst_ping_ms=round(pinger.worst_ms, 2),
         pings_over_10ms=pinger.over_10ms,
         pings=pinger.pings,
-        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        peak_rss_mb=round(peak.rss / 2**20, 1),
         longest_command_ms=round(int(longest[2]) / 1000, 2) if longest else 0.0,
         longest_command=" ".join(str(a) for a in longest[3][:4]) if longest else "",
+        commands=ran,
+        commands_over_1ms=len(slow),
         load_average=round(os.getloadavg()[0], 2),
         output=output.strip()[-400:],
     )
@@ -227,14 +266,15 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
 def table(steps: list[Step]) -> str:
     lines = [
         "| code | command | exit | seconds | worst PING ms | PINGs over 10 ms "
-        "| longest command (slow log) | peak RSS MB | load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| longest command (slow log) | commands over 1 ms | peak RSS MB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         lines.append(
             f"| {s.code} | `{s.command}` | {s.exit_code} | {s.seconds:.2f} | "
             f"{s.worst_ping_ms:,.2f} | {s.pings_over_10ms} of {s.pings:,} | "
             f"{s.longest_command_ms:,.2f} ms `{s.longest_command.split(' ')[0]}` | "
+            f"{s.commands_over_1ms} of {s.commands:,} | "
             f"{s.peak_rss_mb:,.0f} | {s.load_average:.1f} |"
         )
     return "\n".join(lines)

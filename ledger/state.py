@@ -163,14 +163,6 @@ async def ledger_state(
     return None
 
 
-async def ledger_states(
-    connection: Connection, event_id: str | None = None, chunk: int = CHUNK
-) -> dict[str, EventState]:
-    """Every event of the ledger (or the one asked for), as its projections say."""
-    async with snapshot(connection):
-        return {state.event_id: state async for state in ledger_events(connection, event_id, chunk)}
-
-
 async def continuity(
     connection: Connection, event_id: str | None = None, show: int = 20
 ) -> dict[str, Continuity]:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -142,8 +143,10 @@ async def test_reconcile_and_restore_touch_a_big_event_in_pages_of_the_chunk_siz
         assert (len(state.holders), len(state.waitlist)) == (TICKETS, WAITING - 200)
         assert state == await ledger_state(database, event, chunk=CHUNK)
 
-        # Redis loses the event; restore brings it back, page by page.
+        # Redis loses the event; restore brings it back, page by page. An earlier restore,
+        # interrupted, left a staged key behind: this one removes it.
         client.unlink(keys.meta, keys.holders, keys.waitlist)
+        client.hset(keyspace.staged("gone").holders, "u", "bk-2")
         client.slowlog_reset()
         done = await restore(connection, database, keyspace, force=True, chunk=CHUNK)
         restore_commands = commands_run(client)
@@ -316,3 +319,28 @@ async def test_restore_makes_a_big_event_visible_all_at_once(
     assert seen[0] == "UnknownEvent"
     assert await engine.status(event_id) == final
     assert list(redis_client.scan_iter(match=f"{keyspace.prefix}:*restoring*", count=1000)) == []
+
+
+def test_a_chunk_size_or_tries_below_1_is_refused(ledger_settings: Settings) -> None:
+    env = child_env(
+        REDIS_URL=ledger_settings.redis_url,
+        DATABASE_URL=ledger_settings.database_url,
+        BOXOFFICE_KEY_PREFIX=ledger_settings.key_prefix,
+    )
+    for args in (
+        ["reconcile", "--chunk-size", "0"],
+        ["reconcile", "--tries", "-1"],
+        ["restore", "--chunk-size", "0"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, args
+        assert done.stderr.splitlines()[-1].endswith(
+            f"argument {args[1]}: must be 1 or more, not {args[2]}"
+        )
