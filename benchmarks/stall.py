@@ -130,6 +130,9 @@ class Step:
     commands: int
     """Commands Redis ran during the step (PINGs included)."""
     commands_over_1ms: int
+    forks: int
+    """Forks of the server (AOF rewrites) during the step, and the longest one's pause."""
+    fork_ms: float
     load_average: float
     """The machine's 1-minute load average when the step ended (2 cores here)."""
     output: str
@@ -220,7 +223,8 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
     10 seconds of PINGs alone, the machine's noise floor."""
     server = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     server.slowlog_reset()
-    ran_before = int(server.info("stats")["total_commands_processed"])
+    stats = server.info("stats")
+    ran_before, forks_before = int(stats["total_commands_processed"]), int(stats["total_forks"])
     with Pinger(env["REDIS_URL"]) as pinger:
         start = time.perf_counter()
         command = [sys.executable, "-m", "service.cli", *args] if args else ["sleep", "10"]
@@ -241,7 +245,9 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
             child.wait()
         seconds = time.perf_counter() - start
     slow: list[Any] = server.execute_command("SLOWLOG", "GET", "-1")  # type: ignore[no-untyped-call]
-    ran = int(server.info("stats")["total_commands_processed"]) - ran_before
+    stats = server.info("stats")
+    ran = int(stats["total_commands_processed"]) - ran_before
+    forks = int(stats["total_forks"]) - forks_before
     server.close()
     slow = [entry for entry in slow if entry[3][0].upper() != "SLOWLOG"]
     longest = max(slow, key=lambda entry: int(entry[2]), default=None)
@@ -258,6 +264,8 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
         longest_command=" ".join(str(a) for a in longest[3][:4]) if longest else "",
         commands=ran,
         commands_over_1ms=len(slow),
+        forks=forks,
+        fork_ms=round(int(stats["latest_fork_usec"]) / 1000, 2) if forks else 0.0,
         load_average=round(os.getloadavg()[0], 2),
         output=output.strip()[-400:],
     )
@@ -266,8 +274,8 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
 def table(steps: list[Step]) -> str:
     lines = [
         "| code | command | exit | seconds | worst PING ms | PINGs over 10 ms "
-        "| longest command (slow log) | commands over 1 ms | peak RSS MB | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| longest command (slow log) | commands over 1 ms | forks | peak RSS MB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         lines.append(
@@ -275,6 +283,7 @@ def table(steps: list[Step]) -> str:
             f"{s.worst_ping_ms:,.2f} | {s.pings_over_10ms} of {s.pings:,} | "
             f"{s.longest_command_ms:,.2f} ms `{s.longest_command.split(' ')[0]}` | "
             f"{s.commands_over_1ms} of {s.commands:,} | "
+            f"{f'{s.forks} ({s.fork_ms:,.1f} ms)' if s.forks else 0} | "
             f"{s.peak_rss_mb:,.0f} | {s.load_average:.1f} |"
         )
     return "\n".join(lines)
@@ -289,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waiters", type=int, default=1_000_000)
     parser.add_argument("--holders", type=int, default=100_000)
     parser.add_argument("--before", type=Path, help="a checkout of the code to compare with")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run Valkey at this niceness (negative needs root): on a machine shared with "
+        "other work, less of its preemption shows up as stalls",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "stall.json")
     args = parser.parse_args(argv)
 
@@ -304,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             ) as valkey,
             EmbeddedPostgres(home / "postgres", free_port()) as postgres,
         ):
+            if args.nice:
+                probe = redis.Redis.from_url(valkey.url)
+                psutil.Process(int(probe.info("server")["process_id"])).nice(args.nice)
+                probe.close()
             started = time.perf_counter()
             build_ledger(postgres.url, args.holders, args.waiters)
             build_redis(valkey.url, args.holders, args.waiters)
@@ -341,11 +361,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     print()
+    if args.nice:
+        print(f"Valkey ran at niceness {args.nice}.")
     print(table(steps))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"holders": args.holders, "waiters": args.waiters, "steps": [asdict(s) for s in steps]},
+            {
+                "holders": args.holders,
+                "waiters": args.waiters,
+                "valkey_nice": args.nice,
+                "steps": [asdict(s) for s in steps],
+            },
             indent=2,
         )
         + "\n"
