@@ -49,6 +49,11 @@ from tests.support import child_env, free_port
 ROOT = HERE.parent
 EVENT = "big"
 KEYSPACE = Keyspace("stall", 16)
+VALKEY_OPTIONS = (
+    "--slowlog-log-slower-than", "1000",
+    "--slowlog-max-len", "100000",
+    "--latency-monitor-threshold", "5",
+)  # fmt: skip
 
 
 @dataclass
@@ -133,6 +138,9 @@ class Step:
     forks: int
     """Forks of the server (AOF rewrites) during the step, and the longest one's pause."""
     fork_ms: float
+    stalls: dict[str, int]
+    """Valkey's latency monitor (threshold 5 ms): the longest stall of each kind, in ms
+    (`command`, `fast-command`, `fork`, `aof-write`, ...)."""
     load_average: float
     """The machine's 1-minute load average when the step ended (2 cores here)."""
     output: str
@@ -223,6 +231,7 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
     10 seconds of PINGs alone, the machine's noise floor."""
     server = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     server.slowlog_reset()
+    server.execute_command("LATENCY", "RESET")  # type: ignore[no-untyped-call]
     stats = server.info("stats")
     ran_before, forks_before = int(stats["total_commands_processed"]), int(stats["total_forks"])
     with Pinger(env["REDIS_URL"]) as pinger:
@@ -245,6 +254,7 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
             child.wait()
         seconds = time.perf_counter() - start
     slow: list[Any] = server.execute_command("SLOWLOG", "GET", "-1")  # type: ignore[no-untyped-call]
+    latest: list[Any] = server.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
     stats = server.info("stats")
     ran = int(stats["total_commands_processed"]) - ran_before
     forks = int(stats["total_forks"]) - forks_before
@@ -266,6 +276,7 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
         commands_over_1ms=len(slow),
         forks=forks,
         fork_ms=round(int(stats["latest_fork_usec"]) / 1000, 2) if forks else 0.0,
+        stalls={str(event[0]): int(event[3]) for event in latest},
         load_average=round(os.getloadavg()[0], 2),
         output=output.strip()[-400:],
     )
@@ -274,7 +285,8 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
 def table(steps: list[Step]) -> str:
     lines = [
         "| code | command | exit | seconds | worst PING ms | PINGs over 10 ms "
-        "| longest command (slow log) | commands over 1 ms | forks | peak RSS MB | load |",
+        "| longest command (slow log) | commands over 1 ms | stalls over 5 ms (latency monitor) "
+        "| peak RSS MB | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
@@ -283,7 +295,7 @@ def table(steps: list[Step]) -> str:
             f"{s.worst_ping_ms:,.2f} | {s.pings_over_10ms} of {s.pings:,} | "
             f"{s.longest_command_ms:,.2f} ms `{s.longest_command.split(' ')[0]}` | "
             f"{s.commands_over_1ms} of {s.commands:,} | "
-            f"{f'{s.forks} ({s.fork_ms:,.1f} ms)' if s.forks else 0} | "
+            f"{', '.join(f'{k} {v:,} ms' for k, v in sorted(s.stalls.items())) or 'none'} | "
             f"{s.peak_rss_mb:,.0f} | {s.load_average:.1f} |"
         )
     return "\n".join(lines)
@@ -313,11 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[Step] = []
     try:
         with (
-            EmbeddedValkey(
-                home / "valkey",
-                free_port(),
-                extra_args=("--slowlog-log-slower-than", "1000", "--slowlog-max-len", "100000"),
-            ) as valkey,
+            EmbeddedValkey(home / "valkey", free_port(), extra_args=VALKEY_OPTIONS) as valkey,
             EmbeddedPostgres(home / "postgres", free_port()) as postgres,
         ):
             if args.nice:
