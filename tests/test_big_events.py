@@ -142,6 +142,7 @@ async def test_reconcile_and_restore_touch_a_big_event_in_pages_of_the_chunk_siz
         )
         assert (len(state.holders), len(state.waitlist)) == (TICKETS, WAITING - 200)
         assert state == await ledger_state(database, event, chunk=CHUNK)
+        assert await ledger_state(database, "no-such-event") is None
 
         # Redis loses the event; restore brings it back, page by page. An earlier restore,
         # interrupted, left a staged key behind: this one removes it.
@@ -292,6 +293,7 @@ async def test_restore_makes_a_big_event_visible_all_at_once(
     event_id: str,
 ) -> None:
     await populate(engine, event_id)
+    await engine.initialize("empty-event", 0)  # no holders, no waiting list: no such keys
     assert ledger_settings.redis_url is not None
     async with running_writer(
         ledger_settings.redis_url, str(ledger_settings.database_url), keyspace, "w"
@@ -312,12 +314,14 @@ async def test_restore_makes_a_big_event_visible_all_at_once(
     )
     assert code == 0, stderr
     assert stdout.strip() == (
-        f"restored 1 events ({TICKETS} bookings, {WAITING - 200} waiting) from the ledger"
+        f"restored 2 events ({TICKETS} bookings, {WAITING - 200} waiting) from the ledger"
     )
     # Every reader saw no event or the whole of it: never a part.
     assert {repr(s) for s in seen} <= {"'UnknownEvent'", repr(final)}, set(map(repr, seen))
     assert seen[0] == "UnknownEvent"
     assert await engine.status(event_id) == final
+    empty = await engine.status("empty-event")
+    assert (empty.total_tickets, empty.booked_count, empty.waiting_list_count) == (0, 0, 0)
     assert list(redis_client.scan_iter(match=f"{keyspace.prefix}:*restoring*", count=1000)) == []
 
 
