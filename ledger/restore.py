@@ -70,7 +70,8 @@ async def _unlink(redis: Redis, keys: list[str]) -> None:
 
 async def _write(redis: Redis, keyspace: Keyspace, state: EventState, chunk: int) -> None:
     keys, staged = keyspace.event(state.event_id), keyspace.staged(state.event_id)
-    await redis.unlink(staged.meta, staged.holders, staged.waitlist)  # an interrupted restore's
+    # Left by an interrupted restore, if any (the wipe removes them too).
+    await redis.unlink(staged.meta, staged.holders, staged.waitlist)
     holders = list(state.holders.items())
     waiting = list(zip(state.waitlist, state.waitlist_seqs, strict=True))
     pages: list[tuple[str, list[tuple[str, str]] | list[tuple[str, int]]]] = [
