@@ -205,9 +205,12 @@ async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> in
     return lag
 
 
-async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report) -> int:
+async def repair(
+    redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report, chunk: int = CHUNK
+) -> int:
     """Re-deliver records the ledger lacks that are still in the outbox streams; returns how
-    many were written."""
+    many were written. The streams are read `chunk` entries per XRANGE (5,000 took ~3 ms of
+    Redis each, 1,000 ~0.6)."""
     wanted: dict[str, tuple[set[int], int | None]] = {
         e.event_id: (set(e.missing_seqs), e.ledger_behind_from)
         for e in report.events
@@ -219,7 +222,7 @@ async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: R
     for stream in {keyspace.event(eid).outbox for eid in wanted}:
         after: str | None = None
         while True:
-            entries = await read_range(redis, stream, after, 5000)
+            entries = await read_range(redis, stream, after, chunk)
             for stream_id, fields in entries:
                 try:
                     record = parse(stream_id, fields)
@@ -228,7 +231,7 @@ async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: R
                 missing, behind_from = wanted.get(record.event, (set(), None))
                 if record.seq in missing or (behind_from is not None and record.seq >= behind_from):
                     by_stream.setdefault(stream, []).append(record)
-            if len(entries) < 5000:
+            if len(entries) < chunk:
                 break
             after = entries[-1][0]
     written = 0

@@ -206,7 +206,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
                 read = {"chunk": args.chunk_size, "tries": args.tries}
                 report = await reconcile(c.redis, connection, c.keyspace, args.event, **read)
                 if args.repair and not report.ok:
-                    repaired = await repair(c.redis, c.pool, c.keyspace, report)
+                    repaired = await repair(c.redis, c.pool, c.keyspace, report, args.chunk_size)
                     report = await reconcile(c.redis, connection, c.keyspace, args.event, **read)
                     report.repaired = repaired
             return report

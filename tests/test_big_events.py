@@ -21,7 +21,8 @@ import pytest
 import redis
 from redis.asyncio import ConnectionPool, Redis
 
-from ledger.reconcile import reconcile
+from ledger.database import connect_pool
+from ledger.reconcile import reconcile, repair
 from ledger.restore import restore
 from ledger.state import EventChanging, EventState, ledger_state, redis_state
 from service.booking import BookingEngine
@@ -97,6 +98,8 @@ def elements(args: list[str]) -> int:
         assert start >= 0, f"a range from the end: {args}"
         assert stop >= 0, f"an open-ended range: {args}"
         return stop - start + 1
+    if name in ("XRANGE", "XREVRANGE"):
+        return int(args[args.index("COUNT") + 1]) if "COUNT" in args else 1 << 62
     if name in ("HSCAN", "SSCAN", "ZSCAN"):
         return int(args[args.index("COUNT") + 1]) if "COUNT" in args else 10
     if name == "HSET":
@@ -167,6 +170,34 @@ async def test_reconcile_and_restore_touch_a_big_event_in_pages_of_the_chunk_siz
     renames = [args for args in restore_commands if args[0].upper() == "RENAME"]
     # The staged keys become the event's keys in one MULTI, the meta key last.
     assert [args[2] for args in renames] == [keys.holders, keys.waitlist, keys.meta]
+
+
+async def test_repair_reads_the_outbox_in_pages_of_the_chunk_size(
+    own_engine: BookingEngine, slow_logged_valkey: str, database_url: str
+) -> None:
+    """No writer ran: every record of the event is still in the stream, and repair reads them
+    all, page by page."""
+    keyspace = own_engine.keyspace
+    await populate(own_engine, "big-event")
+    client = redis.Redis.from_url(slow_logged_valkey, decode_responses=True)
+    connection = await connect_redis(slow_logged_valkey, 4)
+    database = await asyncpg.connect(database_url)
+    pool = await connect_pool(database_url, max_size=2)
+    try:
+        report = await reconcile(connection, database, keyspace, chunk=CHUNK)
+        assert not report.ok
+        client.slowlog_reset()
+        assert await repair(connection, pool, keyspace, report, chunk=CHUNK) == 3301
+        repair_commands = commands_run(client)
+        report = await reconcile(connection, database, keyspace, chunk=CHUNK)
+        assert [(e.event_id, e.differences) for e in report.events] == [("big-event", [])]
+    finally:
+        await pool.close()
+        await database.close()
+        await connection.aclose()
+        client.close()
+    assert_bounded(repair_commands, CHUNK)
+    assert sum(args[0] == "XRANGE" for args in repair_commands) == 3301 // CHUNK + 1
 
 
 class ChangingRedis(Redis):
