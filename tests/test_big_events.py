@@ -379,3 +379,43 @@ def test_a_chunk_size_or_tries_below_1_is_refused(ledger_settings: Settings) -> 
         assert done.stderr.splitlines()[-1].endswith(
             f"argument {args[1]}: must be 1 or more, not {args[2]}"
         )
+
+
+async def test_reconcile_merges_the_ledger_and_redis_event_by_event(
+    engine: BookingEngine,
+    redis_client: redis.Redis,
+    ledger_settings: Settings,
+    keyspace: Keyspace,
+    database_url: str,
+) -> None:
+    """Events on both sides, in Redis only and in the ledger only, with ids that sort
+    differently under a linguistic collation ('a-b' and 'ab', capitals): each is compared once
+    with its own counterpart."""
+    both = ["A", "Z", "a-b", "a.b", "a:b", "a@b", "a_b", "ab"]
+    for n, event in enumerate([*both, "ledger-only"]):
+        await engine.initialize(event, n)
+        await engine.book(event, "u")
+    assert ledger_settings.redis_url is not None
+    async with running_writer(ledger_settings.redis_url, database_url, keyspace, "w"):
+        await drained(ledger_settings.redis_url, keyspace)
+    keys = keyspace.event("ledger-only")
+    redis_client.unlink(keys.meta, keys.holders, keys.waitlist)
+    await engine.initialize("a-redis-only", 1)
+
+    connection = await connect_redis(ledger_settings.redis_url, 4)
+    database = await asyncpg.connect(database_url)
+    try:
+        report = await reconcile(connection, database, keyspace, chunk=2)
+    finally:
+        await database.close()
+        await connection.aclose()
+    assert [(e.event_id, e.differences) for e in report.events] == sorted(
+        [(event, []) for event in both]
+        + [
+            ("a-redis-only", ["in Redis (seq 1) but not in the ledger"]),
+            (
+                "ledger-only",
+                ["in the ledger but not in Redis (lost from Redis? `boxoffice restore`)"],
+            ),
+        ]
+    )
