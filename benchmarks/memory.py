@@ -13,7 +13,7 @@ from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.transport import PipelinedRedis
-from tests.support import delete_keyspace, redis_at
+from tests.support import delete_keyspace, redis_at, wait_for
 
 
 async def _join(url: str, keyspace: Keyspace, waiters: int) -> None:
@@ -43,7 +43,14 @@ def waiter_bytes(stores: BenchStores, waiters: int) -> dict[str, float]:
         before = int(client.info("memory")["used_memory"])
         asyncio.run(_join(stores.redis_url, keyspace, waiters))
         with_outbox = int(client.info("memory")["used_memory"])
-        client.delete(keyspace.event("queue").outbox)
+        # UNLINK, not DEL: freeing a million-entry stream in the foreground would stall the
+        # server (possibly the shared one of REDIS_URL); wait for the background to free it.
+        client.unlink(keyspace.event("queue").outbox)
+        wait_for(
+            lambda: int(client.info("memory")["lazyfree_pending_objects"]) == 0,
+            60,
+            "Redis to free the outbox stream",
+        )
         after = int(client.info("memory")["used_memory"])
         assert client.zcard(keyspace.event("queue").waitlist) == waiters
     finally:

@@ -1,5 +1,7 @@
 -- Named queries of the ledger. Each block starts with `-- name: <name>`; `ledger.queries`
 -- loads them. `$1` of the reading queries is an event id, or NULL for every event.
+-- `events`, `active_bookings` and `waitlist` are read side by side through cursors and merged
+-- by event id (ledger.state): all three sort event ids bytewise (COLLATE "C"), as Python does.
 
 -- name: apply_batch
 SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7);
@@ -11,19 +13,19 @@ SELECT NOT EXISTS (SELECT 1 FROM ledger_entries);
 SELECT event_id, total_tickets, last_seq
   FROM events
  WHERE $1::text IS NULL OR event_id = $1
- ORDER BY event_id;
+ ORDER BY event_id COLLATE "C";
 
 -- name: active_bookings
 SELECT event_id, user_id, booking_id
   FROM bookings
  WHERE ($1::text IS NULL OR event_id = $1) AND cancelled_seq IS NULL
- ORDER BY event_id, booked_seq;
+ ORDER BY event_id COLLATE "C", booked_seq;
 
 -- name: waitlist
 SELECT event_id, user_id, seq
   FROM waitlist
  WHERE $1::text IS NULL OR event_id = $1
- ORDER BY event_id, seq;
+ ORDER BY event_id COLLATE "C", seq;
 
 -- name: journal_extent
 SELECT event_id, count(*) AS entries, min(seq) AS first, max(seq) AS last

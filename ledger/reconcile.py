@@ -5,7 +5,8 @@ waiting list in order, the sequence counters, and the journal's continuity (ever
 number from 1 to the last one present, each once). Each difference is one line.
 
 Run it once the writer has drained (`wait_for_drain`); under traffic, records on their way to
-the ledger show up as the ledger being behind.
+the ledger show up as the ledger being behind. Events are read one at a time, in pages
+(`ledger.state`); an event that changed during every read of it is reported as changing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from redis.asyncio import Redis
 from ledger.database import Connection
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
-from ledger.state import Continuity, EventState, continuity, ledger_states, redis_event_ids
+from ledger.state import (
+    CHUNK,
+    TRIES,
+    Continuity,
+    EventChanging,
+    EventState,
+    continuity,
+    ledger_events,
+    redis_event_ids,
+    snapshot,
+)
 from ledger.state import redis_state as read_redis_state
 from ledger.writer import ACKABLE, apply_records
 from service.keys import Keyspace
@@ -181,19 +192,40 @@ def compare(
 
 
 async def reconcile(
-    redis: Redis, connection: Connection, keyspace: Keyspace, event_id: str | None = None
+    redis: Redis,
+    connection: Connection,
+    keyspace: Keyspace,
+    event_id: str | None = None,
+    chunk: int = CHUNK,
+    tries: int = TRIES,
 ) -> Report:
-    ledger = await ledger_states(connection, event_id)
-    journal = await continuity(connection, event_id)
-    ids = (
-        [event_id]
-        if event_id
-        else sorted(set(await redis_event_ids(redis, keyspace)) | set(ledger))
-    )
+    """Compare every event (or one), holding one event of each side in memory at a time: the
+    ledger's events come in event id order from one snapshot, merged with Redis' ids."""
     events = []
-    for eid in ids:
-        state = await read_redis_state(redis, keyspace, eid)
-        events.append(compare(eid, state, ledger.get(eid), journal.get(eid)))
+    async with snapshot(connection):
+        journal = await continuity(connection, event_id)
+        in_redis = [event_id] if event_id else await redis_event_ids(redis, keyspace)
+        ledger = aiter(ledger_events(connection, event_id, chunk))
+        ledger_next = await anext(ledger, None)
+        at = 0
+        while at < len(in_redis) or ledger_next is not None:
+            state: EventState | None = None
+            if ledger_next is not None and (
+                at == len(in_redis) or ledger_next.event_id <= in_redis[at]
+            ):
+                eid, state = ledger_next.event_id, ledger_next
+                ledger_next = await anext(ledger, None)
+                if at < len(in_redis) and in_redis[at] == eid:
+                    at += 1
+            else:
+                eid = in_redis[at]
+                at += 1
+            try:
+                in_store = await read_redis_state(redis, keyspace, eid, chunk, tries)
+            except EventChanging as changing:
+                events.append(EventReport(eid, [changing.message]))
+                continue
+            events.append(compare(eid, in_store, state, journal.get(eid)))
     held = {
         row["event_id"]: int(row["held"])
         for row in await connection.fetch(query("held_counts"), event_id)
@@ -221,9 +253,12 @@ async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> in
     return lag
 
 
-async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report) -> int:
+async def repair(
+    redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report, chunk: int = CHUNK
+) -> int:
     """Re-deliver records the ledger lacks that are still in the outbox streams; returns how
-    many were written."""
+    many were written. The streams are read `chunk` entries per XRANGE (5,000 took ~3 ms of
+    Redis each, 1,000 ~0.6)."""
     # A frozen event waits for `boxoffice release`: re-delivering its records would write past
     # the one that froze it.
     frozen = {q.event_id for q in report.quarantined}
@@ -238,7 +273,7 @@ async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: R
     for stream in {keyspace.event(eid).outbox for eid in wanted}:
         after: str | None = None
         while True:
-            entries = await read_range(redis, stream, after, 5000)
+            entries = await read_range(redis, stream, after, chunk)
             for stream_id, fields in entries:
                 try:
                     record = parse(stream_id, fields)
@@ -247,7 +282,7 @@ async def repair(redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: R
                 missing, behind_from = wanted.get(record.event, (set(), None))
                 if record.seq in missing or (behind_from is not None and record.seq >= behind_from):
                     by_stream.setdefault(stream, []).append(record)
-            if len(entries) < 5000:
+            if len(entries) < chunk:
                 break
             after = entries[-1][0]
     written = 0

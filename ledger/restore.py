@@ -1,9 +1,14 @@
 """Restore: rebuild Redis from the ledger after Redis lost its data.
 
 Every event comes back with its total, its sequence counter, its holders and its waiting list
-in order (each waiting user keeps the sequence number it joined with), each event in one
-MULTI/EXEC on its own hash slot. Outbox streams and their consumer groups start afresh, so the
-next state change of an event continues its sequence where the ledger left it.
+in order (each waiting user keeps the sequence number it joined with). Outbox streams and their
+consumer groups start afresh, so the next state change of an event continues its sequence where
+the ledger left it.
+
+Big events are written in pages (`chunk` entries per command, a few commands per round trip,
+never one long MULTI) into staged keys of the event's own hash slot, which one short MULTI then
+renames into place, the meta key last: a reader sees no event or the whole of it, never a part.
+Keys are deleted with UNLINK (freed in the background), never a blocking DEL of a big key.
 """
 
 from __future__ import annotations
@@ -13,14 +18,12 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from ledger.database import Connection
-from ledger.state import EventState, ledger_states, redis_event_ids
+from ledger.state import CHUNK, PAGES_PER_TRIP, EventState, ledger_events, redis_event_ids, snapshot
 from service import epoch
 from service.errors import BoxofficeError
 from service.keys import Keyspace
 from service.outbox import ensure_groups
 from service.stores import claim_partitions
-
-_CHUNK = 5000
 
 
 class LiveState(BoxofficeError):
@@ -36,36 +39,75 @@ class Restored:
 
 
 async def _wipe(redis: Redis, keyspace: Keyspace) -> int:
-    """Delete every event, outbox stream and lease of the keyspace; returns events deleted."""
+    """Delete every event, staged key, outbox stream and lease of the keyspace; returns events
+    deleted."""
     events = 0
-    patterns = [f"{keyspace.prefix}:{{p*}}:ev:*", f"{keyspace.prefix}:{{p*}}:outbox"]
-    patterns.append(f"{keyspace.prefix}:{{p*}}:lease")
+    patterns = [
+        f"{keyspace.prefix}:{{p*}}:ev:*",
+        keyspace.staged_pattern(),
+        f"{keyspace.prefix}:{{p*}}:outbox",
+        f"{keyspace.prefix}:{{p*}}:lease",
+    ]
     for pattern in patterns:
+        found: list[str] = []
         async for key in redis.scan_iter(match=pattern, count=1000):
-            events += key.endswith(":meta")
-            await redis.unlink(key)
+            events += ":ev:" in pattern and key.endswith(":meta")
+            found.append(key)
+            if len(found) == 1000:
+                await _unlink(redis, found)
+                found = []
+        await _unlink(redis, found)
     return events
 
 
-async def _write(redis: Redis, keyspace: Keyspace, state: EventState) -> None:
-    keys = keyspace.event(state.event_id)
+async def _unlink(redis: Redis, keys: list[str]) -> None:
+    """UNLINK, one key per command (a cluster takes no multi-key command across slots), all
+    in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.unlink(key)
+        await pipe.execute()
+
+
+async def _write(redis: Redis, keyspace: Keyspace, state: EventState, chunk: int) -> None:
+    keys, staged = keyspace.event(state.event_id), keyspace.staged(state.event_id)
+    # Left by an interrupted restore, if any (the wipe removes them too).
+    await redis.unlink(staged.meta, staged.holders, staged.waitlist)
+    holders = list(state.holders.items())
+    waiting = list(zip(state.waitlist, state.waitlist_seqs, strict=True))
+    pages: list[tuple[str, list[tuple[str, str]] | list[tuple[str, int]]]] = [
+        *((staged.holders, holders[at : at + chunk]) for at in range(0, len(holders), chunk)),
+        *((staged.waitlist, waiting[at : at + chunk]) for at in range(0, len(waiting), chunk)),
+    ]
+    for trip in range(0, len(pages), PAGES_PER_TRIP):
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, page in pages[trip : trip + PAGES_PER_TRIP]:
+                if key == staged.holders:
+                    pipe.hset(key, mapping=dict(page))
+                else:
+                    pipe.zadd(key, dict(page))
+            await pipe.execute()
+    await redis.hset(
+        staged.meta, mapping={"total": state.total, "available": state.available, "seq": state.seq}
+    )
+    # All at once: whatever is live under the event's keys goes (UNLINK: freed in the
+    # background), the staged keys take their place, the meta key last.
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.meta, keys.holders, keys.waitlist)
-        pipe.hset(
-            keys.meta,
-            mapping={"total": state.total, "available": state.available, "seq": state.seq},
-        )
-        holders = list(state.holders.items())
-        for start in range(0, len(holders), _CHUNK):
-            pipe.hset(keys.holders, mapping=dict(holders[start : start + _CHUNK]))
-        waiting = list(zip(state.waitlist, state.waitlist_seqs, strict=True))
-        for start in range(0, len(waiting), _CHUNK):
-            pipe.zadd(keys.waitlist, dict(waiting[start : start + _CHUNK]))
+        pipe.unlink(keys.meta, keys.holders, keys.waitlist)
+        if holders:
+            pipe.rename(staged.holders, keys.holders)
+        if waiting:
+            pipe.rename(staged.waitlist, keys.waitlist)
+        pipe.rename(staged.meta, keys.meta)
         await pipe.execute()
 
 
 async def restore(
-    redis: Redis, connection: Connection, keyspace: Keyspace, force: bool = False
+    redis: Redis,
+    connection: Connection,
+    keyspace: Keyspace,
+    force: bool = False,
+    chunk: int = CHUNK,
 ) -> Restored:
     live = await redis_event_ids(redis, keyspace)
     if live and not force:
@@ -75,15 +117,15 @@ async def restore(
         )
     # Outbox records left over belong to the state being replaced: the ledger never saw them.
     replaced = await _wipe(redis, keyspace)
-    states = await ledger_states(connection)
-    for state in states.values():
-        await _write(redis, keyspace, state)
+    events = bookings = waiting = 0
+    # One snapshot of the ledger, one event in memory at a time.
+    async with snapshot(connection):
+        async for state in ledger_events(connection, None, chunk):
+            await _write(redis, keyspace, state, chunk)
+            events += 1
+            bookings += len(state.holders)
+            waiting += len(state.waitlist)
     await ensure_groups(redis, keyspace)
     await claim_partitions(redis, keyspace)
     await epoch.mark(redis, keyspace, epoch.RESTORED)  # last: the store takes requests again
-    return Restored(
-        events=len(states),
-        bookings=sum(len(s.holders) for s in states.values()),
-        waiting=sum(len(s.waitlist) for s in states.values()),
-        replaced=replaced,
-    )
+    return Restored(events=events, bookings=bookings, waiting=waiting, replaced=replaced)

@@ -316,10 +316,11 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
             if args.wait:
                 await wait_for_drain(c.redis, c.keyspace, args.wait)
             async with c.pool.acquire() as connection:
-                report = await reconcile(c.redis, connection, c.keyspace, args.event)
+                read = {"chunk": args.chunk_size, "tries": args.tries}
+                report = await reconcile(c.redis, connection, c.keyspace, args.event, **read)
                 if args.repair and not report.ok:
-                    repaired = await repair(c.redis, c.pool, c.keyspace, report)
-                    report = await reconcile(c.redis, connection, c.keyspace, args.event)
+                    repaired = await repair(c.redis, c.pool, c.keyspace, report, args.chunk_size)
+                    report = await reconcile(c.redis, connection, c.keyspace, args.event, **read)
                     report.repaired = repaired
             return report
 
@@ -406,7 +407,9 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
                 from service import epoch
 
                 await epoch.clear(c.redis, c.keyspace)
-            return await restore(c.redis, connection, c.keyspace, force=args.force)
+            return await restore(
+                c.redis, connection, c.keyspace, force=args.force, chunk=args.chunk_size
+            )
 
     with open_stores(settings, share_running=True) as stores:
         done = asyncio.run(run(stores))
@@ -424,6 +427,24 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     for name, value in settings.masked().items():
         print(f"{name:<32}{value or '(unset)'}")
     return EXIT_OK
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _chunk_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--chunk-size",
+        type=_positive,
+        default=1000,
+        metavar="N",
+        help="entries per Redis command and rows per ledger fetch (default 1000): big events "
+        "are read and written in pages, so no command holds Redis for long",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -480,6 +501,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="first wait up to SECONDS for the writer to drain",
     )
+    _chunk_option(reconcile)
+    reconcile.add_argument(
+        "--tries",
+        type=_positive,
+        default=5,
+        metavar="N",
+        help="read an event that changed while it was read up to N times (default 5), then "
+        "report it as changing (exit 1)",
+    )
     reconcile.set_defaults(run=_reconcile)
 
     release = commands.add_parser(
@@ -508,6 +538,7 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--force", action="store_true", help="replace live events (and unwritten records)"
     )
+    _chunk_option(restore)
     restore.set_defaults(run=_restore)
 
     config = commands.add_parser("config", help="print the effective settings, secrets masked")

@@ -6,6 +6,7 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:{pNN}:ev:<eventId>:meta       hash    total, available, seq
     <prefix>:{pNN}:ev:<eventId>:holders    hash    userId -> bookingId
     <prefix>:{pNN}:ev:<eventId>:waitlist   zset    userId scored by the seq of joining
+    <prefix>:{pNN}:restoring:<eventId>:*   the same three, staged by `boxoffice restore`
     <prefix>:{pNN}:outbox                  stream  state changes of the partition's events
     <prefix>:{pNN}:lease                   string  the ledger writer draining the partition
     <prefix>:{pNN}:epoch                   string  the keyspace epoch marker (`service.epoch`):
@@ -40,10 +41,10 @@ class EventKeys:
 
 
 @functools.lru_cache(maxsize=65_536)
-def _event_keys(prefix: str, partitions: int, event_id: str) -> EventKeys:
+def _event_keys(prefix: str, partitions: int, event_id: str, kind: str = "ev") -> EventKeys:
     """An event's keys, built once: hot events are asked for on every request."""
     tag = f"{{p{zlib.crc32(event_id.encode()) % partitions:02d}}}"
-    base = f"{prefix}:{tag}:ev:{event_id}:"
+    base = f"{prefix}:{tag}:{kind}:{event_id}:"
     meta, holders, waitlist = base + "meta", base + "holders", base + "waitlist"
     outbox, epoch = f"{prefix}:{tag}:outbox", f"{prefix}:{tag}:epoch"
     # Built once with the keys (not a property): the hot path asks for them on every call.
@@ -100,6 +101,15 @@ class Keyspace:
 
     def event(self, event_id: str) -> EventKeys:
         return _event_keys(self.prefix, self.partitions, event_id)
+
+    def staged(self, event_id: str) -> EventKeys:
+        """Where `restore` builds an event before making it visible (RENAME): the same hash
+        tag, so the event's keys and their staged copies share one slot."""
+        return _event_keys(self.prefix, self.partitions, event_id, "restoring")
+
+    def staged_pattern(self) -> str:
+        """Glob matching every staged key (for SCAN)."""
+        return f"{self.prefix}:{{p*}}:restoring:*"
 
     @property
     def quarantine(self) -> str:

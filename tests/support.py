@@ -67,10 +67,10 @@ def delete_keyspace(client: redis.Redis, keyspace: Keyspace) -> None:
     for key in client.scan_iter(match=keyspace.pattern, count=1000):
         batch.append(key)
         if len(batch) >= 1000:
-            client.delete(*batch)
+            client.unlink(*batch)
             batch.clear()
     if batch:
-        client.delete(*batch)
+        client.unlink(*batch)
 
 
 def _answers(url: str) -> bool:

@@ -173,10 +173,10 @@ def test_a_forced_restore_that_fails_leaves_the_store_refusing(
                         ("BOXOFFICE_KEY_PREFIX", keyspace.prefix)):  # fmt: skip
         monkeypatch.setenv(name, str(value))
 
-    async def unreachable(*args: object) -> None:
+    def unreachable(*args: object) -> None:
         raise OSError("the ledger went away")
 
-    monkeypatch.setattr("ledger.restore.ledger_states", unreachable)
+    monkeypatch.setattr("ledger.restore.ledger_events", unreachable)
     assert cli.main(["restore", "--force"]) == cli.EXIT_ERROR
     assert redis_client.exists(*keyspace.epochs()) == 0
 

@@ -15,8 +15,8 @@ from ledger.writer import WriterConfig
 from service.booking import BookingEngine
 from service.http import create_app
 from service.keys import EventKeys, Keyspace
-from service.scripts import read_all
 from service.outbox import GROUP
+from service.scripts import read_all
 from service.settings import Settings
 from service.stores import connect_redis
 from tests.support import eventually
