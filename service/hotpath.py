@@ -107,7 +107,18 @@ class HotRoutes:
                                 problem.headers)  # fmt: skip
         except BoxofficeError as error:
             kind, headers = problems.for_error(error)
-            await self._problem(send, scope, kind, error.message, None, headers)
+            detail = problems.undisclosed(kind)
+            if detail is None:
+                detail = error.message
+            else:  # the reason is for the log (with the request id), not for the client
+                log.warning(
+                    "%s %s answered %d: %s",
+                    method,
+                    scope["path"],
+                    kind.status,
+                    problems.reason(error),
+                )
+            await self._problem(send, scope, kind, detail, None, headers)
         except Exception:
             log.exception("%s %s failed", method, scope["path"])
             kind = problems.INTERNAL

@@ -40,7 +40,13 @@ from service.errors import (
 from service.hotpath import HotRoutes
 from service.keys import Keyspace
 from service.outbox import ensure_groups, ledger_lag
-from service.probes import Health, ProblemDescription, Readiness, postgres_answers
+from service.probes import (
+    Health,
+    PostgresProbe,
+    ProblemDescription,
+    Readiness,
+    RedisProbe,
+)
 from service.problems import FieldError, ProblemRaised
 from service.ratelimit import RateLimitMiddleware, RateLimits
 from service.scripts import Scripts
@@ -104,6 +110,8 @@ class Api:
         self.keyspace = Keyspace(settings.key_prefix, settings.partitions)
         self._engine: BookingEngine | None = None
         self._redis: Redis | None = None
+        self._redis_probe: RedisProbe | None = None
+        self._ledger_probe: PostgresProbe | None = None
         self.lag = 0
         """Records the ledger trails by, as last polled."""
         self.rate_limits: RateLimits | None = None
@@ -140,6 +148,9 @@ class Api:
             watcher = asyncio.create_task(self._watch_lag(redis))
             folder = asyncio.create_task(observability.STATS.fold_forever())
             self._redis = redis
+            self._redis_probe = RedisProbe(redis)
+            if self.settings.database_url:
+                self._ledger_probe = PostgresProbe(self.settings.database_url)
             self._engine = BookingEngine(scripts, self.keyspace)
             if self.settings.rate_limit or self.settings.write_rate_limit:
                 limits = RateLimits(self.settings, redis.connection_pool, hot)
@@ -155,6 +166,10 @@ class Api:
             self.rate_limits = None
             self._engine = None
             self._redis = None
+            probes = [p for p in (self._redis_probe, self._ledger_probe) if p is not None]
+            self._redis_probe = self._ledger_probe = None
+            for probe in probes:
+                await probe.close()
             gc.unfreeze()
             if folder is not None:
                 folder.cancel()
@@ -205,28 +220,36 @@ class Api:
 
     async def readyz(self, request: Request) -> Response:
         """Ready when Redis answers, the ledger's PostgreSQL answers (when configured) and the
-        ledger is within its lag bound."""
+        ledger is within its lag bound. Each store is asked at most once a second per worker
+        (concurrent calls share the answer), PostgreSQL over one connection of the worker's."""
         found: list[str] = []
-        try:
-            if self._redis is None:
-                raise BackendUnavailable("starting or stopping")
-            await self._redis.ping()
-        except Exception as error:
-            found.append(f"Redis is unreachable ({type(error).__name__})")
-        url = self.settings.database_url
-        if url and not await postgres_answers(url):
-            found.append("the ledger's PostgreSQL is unreachable")
+        reasons: list[str] = []
+        redis, ledger = self._redis_probe, self._ledger_probe
+        failure = "starting or stopping" if redis is None else await redis.failure()
+        if failure is not None:
+            found.append("Redis is unreachable")
+            reasons.append(f"Redis: {failure}")
+        if self.settings.database_url:
+            failure = "starting or stopping" if ledger is None else await ledger.failure()
+            if failure is not None:
+                found.append("the ledger's PostgreSQL is unreachable")
+                reasons.append(f"PostgreSQL: {failure}")
         bound = self.settings.max_ledger_lag
         if bound and self.lag > bound:
             found.append(f"the ledger is {self.lag} records behind (bound {bound})")
         if found:
-            log.warning("not ready: %s", "; ".join(found))
+            # What failed, and how, goes to the log with the request id; the client learns
+            # which check failed, not the error.
+            log.warning("not ready: %s", "; ".join(found + reasons))
             return problem_response(
                 problems.UNAVAILABLE, "Not ready: " + "; ".join(found) + ".", request
             )
         return json_response(
-            Readiness("ready", "ok", "ok" if url else "not configured", self.lag, bound)
-        )
+            Readiness(
+                "ready", "ok", "ok" if self.settings.database_url else "not configured",
+                self.lag, bound,
+            )
+        )  # fmt: skip
 
     async def metrics(self, request: Request) -> Response:
         body, media_type = observability.metrics_text()
@@ -255,7 +278,18 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BoxofficeError)
     kind, headers = problems.for_error(exc)
-    return problem_response(kind, exc.message, request, headers=headers)
+    detail = problems.undisclosed(kind)
+    if detail is None:
+        detail = exc.message
+    else:  # the reason is for the log (with the request id), not for the client
+        log.warning(
+            "%s %s answered %d: %s",
+            request.method,
+            request.url.path,
+            kind.status,
+            problems.reason(exc),
+        )
+    return problem_response(kind, detail, request, headers=headers)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -322,7 +356,9 @@ def create_app(settings: Settings) -> Starlette:
             )  # fmt: skip
         if settings.rate_limit or settings.write_rate_limit:
             app = RateLimitMiddleware(app, current=lambda: api.rate_limits)
-        app = observability.RequestObserver(app, settings.access_log)
+        app = observability.RequestObserver(
+            app, settings.access_log, settings.max_header_fields, settings.max_header_bytes
+        )
         if settings.trusted_proxies:
             trusted = [str(network) for network in settings.trusted_proxies]
             # uvicorn types ASGI more narrowly than Starlette; the protocol is the same.

@@ -101,7 +101,14 @@ HEADERS_TOO_LARGE = ProblemType(
     "headers-too-large",
     431,
     "Request header fields too large",
-    "Requests may carry at most 100 header fields and 32 KiB of them.",
+    "The request's head (request line and header fields) was larger, or had more fields, than "
+    "the server allows (by default 32 KiB and 100 fields); the connection is closed.",
+)
+REQUEST_TIMEOUT = ProblemType(
+    "request-timeout",
+    408,
+    "Request timeout",
+    "The request's head or body did not arrive in time; the connection is closed.",
 )
 UNSUPPORTED_MEDIA_TYPE = ProblemType(
     "unsupported-media-type",
@@ -155,6 +162,7 @@ ALL: dict[str, ProblemType] = {
         EVENT_CONFLICT,
         TOO_LARGE,
         HEADERS_TOO_LARGE,
+        REQUEST_TIMEOUT,
         UNSUPPORTED_MEDIA_TYPE,
         VALIDATION,
         INTERNAL,
@@ -180,6 +188,36 @@ class ProblemRaised(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+
+
+UNAVAILABLE_DETAIL = (
+    "The booking store is unavailable. Retry after Retry-After seconds; a write answered so may "
+    "or may not have been applied."
+)
+"""What a client is told when the store failed: the reason (driver errors, addresses) is for
+the log only."""
+
+_UNDISCLOSED: dict[ProblemType, str] = {
+    UNAVAILABLE: UNAVAILABLE_DETAIL,
+    INTERNAL: INTERNAL.description,
+}
+
+
+def undisclosed(kind: ProblemType) -> str | None:
+    """For a problem type whose errors carry internals in their messages (a failure of the
+    store, a bug): the generic sentence clients get instead, the message going to the log.
+    None when an error's own message is fit to show."""
+    return _UNDISCLOSED.get(kind)
+
+
+def reason(error: BaseException) -> str:
+    """What went wrong, for the log: the message and the errors behind it."""
+    parts = [f"{type(error).__name__}: {error}"]
+    cause = error.__cause__ or error.__context__
+    while cause is not None and len(parts) < 4:
+        parts.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return " <- ".join(parts)
 
 
 def for_error(error: BoxofficeError) -> tuple[ProblemType, dict[str, str] | None]:
