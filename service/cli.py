@@ -123,6 +123,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 loop="uvloop",
                 # httptools, with bounds on request heads, slow clients and connections
                 http=uvicorn_protocol(settings),
+                ws="none",  # no WebSocket routes: an Upgrade is not handed to another protocol
                 access_log=False,  # boxoffice logs requests itself, as JSON with their id
                 log_config=log_config(settings.log_level),
                 log_level=settings.log_level,

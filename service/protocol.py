@@ -233,7 +233,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         request_id = observability.new_request_id()
-        log.warning("%s: %s", kind.title, detail, extra={"fields": {"requestId": request_id}})
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+        log.warning(
+            "%s: %s (client %s)",
+            kind.title,
+            detail,
+            client,
+            extra={"fields": {"requestId": request_id.decode()}},
+        )
         body = kind.render(detail)
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n" % (kind.status, kind.title.encode())

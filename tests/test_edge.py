@@ -150,7 +150,10 @@ def test_a_head_streamed_without_end_is_refused_with_431_and_memory_stays_flat(
     problem = _body_of(answer)
     assert problem["type"] == "/problems/headers-too-large"
     assert b"connection: close" in answer.lower()
-    assert b"x-request-id: " in answer.lower()
+    found = re.search(rb"x-request-id: (\S+)\r\n", answer.lower())
+    assert found, answer[:300]
+    logged = [line for line in edge.output().splitlines() if found.group(1).decode() in line]
+    assert len(logged) == 1 and "Request header fields too large" in logged[0], logged
     # Answered while the client was still sending (what it sent meanwhile sat in the kernel's
     # socket buffers or was read and dropped), not once the head was complete.
     assert sent < 16 * MiB, "the server answered only once the head was complete"
