@@ -153,7 +153,8 @@ def test_a_head_streamed_without_end_is_refused_with_431_and_memory_stays_flat(
     found = re.search(rb"x-request-id: (\S+)\r\n", answer.lower())
     assert found, answer[:300]
     logged = [line for line in edge.output().splitlines() if found.group(1).decode() in line]
-    assert len(logged) == 1 and "Request header fields too large" in logged[0], logged
+    assert len(logged) == 1, logged
+    assert "Request header fields too large" in logged[0]
     # Answered while the client was still sending (what it sent meanwhile sat in the kernel's
     # socket buffers or was read and dropped), not once the head was complete.
     assert sent < 16 * MiB, "the server answered only once the head was complete"
@@ -166,6 +167,23 @@ def test_a_head_within_the_bounds_is_served(edge: ServedBoxoffice) -> None:
     assert httpx.get(f"{edge.url}/healthz", headers=fields).status_code == 200
     too_many = [(f"x-f{n:03d}", "v") for n in range(101)]
     assert_problem(httpx.get(f"{edge.url}/healthz", headers=too_many), 431, "headers-too-large")
+
+
+def test_kept_alive_and_pipelined_requests_are_served_and_malformed_ones_refused(
+    edge: ServedBoxoffice,
+) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(edge.url) as sock:
+        for _ in range(3):  # one after the other on a kept-alive connection
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        # Three at once, the last closing the connection: three answers, in order.
+        sock.sendall(request * 2 + request.replace(b"Host: x", b"Host: x\r\nConnection: close"))
+        answer = _read_answer(sock)
+    assert answer.count(b"HTTP/1.1 200 ") == 3, answer
+    with _connect(edge.url) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        assert _read_answer(sock).startswith(b"HTTP/1.1 400 ")
 
 
 def test_a_head_left_unfinished_is_timed_out_while_others_are_served(
@@ -362,6 +380,42 @@ async def test_readyz_flood_uses_one_postgres_connection_and_follows_postgres(
         assert await _service_connections(monitor, "ready_ledger") == 0
     finally:
         await monitor.close()
+
+
+async def test_readyz_is_bounded_when_postgres_never_answers(settings: Settings) -> None:
+    """A PostgreSQL that accepts connections and never answers: every /readyz call still
+    answers within the probe's bound, and they share one check."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    app = create_app(
+        Settings(
+            redis_url=settings.redis_url,
+            key_prefix=settings.key_prefix,
+            database_url=f"postgresql://postgres@127.0.0.1:{port}/none",
+        )
+    )
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
+                started = time.monotonic()
+                answers = await asyncio.gather(*(http.get("/readyz") for _ in range(50)))
+                took = time.monotonic() - started
+        for answer in answers:
+            problem = assert_problem(answer, 503, "service-unavailable")
+            assert problem["detail"] == "Not ready: the ledger's PostgreSQL is unreachable."
+        assert took < 4, f"took {took:.1f} s"
+        assert len(accepted) == 1, f"{len(accepted)} connections for one check"
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 # -- no internals in answers ------------------------------------------------------------------
