@@ -7,6 +7,8 @@ out a head or a body that never finishes. This subclass, per connection:
 - counts the bytes of the request head as they arrive and, past `max_header_bytes` (or past
   `max_header_fields` fields), answers 431 and closes, before the parser has buffered more
   than one read (at most 256 KiB) beyond the bound;
+- closes a connection that sends more than MAX_AFTER_HEAD_BYTES after a head (413 when
+  nothing was answered yet): trailer fields of a chunked body are buffered like header fields;
 - gives the head `header_timeout` seconds from its first byte (from the connection's opening
   for the first request), and the body `body_timeout` seconds from the end of the head; then
   answers 408 (or, when nothing was sent at all or an answer has begun, just closes);
@@ -44,6 +46,12 @@ from service.asgi import Receive, Scope, Send
 from service.settings import Settings
 
 log = logging.getLogger("boxoffice.http")
+
+MAX_AFTER_HEAD_BYTES = 1024 * 1024
+"""Bytes a request may send after its head (body, chunk framing, trailer fields) before the
+connection is closed (413 when nothing was answered yet). Bodies are refused by the app past
+16 KiB; this bounds what the parser buffers of trailer fields and what a client may make the
+worker read and drop after an answer."""
 
 LINGER_S = 1.0
 """How long a refused connection's late bytes are read and dropped before it is closed."""
@@ -98,6 +106,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._since = 0.0
         """Loop time the current phase (head or body) began."""
         self._head_room = bounds.max_header_bytes
+        self._body_room = MAX_AFTER_HEAD_BYTES
         self._head_seen = False
         """Whether a byte of the current head has arrived."""
         self._refused = False
@@ -141,6 +150,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     self.data_received(data[room:])
                 return
             self._head_room = room - len(data)
+        elif phase == _BODY:
+            room = self._body_room - len(data)
+            if room < 0:
+                self._refuse_body()
+                return
+            self._body_room = room
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
@@ -178,6 +193,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._phase = _BODY
         self._since = self.loop.time()
+        self._body_room = MAX_AFTER_HEAD_BYTES
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -213,6 +229,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(
             problems.REQUEST_TIMEOUT,
             f"The request's {what} did not arrive within {timeout:g} s.",
+        )
+
+    def _refuse_body(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            # Answered already: stop reading what the client still sends.
+            self._refused = True
+            self.transport.close()
+            return
+        self._refuse(
+            problems.TOO_LARGE,
+            f"More than {MAX_AFTER_HEAD_BYTES} bytes followed the request's head.",
         )
 
     def _refuse_head(self) -> None:

@@ -162,6 +162,23 @@ def test_a_head_streamed_without_end_is_refused_with_431_and_memory_stays_flat(
     assert httpx.get(f"{edge.url}/healthz").status_code == 200
 
 
+def test_an_endless_chunked_trailer_is_cut_off_and_memory_stays_flat(
+    edge: ServedBoxoffice,
+) -> None:
+    """Trailer fields come after a chunked body, outside the head: the parser buffers them as
+    it buffers header fields, so what follows a head is bounded too."""
+    assert httpx.get(f"{edge.url}/healthz").status_code == 200
+    start = (
+        b"POST /book HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: "
+    )
+    answer, sent, grown = _stream_head(edge.url, start, b"a" * 65536, 16 * MiB, edge.process.pid)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert _body_of(answer)["type"] == "/problems/payload-too-large"
+    assert sent < 16 * MiB, "the server answered only once the trailer was complete"
+    assert grown < 8 * MiB, f"the worker grew by {grown / MiB:.1f} MiB"
+
+
 def test_a_head_within_the_bounds_is_served(edge: ServedBoxoffice) -> None:
     fields = [(f"x-f{n:02d}", "v" * 200) for n in range(90)]  # 90 fields, ~19 KiB
     assert httpx.get(f"{edge.url}/healthz", headers=fields).status_code == 200
