@@ -43,6 +43,7 @@ from service.outbox import ensure_groups, ledger_lag
 from service.probes import (
     Health,
     PostgresProbe,
+    Probe,
     ProblemDescription,
     Readiness,
     RedisProbe,
@@ -224,16 +225,20 @@ class Api:
         (concurrent calls share the answer), PostgreSQL over one connection of the worker's."""
         found: list[str] = []
         reasons: list[str] = []
-        redis, ledger = self._redis_probe, self._ledger_probe
-        failure = "starting or stopping" if redis is None else await redis.failure()
-        if failure is not None:
-            found.append("Redis is unreachable")
-            reasons.append(f"Redis: {failure}")
+        checks: list[tuple[str, str, Probe | None]] = [
+            ("Redis", "Redis is unreachable", self._redis_probe)
+        ]
         if self.settings.database_url:
-            failure = "starting or stopping" if ledger is None else await ledger.failure()
+            checks.append(
+                ("PostgreSQL", "the ledger's PostgreSQL is unreachable", self._ledger_probe)
+            )
+        failures = await asyncio.gather(
+            *(_starting() if probe is None else probe.failure() for _, _, probe in checks)
+        )
+        for (store, what, _), failure in zip(checks, failures, strict=True):
             if failure is not None:
-                found.append("the ledger's PostgreSQL is unreachable")
-                reasons.append(f"PostgreSQL: {failure}")
+                found.append(what)
+                reasons.append(f"{store}: {failure}")
         bound = self.settings.max_ledger_lag
         if bound and self.lag > bound:
             found.append(f"the ledger is {self.lag} records behind (bound {bound})")
@@ -268,6 +273,10 @@ class Api:
         return json_response(
             ProblemDescription(kind.uri, kind.title, kind.status, kind.description)
         )
+
+
+async def _starting() -> str:
+    return "starting or stopping"
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
