@@ -8,7 +8,8 @@ out a head or a body that never finishes. This subclass, per connection:
   `max_header_fields` fields), answers 431 and closes, before the parser has buffered more
   than one read (at most 256 KiB) beyond the bound;
 - closes a connection that sends more than MAX_AFTER_HEAD_BYTES after a head (413 when
-  nothing was answered yet): trailer fields of a chunked body are buffered like header fields;
+  nothing was answered yet): trailer fields of a chunked body are buffered like header fields
+  (and count against `max_header_fields`);
 - gives the head `header_timeout` seconds from its first byte (from the connection's opening
   for the first request), and the body `body_timeout` seconds from the end of the head; then
   answers 408 (or, when nothing was sent at all or an answer has begun, just closes);
@@ -19,12 +20,16 @@ Refused connections are closed gracefully: the answer is written, the write side
 whatever the client still sends is read and dropped for a moment, so that the client gets the
 answer instead of a reset.
 
-The cost on the hot path is a few comparisons and two clock reads per request; the timeouts
-run on one timer per connection, re-armed only when it fires.
+On the hot path (a request in one read) this costs a few comparisons and one clock read: the
+phases are read off uvicorn's request cycle after each read rather than tracked in parser
+callbacks of our own, and the timeouts run on one timer per connection, re-armed only when it
+fires (measured: about 1 µs per request on a protocol-only loop, within run-to-run noise of a
+whole booking's CPU cost).
 
-It relies on `HttpToolsProtocol`'s internals (its parser callbacks, `parser`, `transport`,
-`cycle`, `headers`, `connections`): pyproject pins the uvicorn versions it was checked against,
-and `tests/test_edge.py` drives it over real sockets.
+It relies on `HttpToolsProtocol`'s internals (`data_received` and `on_header` replaced, and
+its `parser`, `transport`, `cycle`, `headers`, `connections`, `timeout_keep_alive_task`):
+pyproject pins the uvicorn versions it was checked against, and `tests/test_edge.py` drives it
+over real sockets.
 """
 
 from __future__ import annotations
@@ -56,9 +61,9 @@ worker read and drop after an answer."""
 LINGER_S = 1.0
 """How long a refused connection's late bytes are read and dropped before it is closed."""
 
-_HEAD, _BODY, _IDLE = 0, 1, 2
-"""What a connection is waiting for: a request head, the rest of a body, or nothing (between
-requests; uvicorn's keep-alive timeout governs that)."""
+_HEAD, _BODY, _IDLE, _REFUSED = 0, 1, 2, 3
+"""What a connection is waiting for: a request head, the rest of a body, nothing (between
+requests; uvicorn's keep-alive timeout governs that), or its close (after a refusal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +107,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.bounds = bounds
+        self._max_fields = bounds.max_header_fields
         self._phase = _HEAD
         self._since = 0.0
         """Loop time the current phase (head or body) began."""
-        self._head_room = bounds.max_header_bytes
-        self._body_room = MAX_AFTER_HEAD_BYTES
-        self._head_seen = False
-        """Whether a byte of the current head has arrived."""
-        self._refused = False
+        self._room = bounds.max_header_bytes
+        """Bytes the current phase may still receive."""
         self._watch: asyncio.TimerHandle | None = None
 
     # -- connection ---------------------------------------------------------------------------
@@ -129,84 +132,90 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # lingering after a refusal: what still comes is dropped
+        # HttpToolsProtocol.data_received, counting what each phase receives. The common case
+        # (a whole request in one read) costs a few comparisons and one clock read more.
         phase = self._phase
         if phase == _IDLE:
             # The first byte of the next request: its head starts now.
             phase = self._phase = _HEAD
             self._since = self.loop.time()
-            self._head_room = self.bounds.max_header_bytes
-        if phase == _HEAD:
-            self._head_seen = True
-            room = self._head_room
-            if len(data) > room:
-                # Feed only what the bound allows; refuse if the head is still not complete.
-                if room:
-                    self._feed(data[:room])
-                if self._phase == _HEAD and not self._refused:
-                    self._refuse_head()
-                elif not self._refused:
-                    self.data_received(data[room:])
-                return
-            self._head_room = room - len(data)
-        elif phase == _BODY:
-            room = self._body_room - len(data)
-            if room < 0:
-                self._refuse_body()
-                return
-            self._body_room = room
-        self._feed(data)
-
-    def _feed(self, data: bytes) -> None:
-        # HttpToolsProtocol.data_received, telling a broken bound from malformed HTTP.
-        self._unset_keepalive_if_required()
+            self._room = self.bounds.max_header_bytes
+        elif phase == _REFUSED:
+            return  # lingering after a refusal: what still comes is dropped
+        room = self._room - len(data)
+        if room < 0:
+            self._over_room(data)
+            return
+        self._room = room
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        cycle = self.cycle
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as error:
-            if isinstance(error.__context__, _Refused):
-                self._refuse_head()
-            else:
-                self._malformed()
-        except httptools.HttpParserError:
-            self._malformed()
         except httptools.HttpParserUpgrade:
             self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as error:
+            self._parse_failed(error)
+            return
+        # Where the request stands now (read from uvicorn's request cycle rather than from
+        # parser callbacks of our own: no extra call per request).
+        if self.cycle is not cycle:  # a head ended in this read
+            cycle = self.cycle
+            if cycle.more_body and not cycle.response_complete:
+                self._phase = _BODY
+                self._since = self.loop.time()
+                self._room = MAX_AFTER_HEAD_BYTES
+            else:
+                self._phase = _IDLE
+        elif phase == _BODY and not cycle.more_body:
+            self._phase = _IDLE
 
-    def _malformed(self) -> None:
+    def _over_room(self, data: bytes) -> None:
+        """`data` is more than the phase may receive."""
+        if self._phase == _BODY:
+            self._refuse_body()
+            return
+        # Feed what the bound allows: the head may end within it (the rest is then a body or
+        # the next request), else it is too large.
+        room = self._room
+        if room:
+            self.data_received(data[:room])
+        if self._phase == _HEAD:
+            self._refuse_head()
+        elif self._phase != _REFUSED:
+            self.data_received(data[room:])
+
+    def _parse_failed(self, error: httptools.HttpParserError) -> None:
+        if isinstance(error.__context__, _Refused):
+            self._refuse_head()
+            return
+        # Malformed HTTP: as HttpToolsProtocol answers it.
         message = "Invalid HTTP request received."
         self.logger.warning(message)
+        self._phase = _REFUSED
         self.send_400_response(message)
 
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # HttpToolsProtocol.on_header, with the bound on the number of fields.
+        # HttpToolsProtocol.on_header, with the bound on the number of fields (trailer fields
+        # of a chunked body come here too).
         headers = self.headers
-        if len(headers) >= self.bounds.max_header_fields:
+        if len(headers) >= self._max_fields:
             raise _Refused
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         headers.append((name, value))
 
-    def on_headers_complete(self) -> None:
-        self._phase = _BODY
-        self._since = self.loop.time()
-        self._body_room = MAX_AFTER_HEAD_BYTES
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._phase = _IDLE
-        self._head_seen = False
-        super().on_message_complete()
-
     # -- bounds -------------------------------------------------------------------------------
 
     def _check_time(self) -> None:
         """The connection's one timer: close a head or body that is late, else re-arm."""
         self._watch = None
-        if self._refused or self.transport.is_closing():
+        if self._phase == _REFUSED or self.transport.is_closing():
             return
         bounds = self.bounds
         now = self.loop.time()
@@ -221,7 +230,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle
         answering = cycle is not None and self._phase == _BODY and cycle.response_started
-        if (self._phase == _HEAD and not self._head_seen) or answering:
+        silent = self._phase == _HEAD and self._room == self.bounds.max_header_bytes
+        if silent or answering:
             self.transport.close()  # nothing to answer, or an answer already under way
             return
         what = "head" if self._phase == _HEAD else "body"
@@ -235,7 +245,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
             # Answered already: stop reading what the client still sends.
-            self._refused = True
+            self._phase = _REFUSED
             self.transport.close()
             return
         self._refuse(
@@ -253,7 +263,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, kind: problems.ProblemType, detail: str) -> None:
         """Answer `kind` (no app is running for this request), then close gracefully."""
-        self._refused = True
+        self._phase = _REFUSED
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # A body timed out while the app waits for it: the app sees a disconnect, and
