@@ -215,6 +215,58 @@ def test_kept_alive_and_pipelined_requests_are_served_and_malformed_ones_refused
         assert _read_answer(sock).startswith(b"HTTP/1.1 400 ")
 
 
+def test_a_kept_alive_connection_idles_under_the_keep_alive_timeout_not_the_head_timeout(
+    edge: ServedBoxoffice,
+) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(edge.url) as sock:
+        sock.sendall(request)
+        assert _read_one(sock).startswith(b"HTTP/1.1 200 ")
+        # Twice the head timeout (uvicorn's keep-alive timeout, 5 s, governs idle time between
+        # requests): nothing arrives, the connection is not closed.
+        assert select.select([sock], [], [], 2 * TIMEOUT_S)[0] == []
+        sock.sendall(request)
+        assert _read_one(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_body_in_several_reads_within_the_timeout_is_served(edge: ServedBoxoffice) -> None:
+    body = b'{"userId":"two-reads","eventId":"no-such-event"}'
+    head = (
+        b"POST /book HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with _connect(edge.url) as sock:
+        for _ in range(2):  # twice on one connection: the second head is counted afresh
+            sock.sendall(head + body[:10])
+            assert select.select([sock], [], [], 0.2)[0] == []
+            sock.sendall(body[10:])
+            answer = _read_one(sock)
+            assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]
+            assert _body_of(answer)["type"] == "/problems/unknown-event"
+
+
+def test_a_body_sent_on_after_an_early_answer_is_cut_off(edge: ServedBoxoffice) -> None:
+    """The app refuses a declared 10 MiB body at once (413); a client that sends it anyway is
+    cut off instead of being read (and dropped) for as long as it likes."""
+    head = (
+        b"POST /book HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (64 * MiB)
+    )
+    sent = 0
+    with _connect(edge.url) as sock:
+        sock.sendall(head)
+        answer = _read_one(sock)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        chunk = b"x" * 65536
+        try:
+            while sent < 64 * MiB:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert sent < 32 * MiB, f"the server read {sent / MiB:.0f} MiB after answering"
+
+
 def test_a_head_left_unfinished_is_timed_out_while_others_are_served(
     edge: ServedBoxoffice,
 ) -> None:
