@@ -154,8 +154,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            # No upgrade is supported (ws="none"): the request is answered as HTTP/1.1.
             self._unsupported_upgrade_warning()
-            return
         except httptools.HttpParserError as error:
             self._parse_failed(error)
             return

@@ -229,6 +229,20 @@ def test_a_kept_alive_connection_idles_under_the_keep_alive_timeout_not_the_head
         assert _read_one(sock).startswith(b"HTTP/1.1 200 ")
 
 
+def test_an_upgrade_request_is_answered_as_plain_http_and_not_timed_out_afterwards(
+    edge: ServedBoxoffice,
+) -> None:
+    """`Upgrade: h2c` (curl --http2 on plain HTTP) is answered as HTTP/1.1; the connection is
+    then idle, not a head that is late."""
+    with _connect(edge.url) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        assert _read_one(sock).startswith(b"HTTP/1.1 200 ")
+        assert select.select([sock], [], [], 2 * TIMEOUT_S)[0] == []
+
+
 def test_a_body_in_several_reads_within_the_timeout_is_served(edge: ServedBoxoffice) -> None:
     body = b'{"userId":"two-reads","eventId":"no-such-event"}'
     head = (
