@@ -107,17 +107,7 @@ class HotRoutes:
                                 problem.headers)  # fmt: skip
         except BoxofficeError as error:
             kind, headers = problems.for_error(error)
-            detail = problems.undisclosed(kind)
-            if detail is None:
-                detail = error.message
-            else:  # the reason is for the log (with the request id), not for the client
-                log.warning(
-                    "%s %s answered %d: %s",
-                    method,
-                    scope["path"],
-                    kind.status,
-                    problems.reason(error),
-                )
+            detail = problems.client_detail(kind, error, method, scope["path"])
             await self._problem(send, scope, kind, detail, None, headers)
         except Exception:
             log.exception("%s %s failed", method, scope["path"])

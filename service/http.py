@@ -287,17 +287,7 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BoxofficeError)
     kind, headers = problems.for_error(exc)
-    detail = problems.undisclosed(kind)
-    if detail is None:
-        detail = exc.message
-    else:  # the reason is for the log (with the request id), not for the client
-        log.warning(
-            "%s %s answered %d: %s",
-            request.method,
-            request.url.path,
-            kind.status,
-            problems.reason(exc),
-        )
+    detail = problems.client_detail(kind, exc, request.method, request.url.path)
     return problem_response(kind, detail, request, headers=headers)
 
 

@@ -6,6 +6,7 @@ service answers it with a short description of the problem type.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import msgspec
@@ -17,6 +18,8 @@ from service.errors import (
     NotBooked,
     UnknownEvent,
 )
+
+_log = logging.getLogger("boxoffice.http")
 
 MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
@@ -203,11 +206,16 @@ _UNDISCLOSED: dict[ProblemType, str] = {
 }
 
 
-def undisclosed(kind: ProblemType) -> str | None:
-    """For a problem type whose errors carry internals in their messages (a failure of the
-    store, a bug): the generic sentence clients get instead, the message going to the log.
-    None when an error's own message is fit to show."""
-    return _UNDISCLOSED.get(kind)
+def client_detail(kind: ProblemType, error: BoxofficeError, method: str, path: str) -> str:
+    """The `detail` a client gets for `error`, answered as `kind` to `method` `path`: the
+    error's own message, or, for a failure of the store or a bug (whose message
+    carries internals: driver errors, addresses), a generic sentence, the reason going to the
+    log, which carries the request's id."""
+    generic = _UNDISCLOSED.get(kind)
+    if generic is None:
+        return error.message
+    _log.warning("%s %s answered %d: %s", method, path, kind.status, reason(error))
+    return generic
 
 
 def reason(error: BaseException) -> str:
