@@ -23,8 +23,8 @@ answer instead of a reset.
 On the hot path (a request in one read) this costs a few comparisons and one clock read: the
 phases are read off uvicorn's request cycle after each read rather than tracked in parser
 callbacks of our own, and the timeouts run on one timer per connection, re-armed only when it
-fires (measured: about 1 µs per request on a protocol-only loop, within run-to-run noise of a
-whole booking's CPU cost).
+fires (benchmarks/protocol.py: 1-2 µs per request, within the spread of a whole booking's
+CPU cost).
 
 It relies on `HttpToolsProtocol`'s internals (`data_received` and `on_header` replaced, and
 its `parser`, `transport`, `cycle`, `headers`, `connections`, `timeout_keep_alive_task`):
