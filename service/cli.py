@@ -74,6 +74,8 @@ def _log_setup(settings: Settings) -> None:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.protocol import uvicorn_protocol
+
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     workers = args.workers or settings.workers
@@ -115,7 +117,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 port=port,
                 workers=workers,
                 loop="uvloop",
-                http="httptools",
+                # httptools, with bounds on request heads, slow clients and connections
+                http=uvicorn_protocol(settings),
+                ws="none",  # no WebSocket routes: an Upgrade is not handed to another protocol
                 access_log=False,  # boxoffice logs requests itself, as JSON with their id
                 log_config=log_config(settings.log_level),
                 log_level=settings.log_level,

@@ -107,7 +107,8 @@ class HotRoutes:
                                 problem.headers)  # fmt: skip
         except BoxofficeError as error:
             kind, headers = problems.for_error(error)
-            await self._problem(send, scope, kind, error.message, None, headers)
+            detail = problems.client_detail(kind, error, method, scope["path"])
+            await self._problem(send, scope, kind, detail, None, headers)
         except Exception:
             log.exception("%s %s failed", method, scope["path"])
             kind = problems.INTERNAL

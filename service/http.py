@@ -41,7 +41,14 @@ from service.errors import (
 from service.hotpath import HotRoutes
 from service.keys import Keyspace
 from service.outbox import ensure_groups, ledger_lag
-from service.probes import Health, ProblemDescription, Readiness, postgres_answers
+from service.probes import (
+    Health,
+    PostgresProbe,
+    Probe,
+    ProblemDescription,
+    Readiness,
+    RedisProbe,
+)
 from service.problems import FieldError, ProblemRaised
 from service.ratelimit import RateLimitMiddleware, RateLimits
 from service.scripts import Scripts
@@ -105,6 +112,8 @@ class Api:
         self.keyspace = Keyspace(settings.key_prefix, settings.partitions)
         self._engine: BookingEngine | None = None
         self._redis: Redis | None = None
+        self._redis_probe: RedisProbe | None = None
+        self._ledger_probe: PostgresProbe | None = None
         self.lag = 0
         """Records the ledger trails by, as last polled."""
         self.quarantined: dict[str, str] = {}
@@ -148,6 +157,9 @@ class Api:
             watcher = asyncio.create_task(self._watch_lag(redis))
             folder = asyncio.create_task(observability.STATS.fold_forever())
             self._redis = redis
+            self._redis_probe = RedisProbe(redis)
+            if self.settings.database_url:
+                self._ledger_probe = PostgresProbe(self.settings.database_url)
             self._engine = BookingEngine(scripts, self.keyspace)
             if self.settings.rate_limit or self.settings.write_rate_limit:
                 limits = RateLimits(self.settings, redis.connection_pool, hot)
@@ -163,6 +175,10 @@ class Api:
             self.rate_limits = None
             self._engine = None
             self._redis = None
+            probes = [p for p in (self._redis_probe, self._ledger_probe) if p is not None]
+            self._redis_probe = self._ledger_probe = None
+            for probe in probes:
+                await probe.close()
             gc.unfreeze()
             if folder is not None:
                 folder.cancel()
@@ -216,22 +232,31 @@ class Api:
 
     async def readyz(self, request: Request) -> Response:
         """Ready when Redis answers, the ledger's PostgreSQL answers (when configured) and the
-        ledger is within its lag bound."""
+        ledger is within its lag bound. Each store is asked at most once a second per worker
+        (concurrent calls share the answer), PostgreSQL over one connection of the worker's."""
         found: list[str] = []
-        try:
-            if self._redis is None:
-                raise BackendUnavailable("starting or stopping")
-            await self._redis.ping()
-        except Exception as error:
-            found.append(f"Redis is unreachable ({type(error).__name__})")
-        url = self.settings.database_url
-        if url and not await postgres_answers(url):
-            found.append("the ledger's PostgreSQL is unreachable")
+        reasons: list[str] = []
+        checks: list[tuple[str, str, Probe | None]] = [
+            ("Redis", "Redis is unreachable", self._redis_probe)
+        ]
+        if self.settings.database_url:
+            checks.append(
+                ("PostgreSQL", "the ledger's PostgreSQL is unreachable", self._ledger_probe)
+            )
+        failures = await asyncio.gather(
+            *(_starting() if probe is None else probe.failure() for _, _, probe in checks)
+        )
+        for (store, what, _), failure in zip(checks, failures, strict=True):
+            if failure is not None:
+                found.append(what)
+                reasons.append(f"{store}: {failure}")
         bound = self.settings.max_ledger_lag
         if bound and self.lag > bound:
             found.append(f"the ledger is {self.lag} records behind (bound {bound})")
         if found:
-            log.warning("not ready: %s", "; ".join(found))
+            # What failed, and how, goes to the log with the request id; the client learns
+            # which check failed, not the error.
+            log.warning("not ready: %s", "; ".join(found + reasons))
             return problem_response(
                 problems.UNAVAILABLE, "Not ready: " + "; ".join(found) + ".", request
             )
@@ -240,7 +265,7 @@ class Api:
             Readiness(
                 "ready",
                 "ok",
-                "ok" if url else "not configured",
+                "ok" if self.settings.database_url else "not configured",
                 self.lag,
                 bound,
                 len(self.quarantined),
@@ -267,6 +292,10 @@ class Api:
         )
 
 
+async def _starting() -> str:
+    return "starting or stopping"
+
+
 async def _on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemRaised)
     return problem_response(exc.kind, exc.detail, request, exc.errors, exc.headers)
@@ -275,7 +304,8 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BoxofficeError)
     kind, headers = problems.for_error(exc)
-    return problem_response(kind, exc.message, request, headers=headers)
+    detail = problems.client_detail(kind, exc, request.method, request.url.path)
+    return problem_response(kind, detail, request, headers=headers)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -342,7 +372,9 @@ def create_app(settings: Settings) -> Starlette:
             )  # fmt: skip
         if settings.rate_limit or settings.write_rate_limit:
             app = RateLimitMiddleware(app, current=lambda: api.rate_limits)
-        app = observability.RequestObserver(app, settings.access_log)
+        app = observability.RequestObserver(
+            app, settings.access_log, settings.max_header_fields, settings.max_header_bytes
+        )
         if settings.trusted_proxies:
             trusted = [str(network) for network in settings.trusted_proxies]
             # uvicorn types ASGI more narrowly than Starlette; the protocol is the same.

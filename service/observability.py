@@ -146,7 +146,19 @@ def worker_exited() -> None:
         prometheus_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+# Request ids: a random prefix per process and a counter: unique, and cheaper than randomness
+# per request.
+_ID_PREFIX = os.urandom(5).hex().encode()
+_IDS = (_ID_PREFIX + b"%06x" % n for n in itertools.count())
+
+
+def new_request_id() -> bytes:
+    """A new request id, for an answer given outside the app (by the HTTP protocol)."""
+    return next(_IDS)
+
+
 _access = logging.getLogger("boxoffice.access")
+_log = logging.getLogger("boxoffice.http")
 
 
 MAX_HEADER_FIELDS = 100
@@ -155,16 +167,24 @@ MAX_HEADER_BYTES = 32 * 1024
 
 class RequestObserver:
     """Pure ASGI, outermost: gives each request its id, counts and times it, (when asked) logs
-    it, and refuses header abuse (more than MAX_HEADER_FIELDS fields or MAX_HEADER_BYTES of
-    them: uvicorn's httptools parser sets no bound of its own) with a 431 problem."""
+    it, logs what the app raised with the request's id (answering 500 when nothing was sent
+    yet), and refuses header abuse (more than `max_header_fields` fields or `max_header_bytes`
+    of them) with a 431 problem.
 
-    def __init__(self, app: ASGIApp, access_log: bool) -> None:
+    Under `boxoffice serve` the HTTP protocol (`service.protocol`) enforces the same bounds
+    before the head is buffered; this check holds them under any other server too."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        access_log: bool,
+        max_header_fields: int = MAX_HEADER_FIELDS,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
         self.app = app
         self.access_log = access_log
-        # Ids: a random prefix per process and a counter: unique, and cheaper than randomness
-        # per request.
-        prefix = os.urandom(5).hex().encode()
-        self._ids = (prefix + b"%06x" % n for n in itertools.count())
+        self.max_header_fields = max_header_fields
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -178,11 +198,11 @@ class RequestObserver:
             size += len(name) + len(value)
             if name == b"x-request-id" and _SANE_ID.fullmatch(value):
                 incoming = value
-        request_id = incoming or next(self._ids)
+        request_id = incoming or next(_IDS)
         token = REQUEST_ID.set(request_id.decode())
         id_header = (b"x-request-id", request_id)
         started = time.perf_counter()
-        status = 500
+        status = 0
 
         def send_with_id(message: Message) -> Awaitable[None]:
             # A plain function handing on send's awaitable: no coroutine frame of its own.
@@ -197,26 +217,38 @@ class RequestObserver:
             return send(message)
 
         try:
-            if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_FIELDS:
-                await _refuse_headers(send_with_id, scope["path"])
+            if size > self.max_header_bytes or len(headers) > self.max_header_fields:
+                await self._refuse_headers(send_with_id, scope["path"])
             else:
                 await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Logged here, while the request's id is current (the server would log it without);
+            # the client learns nothing of it.
+            _log.exception("%s %s failed", scope["method"], scope["path"])
+            if not status:
+                kind = problems.INTERNAL
+                await asgi.problem(send_with_id, kind, kind.description, scope["path"])
+            # else: the answer is under way; returning without finishing it closes the
+            # connection.
         finally:
             elapsed = time.perf_counter() - started
             STATS.request(
-                getattr(scope.get("route"), "path", "unmatched"), scope["method"], status, elapsed
+                getattr(scope.get("route"), "path", "unmatched"),
+                scope["method"],
+                status or 500,
+                elapsed,
             )
             if self.access_log:
                 _access.info(
                     "%s %s %d",
                     scope["method"],
                     scope["path"],
-                    status,
+                    status or 500,
                     extra={
                         "fields": {
                             "method": scope["method"],
                             "path": scope["path"],
-                            "status": status,
+                            "status": status or 500,
                             "durationMs": round(elapsed * 1000, 3),
                             "client": (scope.get("client") or ("-",))[0],
                         }
@@ -224,7 +256,11 @@ class RequestObserver:
                 )
             REQUEST_ID.reset(token)
 
-
-async def _refuse_headers(send: Send, path: str) -> None:
-    detail = f"At most {MAX_HEADER_FIELDS} header fields and {MAX_HEADER_BYTES} bytes of them."
-    await asgi.problem(send, problems.HEADERS_TOO_LARGE, detail, path, [(b"connection", b"close")])
+    async def _refuse_headers(self, send: Send, path: str) -> None:
+        detail = (
+            f"At most {self.max_header_fields} header fields and {self.max_header_bytes} bytes "
+            "of them."
+        )
+        await asgi.problem(
+            send, problems.HEADERS_TOO_LARGE, detail, path, [(b"connection", b"close")]
+        )

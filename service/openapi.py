@@ -95,6 +95,7 @@ def _problem(*kinds: problems.ProblemType, headers: tuple[str, ...] = ()) -> dic
 def _common(*, body: bool) -> dict[str, Any]:
     """Problems every route (or every route with a body) may answer."""
     common: dict[str, Any] = {
+        "408": _problem(problems.REQUEST_TIMEOUT),
         "431": _problem(problems.HEADERS_TOO_LARGE),
         "429": _problem(problems.RATE_LIMITED, headers=("Retry-After", "RateLimit")),
         "500": _problem(problems.INTERNAL),

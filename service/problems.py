@@ -6,6 +6,7 @@ service answers it with a short description of the problem type.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import msgspec
@@ -19,6 +20,8 @@ from service.errors import (
     StoreReset,
     UnknownEvent,
 )
+
+_log = logging.getLogger("boxoffice.http")
 
 MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
@@ -108,7 +111,14 @@ HEADERS_TOO_LARGE = ProblemType(
     "headers-too-large",
     431,
     "Request header fields too large",
-    "Requests may carry at most 100 header fields and 32 KiB of them.",
+    "The request's head (request line and header fields) was larger, or had more fields, than "
+    "the server allows (by default 32 KiB and 100 fields); the connection is closed.",
+)
+REQUEST_TIMEOUT = ProblemType(
+    "request-timeout",
+    408,
+    "Request timeout",
+    "The request's head or body did not arrive in time; the connection is closed.",
 )
 UNSUPPORTED_MEDIA_TYPE = ProblemType(
     "unsupported-media-type",
@@ -180,6 +190,7 @@ ALL: dict[str, ProblemType] = {
         EVENT_CONFLICT,
         TOO_LARGE,
         HEADERS_TOO_LARGE,
+        REQUEST_TIMEOUT,
         UNSUPPORTED_MEDIA_TYPE,
         VALIDATION,
         INTERNAL,
@@ -207,6 +218,41 @@ class ProblemRaised(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+
+
+UNAVAILABLE_DETAIL = (
+    "The booking store is unavailable. Retry after Retry-After seconds; a write answered so may "
+    "or may not have been applied."
+)
+"""What a client is told when the store failed: the reason (driver errors, addresses) is for
+the log only."""
+
+_UNDISCLOSED: dict[ProblemType, str] = {
+    UNAVAILABLE: UNAVAILABLE_DETAIL,
+    INTERNAL: INTERNAL.description,
+}
+
+
+def client_detail(kind: ProblemType, error: BoxofficeError, method: str, path: str) -> str:
+    """The `detail` a client gets for `error`, answered as `kind` to `method` `path`: the
+    error's own message, or, for a failure of the store or a bug (whose message
+    carries internals: driver errors, addresses), a generic sentence, the reason going to the
+    log, which carries the request's id."""
+    generic = _UNDISCLOSED.get(kind)
+    if generic is None:
+        return error.message
+    _log.warning("%s %s answered %d: %s", method, path, kind.status, reason(error))
+    return generic
+
+
+def reason(error: BaseException) -> str:
+    """What went wrong, for the log: the message and the errors behind it."""
+    parts = [f"{type(error).__name__}: {error}"]
+    cause = error.__cause__ or error.__context__
+    while cause is not None and len(parts) < 4:
+        parts.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return " <- ".join(parts)
 
 
 def for_error(error: BoxofficeError) -> tuple[ProblemType, dict[str, str] | None]:

@@ -59,6 +59,19 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return read
 
 
+def _seconds_in(low: float, high: float) -> Callable[[str], float]:
+    def read(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected {low:g}..{high:g} seconds")
+        return value
+
+    return read
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -309,6 +322,36 @@ class Settings:
         _int_in(1, 10000),
         64,
         "Redis connections per worker",
+    )
+    max_header_bytes: int = _setting(
+        "BOXOFFICE_MAX_HEADER_BYTES",
+        _int_in(1024, 1024 * 1024),
+        32 * 1024,
+        "bytes of a request's head (request line and header fields); more: 431, closed",
+    )
+    max_header_fields: int = _setting(
+        "BOXOFFICE_MAX_HEADER_FIELDS",
+        _int_in(8, 10_000),
+        100,
+        "header fields of a request; more: 431, connection closed",
+    )
+    header_timeout: float = _setting(
+        "BOXOFFICE_HEADER_TIMEOUT",
+        _seconds_in(0.1, 3600),
+        10.0,
+        "seconds a request's head may take to arrive; then 408, connection closed",
+    )
+    body_timeout: float = _setting(
+        "BOXOFFICE_BODY_TIMEOUT",
+        _seconds_in(0.1, 3600),
+        10.0,
+        "seconds a request's body may take to arrive after its head; then 408, closed",
+    )
+    max_connections: int = _setting(
+        "BOXOFFICE_MAX_CONNECTIONS",
+        _int_in(1, 1_000_000),
+        1000,
+        "open connections per worker; a request on one more: 503, connection closed",
     )
     access_log: bool = _setting(
         "BOXOFFICE_ACCESS_LOG", _bool, False, "log every request as a JSON line"
