@@ -23,7 +23,7 @@ import psutil
 import pytest
 import redis
 
-from service import problems
+from service import epoch, problems
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.errors import ConfigurationError, UnknownEvent
 from service.http import create_app
@@ -37,6 +37,7 @@ from tests.support import (
     delete_keyspace,
     free_port,
     open_directory,
+    redis_at,
     run_sql,
     wait_for,
 )
@@ -528,6 +529,9 @@ async def test_store_errors_reach_the_client_as_a_generic_sentence_and_the_log_i
     tmp_path: Path, event_id: str, log_lines: _Lines
 ) -> None:
     with EmbeddedValkey(tmp_path / "v", free_port()) as store:
+        marker = redis_at(store.url)
+        epoch.mark_blocking(marker, Keyspace("internals", 16))
+        marker.close()
         app = create_app(Settings(redis_url=store.url, key_prefix="internals"))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
