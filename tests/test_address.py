@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 
+from service import epoch
 from service.address import TLS, RedisAddress
 from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
@@ -69,6 +70,9 @@ async def test_the_service_and_its_ledger_writer_use_the_database_of_the_query_s
     url, _ = another_database(redis_url, "query")
     settings = Settings(redis_url=url, database_url=database_url, key_prefix=keyspace.prefix)
     app = create_app(settings)
+    marker = redis.Redis(**RedisAddress.parse(url).client_options())
+    epoch.mark_blocking(marker, keyspace)  # a new store, in that database
+    marker.close()
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
