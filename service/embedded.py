@@ -435,11 +435,16 @@ class ChildServer:
         with opened(self._open_home(create=True)) as home:
             self._password = self._read_password(home)
             self._prepare(home)
-            log = os.open(
-                self.log_path.name,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                dir_fd=home,
-            )  # fmt: skip
+            try:
+                log = os.open(
+                    self.log_path.name,
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                    dir_fd=home,
+                )  # fmt: skip
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    raise _symlink_refused(self.log_path) from None
+                raise
         with opened(log):
             self._process = subprocess.Popen(  # noqa: S603 - fixed argv, binaries we ship
                 self._command(),

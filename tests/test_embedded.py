@@ -229,6 +229,28 @@ def test_a_directory_boxoffice_did_not_make_is_refused_untouched(
     assert _processes_under(home) == []
 
 
+def _file(path: Path) -> tuple[int, int, int, int, str]:
+    found = path.lstat()
+    return found.st_mode, found.st_uid, found.st_gid, found.st_mtime_ns, path.read_text()
+
+
+def test_a_symlinked_log_is_refused_and_its_target_untouched(home: Path) -> None:
+    victim = home / "shadow"  # stands for /etc/shadow
+    victim.write_text("root:*:19000::::::\n")
+    victim.chmod(0o640)
+    before = _file(victim)
+    (home / "valkey.log").symlink_to(victim)  # where the log was written before
+    server = EmbeddedValkey(home / "valkey", free_port())
+    with server:
+        pass
+    assert _file(victim) == before
+    server.log_path.unlink()
+    server.log_path.symlink_to(victim)  # the log now lives in the server's own directory
+    with pytest.raises(ConfigurationError, match="is a symbolic link"):
+        server.start()
+    assert _file(victim) == before
+
+
 def test_no_secret_on_a_command_line_and_none_connects_without_it(home: Path) -> None:
     valkey = EmbeddedValkey(home / "valkey", free_port())
     postgres = EmbeddedPostgres(home / "postgres", free_port())
