@@ -397,14 +397,7 @@ class ChildServer:
             if found is None and create:
                 fd = _make_dir(parent, home.name, home, self.home_mode, self._home_owner())
                 try:
-                    write_new(
-                        fd,
-                        MARKER,
-                        f"boxoffice made this directory for its embedded "
-                        f"{self.name}: its data, its password and its log.\n",
-                        0o644,
-                    )
-                    self._create(fd)
+                    self._mark(fd)
                 except BaseException:
                     os.close(fd)
                     raise
@@ -415,6 +408,13 @@ class ChildServer:
                 raise _symlink_refused(home)
             fd = _open_child(parent, home.name, home)
         marker = _lstat(fd, MARKER)
+        if marker is None and create and self._adoptable(fd):
+            try:
+                self._mark(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
         if marker is None or not stat.S_ISREG(marker.st_mode) or marker.st_uid != os.geteuid():
             what = "is empty" if _is_empty(fd) else "holds data"
             os.close(fd)
@@ -425,6 +425,27 @@ class ChildServer:
                 f"{self.url_setting}."
             )
         return fd
+
+    def _mark(self, home: int) -> None:
+        write_new(
+            home,
+            MARKER,
+            f"boxoffice made this directory for its embedded {self.name}: its data, its "
+            "password and its log.\n",
+            0o644,
+        )
+        self._create(home)
+
+    def _adoptable(self, home: int) -> bool:
+        """An empty directory of this user's with exactly the mode boxoffice would have made it
+        with is taken as made now: nothing in it to protect, nothing to change."""
+        found = os.fstat(home)
+        return (
+            found.st_uid == os.geteuid()
+            and stat.S_IMODE(found.st_mode) == self.home_mode
+            and self._home_owner() is None
+            and _is_empty(home)
+        )
 
     def start(self) -> None:
         if port_open(self.host, self.port):

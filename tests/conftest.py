@@ -122,7 +122,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "valkey/valkey:8", 6379, lambda h, p: f"redis://{h}:{p}/0", _redis_answers
         )
     else:
-        with EmbeddedValkey(tmp_path_factory.mktemp("valkey"), free_port()) as server:
+        # A directory of its own to make: the server refuses one it did not make.
+        home = tmp_path_factory.mktemp("valkey") / "data"
+        with EmbeddedValkey(home, free_port()) as server:
             yield server.url
 
 

@@ -251,6 +251,17 @@ def test_a_symlinked_log_is_refused_and_its_target_untouched(home: Path) -> None
     assert _file(victim) == before
 
 
+def test_an_empty_directory_of_ours_with_the_mode_boxoffice_would_use_is_taken(
+    tmp_path: Path,
+) -> None:
+    """(pytest's `tmp_path` is one: empty, this user's, mode 0700.)"""
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+    with EmbeddedValkey(tmp_path, free_port()) as server:
+        assert redis.Redis.from_url(server.url).ping()
+    assert (tmp_path / MARKER).is_file()
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+
+
 def test_no_secret_on_a_command_line_and_none_connects_without_it(home: Path) -> None:
     valkey = EmbeddedValkey(home / "valkey", free_port())
     postgres = EmbeddedPostgres(home / "postgres", free_port())
