@@ -235,11 +235,15 @@ def reaches(user: pwd.struct_passwd, path: Path) -> bool:
 def _check_root_owned(path: Path) -> None:
     """Root keeps what `nobody` runs only where no one else can change it: every directory down
     to `path` owned by root and not writable by others (a sticky one, like /tmp, is fine: no one
-    can replace what root made in it), and traversable by others."""
+    can replace what root made in it), and traversable by others. Checked before anything is
+    made there; what does not exist yet is made so."""
     walked = Path("/")
     for name in ("", *path.parts[1:]):
         walked = walked / name
-        found = os.lstat(walked)
+        try:
+            found = os.lstat(walked)
+        except FileNotFoundError:
+            return
         writable = found.st_mode & 0o022 and not found.st_mode & stat.S_ISVTX
         if found.st_uid != 0 or writable or not found.st_mode & 0o001:
             raise ConfigurationError(
@@ -290,8 +294,8 @@ def binaries_for(user: pwd.struct_passwd, package: Path, outside: Path = OUTSIDE
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     name = f"postgres-{version}-{digest}"
+    _check_root_owned(outside)
     with opened(open_dir(outside, create=0o755)) as place:
-        _check_root_owned(outside)
         found = _lstat(place, name)
         if found is None:
             staging = f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -639,6 +643,11 @@ class EmbeddedPostgres(ChildServer):
         """`url` without the password, for people to read."""
         return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
+    def _open_home(self, *, create: bool) -> int:
+        if self.moved_from is not None:
+            _check_root_owned(self.data_dir.parent)
+        return super()._open_home(create=create)
+
     def _create(self, home: int) -> None:
         write_new(home, self.pwfile, f"{_new_secret()}\n", 0o600, self._user)
 
@@ -670,8 +679,6 @@ class EmbeddedPostgres(ChildServer):
     def _prepare(self, home: int) -> None:
         package = self.package = self.package or installed_package()
         if self._user is not None:
-            if self.moved_from is not None:
-                _check_root_owned(self.data_dir.parent)
             package = binaries_for(self._user, package, self._outside)
         self.binaries = package
         self._bindir = package / "pginstall" / "bin"

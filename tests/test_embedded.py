@@ -262,6 +262,15 @@ def test_an_empty_directory_of_ours_with_the_mode_boxoffice_would_use_is_taken(
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
 
 
+def test_a_server_that_exits_at_start_or_never_ran_says_so(home: Path) -> None:
+    broken = EmbeddedValkey(home / "valkey", free_port(), extra_args=("--no-such-option", "1"))
+    with pytest.raises(ConfigurationError, match="exited at start"):
+        broken.start()
+    assert "no-such-option" in broken.log_path.read_text()
+    with pytest.raises(ConfigurationError, match="has no data in"):
+        _ = EmbeddedValkey(home / "never-started", free_port()).password
+
+
 def test_no_secret_on_a_command_line_and_none_connects_without_it(home: Path) -> None:
     valkey = EmbeddedValkey(home / "valkey", free_port())
     postgres = EmbeddedPostgres(home / "postgres", free_port())
@@ -409,6 +418,23 @@ def test_serve_as_root_in_a_directory_nobody_cannot_reach(home: Path, tmp_path: 
             shutil.rmtree(outside, ignore_errors=True)
     assert _state(private)[:3] == before[:3]  # nothing pre-existing changed hands or mode
     assert not moved.exists()
+
+
+@as_root
+def test_root_keeps_nothing_for_nobody_where_others_could_change_it(
+    home: Path, tmp_path: Path
+) -> None:
+    shared = home / "shared"  # writable by everyone, not sticky
+    shared.mkdir()
+    shared.chmod(0o777)
+    before = _state(shared)
+    private = _private(tmp_path / "private")
+    server = EmbeddedPostgres(private / "pg", free_port(), outside=shared / "lib")
+    assert server.moved_from == private / "pg"
+    with pytest.raises(ConfigurationError, match=f"{shared} must be owned by root, closed"):
+        server.start()
+    assert _state(shared) == before  # nothing made there
+    assert _state(private) == (0, 0, stat.S_IFDIR | 0o700, [])
 
 
 @as_root
