@@ -361,6 +361,38 @@ def test_a_rig_whose_postgres_fails_stops_the_valkey_it_started(home: Path) -> N
     assert _processes_under(home) == [], "the rig's Valkey outlived its failed set-up"
 
 
+_OWNER = """
+import sys, time
+from pathlib import Path
+from service.embedded import EmbeddedPostgres, EmbeddedValkey
+from tests.support import free_port
+home = Path(sys.argv[1])
+servers = [EmbeddedValkey(home / "valkey", free_port()), EmbeddedPostgres(home / "pg", free_port())]
+for server in servers:
+    server.start()
+print(*(server.pid for server in servers), flush=True)
+time.sleep(600)
+"""
+
+
+def test_servers_do_not_outlive_an_owner_that_is_killed(home: Path) -> None:
+    """A `serve` (or a test run) SIGKILLed: its servers, in sessions of their own, go too."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(home)], stdout=subprocess.PIPE, text=True
+    ) as owner:
+        try:
+            assert owner.stdout is not None
+            pids = [int(pid) for pid in owner.stdout.readline().split()]
+            assert len(pids) == 2
+            servers = [psutil.Process(pid) for pid in pids]
+            owner.kill()
+            owner.wait()
+            _, alive = psutil.wait_procs(servers, timeout=30)
+            assert alive == [], "servers outlived the process that started them"
+        finally:
+            owner.kill()
+
+
 # -- item 16: as root, in a directory `nobody` cannot reach -----------------------------------
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to nobody")
