@@ -48,7 +48,7 @@ def need_wrk() -> None:
 
 @contextmanager
 def bench_stores() -> Iterator[BenchStores]:
-    home = Path(tempfile.mkdtemp(prefix="boxoffice-bench-"))
+    home = Path(tempfile.mkdtemp(prefix="boxoffice-bench-")).resolve()  # no symlink in it
     home.chmod(0o755)  # the embedded PostgreSQL may run as nobody
     try:
         with ExitStack() as stack:

@@ -16,7 +16,6 @@ from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnecti
 
 from service.address import RedisAddress
 from service.embedded import (
-    ChildServer,
     EmbeddedPostgres,
     EmbeddedValkey,
     answers_ping,
@@ -42,24 +41,29 @@ def open_stores(settings: Settings, *, share_running: bool) -> Iterator[Stores]:
     with ExitStack() as stack:
         lines: list[str] = []
 
-        def embedded(server: ChildServer, url: str, running: bool, what: str) -> str:
+        def embedded(server: EmbeddedValkey | EmbeddedPostgres, running: bool, what: str) -> str:
+            # The URL people read has no password; the one returned carries it.
             if share_running and running:
-                lines.append(f"{server.name} embedded at {url} (already running)")
-                return url
+                lines.append(f"{server.name} embedded at {server.public_url} (already running)")
+                return server.url
             stack.enter_context(server)
-            lines.append(f"{server.name} embedded at {url} ({what}, data in {server.data_dir})")
-            return url
+            where = f"data in {server.data_dir}"
+            if isinstance(server, EmbeddedPostgres) and server.moved_from is not None:
+                where += f", as nobody cannot reach {server.moved_from}"
+            lines.append(f"{server.name} embedded at {server.public_url} ({what}, {where})")
+            if isinstance(server, EmbeddedPostgres) and server.binaries != server.package:
+                lines.append(f"{server.name} binaries copied to {server.binaries} for nobody")
+            return server.url
 
         redis_url = settings.redis_url
         if redis_url is None:
             valkey = EmbeddedValkey(settings.data_dir / "valkey", settings.embedded_redis_port)
-            running = answers_ping(valkey.host, valkey.port)
-            redis_url = embedded(valkey, valkey.url, running, "AOF on")
+            redis_url = embedded(valkey, answers_ping(valkey.host, valkey.port), "AOF on")
         database_url = settings.database_url
         if database_url is None:
             postgres = EmbeddedPostgres(settings.data_dir / "postgres", settings.embedded_pg_port)
             running = port_open(postgres.host, postgres.port)
-            database_url = embedded(postgres, postgres.url, running, "fsync on")
+            database_url = embedded(postgres, running, "fsync on")
         yield Stores(redis_url, database_url, lines)
 
 

@@ -19,6 +19,7 @@ import shutil
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NoReturn
 
@@ -123,7 +124,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "valkey/valkey:8", 6379, lambda h, p: f"redis://{h}:{p}/0", _redis_answers
         )
     else:
-        with EmbeddedValkey(tmp_path_factory.mktemp("valkey"), free_port()) as server:
+        # A directory of its own to make: the server refuses one it did not make.
+        home = tmp_path_factory.mktemp("valkey") / "data"
+        with EmbeddedValkey(home, free_port()) as server:
             yield server.url
 
 
@@ -151,17 +154,21 @@ def postgres_url() -> Iterator[str]:
         )
     else:
         home = open_directory()
-        with EmbeddedPostgres(home / "data", free_port()) as server:
-            yield server.url
-        shutil.rmtree(home, ignore_errors=True)
+        try:
+            with EmbeddedPostgres(home / "data", free_port()) as server:
+                yield server.url
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """Like `tmp_path`, but reachable by the user the embedded PostgreSQL runs as."""
     home = open_directory()
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -258,28 +265,30 @@ def served(
 ) -> Iterator[ServedBoxoffice]:
     """`boxoffice serve --workers 2` with its ledger writer on real Redis and PostgreSQL, in a
     keyspace and database of its own for the session; tests on it use fresh event ids."""
-    keyspace_iter = _new_keyspace(redis_client)
-    keyspace = next(keyspace_iter)
-    database_iter = _new_database(postgres_url, template_database)
-    database = next(database_iter)
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
-        BOXOFFICE_ADMIN_TOKEN=None,
-        BOXOFFICE_LOG_LEVEL="warning",
-    )
-    server = ServedBoxoffice(
-        env,
-        workers=2,
-        cwd=Path(tmp_path_factory.mktemp("served")),
-        keyspace=keyspace,
-        database_url=database,
-    )
-    yield server
-    server.stop()
-    next(keyspace_iter, None)
-    next(database_iter, None)
+    # The keyspace and database are dropped, and serve stopped, whatever fails after each.
+    with ExitStack() as made:
+        keyspace_iter = _new_keyspace(redis_client)
+        keyspace = next(keyspace_iter)
+        made.callback(next, keyspace_iter, None)
+        database_iter = _new_database(postgres_url, template_database)
+        database = next(database_iter)
+        made.callback(next, database_iter, None)
+        env = child_env(
+            REDIS_URL=redis_url,
+            DATABASE_URL=database,
+            BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+            BOXOFFICE_ADMIN_TOKEN=None,
+            BOXOFFICE_LOG_LEVEL="warning",
+        )
+        server = ServedBoxoffice(
+            env,
+            workers=2,
+            cwd=Path(tmp_path_factory.mktemp("served")),
+            keyspace=keyspace,
+            database_url=database,
+        )
+        made.callback(server.stop)
+        yield server
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,22 +67,28 @@ class Rig:
         self.home = home
         self.valkey = EmbeddedValkey(home / "valkey", free_port())
         self.postgres = EmbeddedPostgres(home / "postgres", free_port())
-        self.valkey.start()
-        self.postgres.start()
         self.keyspace = Keyspace("bo", 16)
-        self.env = child_env(
-            REDIS_URL=self.valkey.url,
-            DATABASE_URL=self.postgres.url,
-            BOXOFFICE_KEY_PREFIX=None,
-            BOXOFFICE_LOG_LEVEL="warning",
-            BOXOFFICE_ADMIN_TOKEN=None,
-        )
-        self.server = ServedBoxoffice(self.env, workers=2, cwd=home)
-        self.url = self.server.url
-        for event in EVENTS:
-            httpx.post(
-                f"{self.url}/initialize", json={"eventId": event, "totalTickets": TICKETS}
-            ).raise_for_status()
+        # Whatever fails half way, what was started before it is stopped.
+        with ExitStack() as started:
+            started.callback(self.valkey.stop)
+            self.valkey.start()
+            started.callback(self.postgres.stop)
+            self.postgres.start()
+            self.env = child_env(
+                REDIS_URL=self.valkey.url,
+                DATABASE_URL=self.postgres.url,
+                BOXOFFICE_KEY_PREFIX=None,
+                BOXOFFICE_LOG_LEVEL="warning",
+                BOXOFFICE_ADMIN_TOKEN=None,
+            )
+            self.server = ServedBoxoffice(self.env, workers=2, cwd=home)
+            started.callback(self.server.stop)
+            self.url = self.server.url
+            for event in EVENTS:
+                httpx.post(
+                    f"{self.url}/initialize", json={"eventId": event, "totalTickets": TICKETS}
+                ).raise_for_status()
+            self._started = started.pop_all()
 
     def redis(self) -> redis.Redis:
         return redis_at(self.valkey.url, decode_responses=True)
@@ -99,22 +106,21 @@ class Rig:
         return workers
 
     def stop(self) -> None:
-        try:
-            self.server.stop()
-        finally:
-            self.postgres.stop()
-            self.valkey.stop()
+        """serve, then PostgreSQL, then Valkey: each is stopped even if stopping another failed."""
+        self._started.close()
 
 
 @pytest.fixture
 def rig() -> Iterator[Rig]:
     """A rig of this test's own, torn down afterwards."""
     home = open_directory()
-    rig = Rig(home)
     try:
-        yield rig
+        rig = Rig(home)
+        try:
+            yield rig
+        finally:
+            rig.stop()
     finally:
-        rig.stop()
         shutil.rmtree(home, ignore_errors=True)
 
 

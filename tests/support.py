@@ -26,7 +26,10 @@ from service.keys import EventKeys, Keyspace
 def open_directory() -> Path:
     """A new directory that an unprivileged user can traverse: the embedded PostgreSQL runs as
     `nobody` when the tests run as root, and pytest's temporary directories are private."""
-    home = Path(tempfile.mkdtemp(prefix="boxoffice-test-"))
+    # Resolved once here (the temporary root may be a symlink, as /tmp is on macOS): the
+    # embedded servers refuse a symlink anywhere in their data path. The mode is changed only
+    # on the directory just made.
+    home = Path(tempfile.mkdtemp(prefix="boxoffice-test-")).resolve()
     home.chmod(0o755)
     return home
 
@@ -117,6 +120,9 @@ class ServedBoxoffice:
         except AssertionError:
             self.stop()
             raise AssertionError(f"boxoffice serve did not start:\n{self.output()}") from None
+        except BaseException:  # interrupted: serve (and the stores it started) go too
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:

@@ -87,7 +87,7 @@ async def test_redis_lost_entirely_then_restored_from_the_ledger(rig: Rig) -> No
     before = {e: get(f"{rig.url}/status/{e}").json() for e in EVENTS}
 
     rig.valkey.kill()
-    shutil.rmtree(rig.valkey.data_dir)  # the disk is gone too
+    shutil.rmtree(rig.valkey.data_dir / "appendonlydir")  # its data on disk is gone too
     rig.valkey.start()
     # A store that lost its data says so (not "unknown event") and takes no write.
     wait_for(lambda: get(f"{rig.url}/status/{EVENTS[0]}").status_code == 503, 30, "loss")
