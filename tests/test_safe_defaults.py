@@ -15,14 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import yaml
 
+from service import epoch
 from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
 from service.http import create_app
+from service.keys import Keyspace
 from service.settings import Settings
-from tests.support import ServedBoxoffice, child_env, free_port, open_directory
+from tests.support import ServedBoxoffice, child_env, free_port, open_directory, redis_at
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -163,6 +164,11 @@ async def _app(url: str, limits: str | None = None) -> AsyncIterator[httpx.Async
     settings = Settings(
         redis_url=url, key_prefix="safe", rate_limit=limits, write_rate_limit=limits
     )
+    marker = redis_at(url)
+    try:
+        epoch.mark_blocking(marker, Keyspace(settings.key_prefix, settings.partitions))
+    finally:
+        marker.close()
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -178,7 +184,7 @@ EVICTING = [("--maxmemory-policy", policy)
 async def test_the_api_refuses_a_store_that_may_evict_booking_state(
     own_valkey: EmbeddedValkey,
 ) -> None:
-    admin = redis.Redis(port=own_valkey.port, decode_responses=True)
+    admin = redis_at(own_valkey.url, decode_responses=True)
     policy = admin.config_get("maxmemory-policy")["maxmemory-policy"]
     admin.close()
     with pytest.raises(ConfigurationError, match="maxmemory-policy") as refused:
@@ -232,13 +238,13 @@ async def test_a_store_that_refuses_config_get_is_used_with_a_warning(
     own_valkey: EmbeddedValkey, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Managed Redis often refuses CONFIG: say so and go on."""
-    admin = redis.Redis(port=own_valkey.port)
+    admin = redis_at(own_valkey.url)
     admin.acl_setuser(
         "app", enabled=True, passwords=["+app-pw"], keys=["*"], channels=["*"],
         commands=["+@all", "-config"],
     )  # fmt: skip
     admin.close()
-    url = f"redis://app:app-pw@127.0.0.1:{own_valkey.port}/0"
+    url = f"redis://app:app-pw@127.0.0.1:{own_valkey.port}/0"  # not the server's own password
     with caplog.at_level(logging.WARNING, logger="boxoffice"):
         async with _app(url) as http:
             created = await http.post("/initialize", json={"eventId": "e", "totalTickets": 1})
@@ -257,7 +263,7 @@ async def test_at_maxmemory_writes_get_503_and_reads_are_served(
 ) -> None:
     """What README promises at maxmemory under noeviction (the rate limiter, which writes its
     counters, lets requests through when the store refuses them)."""
-    admin = redis.Redis(port=own_valkey.port, decode_responses=True)
+    admin = redis_at(own_valkey.url, decode_responses=True)
     try:
         async with _app(own_valkey.url, limits) as http:
             made = await http.post("/initialize", json={"eventId": "full", "totalTickets": 1})
