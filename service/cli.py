@@ -74,8 +74,6 @@ def _log_setup(settings: Settings) -> None:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.protocol import uvicorn_protocol
-
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     workers = args.workers or settings.workers
@@ -99,6 +97,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ["DATABASE_URL"] = stores.database_url
         # Every worker writes its metrics there; /metrics adds them up.
         os.environ[MULTIPROCESS_ENV] = metrics_dir
+        # Only now: prometheus-client (imported with the protocol's observability) decides at
+        # import whether metrics go to those files, and a single worker runs in this process.
+        from service.protocol import uvicorn_protocol
         warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
         applied, _ = asyncio.run(_prepare(settings, stores))
         writer = None
