@@ -100,6 +100,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Only now: prometheus-client (imported with the protocol's observability) decides at
         # import whether metrics go to those files, and a single worker runs in this process.
         from service.protocol import uvicorn_protocol
+
         warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
         applied, _ = asyncio.run(_prepare(settings, stores))
         writer = None
