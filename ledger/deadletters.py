@@ -27,6 +27,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from ledger.batch import REJECTED, apply_arguments
 from ledger.database import Connection
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
@@ -244,21 +245,16 @@ async def _unlist(redis: Redis, keyspace: Keyspace, event_id: str, resolved: set
         await redis.hdel(keyspace.quarantine, *mine)
 
 
-_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-
-
 async def _offer(connection: Connection, records: Sequence[Record]) -> dict[str, str]:
     """Outcomes of applying records inside the caller's transaction; a record PostgreSQL
     rejects comes out `rejected` (each is tried alone, in a savepoint, once the batch fails)."""
-    from ledger.writer import apply_arguments
-
     if not records:
         return {}
     try:
         async with connection.transaction():
             rows = await connection.fetch(query("apply_batch"), *apply_arguments(records))
         return {r["stream_id"]: r["outcome"] for r in rows}
-    except _REJECTED:
+    except REJECTED:
         pass
     outcomes: dict[str, str] = {}
     for record in records:
@@ -266,7 +262,7 @@ async def _offer(connection: Connection, records: Sequence[Record]) -> dict[str,
             async with connection.transaction():
                 rows = await connection.fetch(query("apply_batch"), *apply_arguments([record]))
             outcomes.update({r["stream_id"]: r["outcome"] for r in rows})
-        except _REJECTED:
+        except REJECTED:
             outcomes[record.stream_id] = "rejected"
     return outcomes
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from redis.asyncio import Redis
 
+from ledger.batch import ACKABLE, apply_records
 from ledger.database import Connection
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
@@ -33,7 +34,6 @@ from ledger.state import (
     snapshot,
 )
 from ledger.state import redis_state as read_redis_state
-from ledger.writer import ACKABLE, apply_records
 from service.keys import Keyspace
 from service.outbox import GROUP, ledger_lag, read_range
 

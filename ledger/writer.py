@@ -28,14 +28,13 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from ledger.batch import ACKABLE, REJECTED, apply_arguments, apply_records
 from ledger.deadletters import (
     DeadLetter,
     Frozen,
@@ -54,8 +53,6 @@ from service.scripts import Scripts
 from service.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.writer")
-
-ACKABLE = frozenset({"applied", "duplicate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,35 +127,6 @@ class WriterStats:
     held: set[int] = field(default_factory=set)
 
 
-def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
-    """`ledger_apply`'s seven arrays, one element per record."""
-    return (
-        [r.event for r in records],
-        [r.seq for r in records],
-        [r.op for r in records],
-        [r.user for r in records],
-        [r.booking for r in records],
-        [r.total for r in records],
-        [r.stream_id for r in records],
-    )
-
-
-async def apply_records(
-    pool: asyncpg.Pool, records: Sequence[Record], within: float | None = None
-) -> dict[str, str]:
-    """Write records in one transaction; their outcomes by stream id. `within` bounds both the
-    wait for a connection and the statement (seconds)."""
-    if not records:
-        return {}
-    async with pool.acquire(timeout=within) as connection:
-        rows = await connection.fetch(
-            query("apply_batch"), *apply_arguments(records), timeout=within
-        )
-    return {row["stream_id"]: row["outcome"] for row in rows}
-
-
-_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-"""What PostgreSQL answers a record it will never take: retrying cannot help."""
 _CONFLICT = "same event and seq as a ledger entry, other content"
 
 
@@ -504,7 +472,7 @@ class Writer:
         except _Undo as undo:
             dead = [DeadLetter.of(stream, r, "conflict", _CONFLICT) for r in undo.records]
             return {}, dead, [r for r in records if r not in undo.records]
-        except _REJECTED as error:
+        except REJECTED as error:
             log.warning("%s: batch rejected (%s); applying its records one by one", stream, error)
         outcomes, dead, again = {}, [], []
         stopped: set[str] = set()
@@ -514,7 +482,7 @@ class Writer:
                 continue
             try:
                 outcome = await apply_records(self.pool, [record], within)
-            except _REJECTED as error:
+            except REJECTED as error:
                 dead.append(DeadLetter.of(stream, record, "rejected", str(error)))
                 stopped.add(record.event)
                 continue

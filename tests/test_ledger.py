@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 import redis
 
+from ledger.batch import apply_records
 from ledger.database import connect_pool
 from ledger.reconcile import reconcile, wait_for_drain
 from ledger.records import Record
-from ledger.writer import Writer, WriterConfig, apply_records
+from ledger.writer import Writer, WriterConfig
 from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.outbox import GROUP, ensure_groups, ledger_lag
