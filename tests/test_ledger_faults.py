@@ -120,8 +120,10 @@ async def test_ledger_out_of_reach_bounds_the_lag_then_catches_up(
     target = urlsplit(database_url)
     proxy = PausableProxy(target.hostname or "127.0.0.1", target.port or 5432)
     await proxy.start()
+    # The same user and password (the embedded PostgreSQL has one), through the proxy.
+    credentials = target.netloc.rpartition("@")[0] or "postgres"
     proxied = database_url_for(
-        target._replace(netloc=f"{target.username or 'postgres'}@127.0.0.1:{proxy.port}").geturl(),
+        target._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}").geturl(),
         target.path.lstrip("/"),
     )
     bound = 40
@@ -133,12 +135,14 @@ async def test_ledger_out_of_reach_bounds_the_lag_then_catches_up(
     )
     app = create_app(settings)
     writer_redis = await connect_redis(redis_url, 40)
-    pool = await connect_pool(proxied)
-    config = WriterConfig(batch_size=20, block_ms=100, lease_ms=2000)
-    writer = Writer(writer_redis, pool, keyspace, redis_url, name="proxied", config=config)
     stop = asyncio.Event()
-    writer_task = asyncio.create_task(writer.run(stop))
+    pool: asyncpg.Pool | None = None
+    writer_task: asyncio.Task[None] | None = None
     try:
+        pool = await connect_pool(proxied)
+        config = WriterConfig(batch_size=20, block_ms=100, lease_ms=2000)
+        writer = Writer(writer_redis, pool, keyspace, redis_url, name="proxied", config=config)
+        writer_task = asyncio.create_task(writer.run(stop))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
@@ -187,10 +191,16 @@ async def test_ledger_out_of_reach_bounds_the_lag_then_catches_up(
                 status = (await http.get(f"/status/{event_id}")).json()
                 # "after" too must be written before the writer stops (it may be lingering).
                 assert await wait_for_drain(writer_redis, keyspace, 60) == 0
+    except BaseException:
+        await writer_redis.aclose()
+        raise
     finally:
+        # Whatever failed above: nothing this test opened outlives it.
         stop.set()
-        await asyncio.wait_for(writer_task, 30)
-        await pool.close()
+        if writer_task is not None:
+            await asyncio.wait_for(writer_task, 30)
+        if pool is not None:
+            await pool.close()
         await proxy.stop()
     database = await asyncpg.connect(database_url)
     try:
