@@ -63,6 +63,15 @@ async def clear(redis_client: Redis, keyspace: Keyspace) -> None:
     await redis_client.unlink(*keyspace.epochs())
 
 
+async def missing(redis_client: Redis, keyspace: Keyspace) -> int:
+    """How many partitions have no marker (one round trip; a key per command, so it works
+    where the partitions live on different cluster slots)."""
+    async with redis_client.pipeline(transaction=False) as pipe:
+        for key in keyspace.epochs():
+            pipe.exists(key)
+        return sum(1 for found in await pipe.execute() if not found)
+
+
 def mark_blocking(client: redis.Redis, keyspace: Keyspace, origin: str = NEW) -> None:
     """`mark`, for synchronous callers (test fixtures, benchmarks)."""
     with client.pipeline(transaction=False) as pipe:

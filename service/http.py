@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service import observability, openapi, problems
+from service import epoch, observability, openapi, problems
 from service.address import RedisAddress
 from service.bodies import BodyReader, InitializeRequest
 from service.booking import BookingEngine
@@ -116,6 +116,8 @@ class Api:
         self._ledger_probe: PostgresProbe | None = None
         self.lag = 0
         """Records the ledger trails by, as last polled."""
+        self.reset_partitions = 0
+        """Partitions whose epoch marker is missing, as last polled (`service.epoch`)."""
         self.quarantined: dict[str, str] = {}
         """Records the ledger quarantined, unreleased ("<stream>/<id>" -> eventId), as last
         polled. Readiness names them but stays ready: one bad event must not take every worker
@@ -195,6 +197,7 @@ class Api:
                 listed = await redis.hgetall(self.keyspace.quarantine)
                 self.quarantined = {str(k): str(v) for k, v in listed.items()}
                 observability.DEAD_LETTERS.set(len(self.quarantined))
+                self.reset_partitions = await epoch.missing(redis, self.keyspace)
             except Exception:
                 log.debug("ledger lag poll failed", exc_info=True)
 
@@ -253,6 +256,12 @@ class Api:
         bound = self.settings.max_ledger_lag
         if bound and self.lag > bound:
             found.append(f"the ledger is {self.lag} records behind (bound {bound})")
+        if self.reset_partitions:
+            found.append(
+                f"the store lost its data ({self.reset_partitions} of {self.keyspace.partitions} "
+                "partitions have no epoch marker): every request gets 503 store-reset until "
+                "`boxoffice restore`"
+            )
         if found:
             # What failed, and how, goes to the log with the request id; the client learns
             # which check failed, not the error.

@@ -120,6 +120,30 @@ async def test_a_reset_store_answers_503_store_reset_on_every_route(
     assert "/problems/store-reset" in status_503
 
 
+async def test_readiness_says_the_store_was_reset_until_it_is_restored(
+    client: httpx.AsyncClient, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    """A store without its markers serves nothing: readiness says so (with what to do), so an
+    operator or an orchestrator sees it, and is ready again once the markers are back."""
+
+    async def readiness(status: int) -> httpx.Response:
+        deadline = time.monotonic() + 5  # the lag watcher polls every 250 ms, readyz caches 1 s
+        while (answer := await client.get("/readyz")).status_code != status:
+            assert time.monotonic() < deadline, answer.text
+            await asyncio.sleep(0.05)
+        return answer
+
+    await readiness(200)
+    redis_client.delete(keyspace.epochs()[3])
+    problem = (await readiness(503)).json()
+    assert problem["type"] == "/problems/service-unavailable"
+    assert "lost its data" in problem["detail"]
+    assert "1 of 16 partitions" in problem["detail"]
+    assert "boxoffice restore" in problem["detail"]
+    epoch.mark_blocking(redis_client, keyspace, epoch.RESTORED)
+    await readiness(200)
+
+
 async def test_migrate_marks_only_a_new_deployment_and_restore_marks_after_rebuilding(
     engine: BookingEngine,
     redis_client: redis.Redis,
