@@ -2,13 +2,16 @@
 
     python -m benchmarks run [--quick] [--target URL] [--scenario NAME ...] [--system NAME ...]
                              [--rounds N] [--duration SECONDS] [--rate REQ_PER_S]
-                             [--connections N] [--out FILE]
+                             [--connections N] [--baseline REV] [--out FILE]
 
 Starts what it needs (REDIS_URL / DATABASE_URL when set, else embedded servers), runs each
 scenario against each system, verifies the invariants after every run (and `boxoffice
 reconcile` for boxoffice once its writer drains), measures the ledger writer against the
 booking rate and Redis memory per waiting user, and writes FILE (JSON), FILE.md and FILE.png.
-With --target it drives an already running service instead (scenarios only).
+With --target it drives an already running service instead (scenarios only). With --baseline
+REV, boxoffice and boxoffice-api (those selected) also run from commit REV, as
+`boxoffice@<short sha>` and `boxoffice-api@<short sha>`, in a worktree and virtualenv of their
+own (benchmarks/baseline.py; built on first use, about a minute).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import baseline
 from benchmarks.book import HERE
 from benchmarks.ledger import writer_vs_booking
 from benchmarks.memory import waiter_bytes
@@ -57,16 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         "of wrk's closed loop: latency then counts queueing",
     )
     run.add_argument("--duration", type=int, help="seconds of load per run (default 10; 3 quick)")
+    run.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run boxoffice and boxoffice-api (those selected) from this git revision, "
+        "as boxoffice@SHORT_SHA and boxoffice-api@SHORT_SHA (built on first use: ~1 minute)",
+    )
     run.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = parser.parse_args(argv)
     need_wrk()
+    if args.baseline and args.target:
+        parser.error("--baseline starts systems of its own: not with --target")
+    if args.baseline and not set(args.system or SYSTEMS) & set(baseline.BASED_ON):
+        parser.error("--baseline needs --system boxoffice or --system boxoffice-api")
+    older = baseline.prepare(args.baseline) if args.baseline else None
 
     duration, warmup = (3, 1) if args.quick else (10, 2)
     if args.duration is not None:
         duration = args.duration
     load = Load(duration, warmup, args.connections, args.rate)
     scenarios = args.scenario or list(SCENARIOS)
-    systems = args.system or SYSTEMS
+    systems = baseline.plan(args.system or SYSTEMS, older)
     # boxoffice with limits on (at a limit no client reaches) takes its turns in hot-book.
     systems_of = {
         name: [*systems, "boxoffice+limits"]
@@ -82,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         done += 1
         ok = {True: "invariants ok", False: "INVARIANTS BROKEN", None: ""}[result.invariants_ok]
         print(
-            f"[{done}/{total}] {result.scenario:<15} {result.system:<17} "
+            f"[{done}/{total}] {result.scenario:<15} {result.system:<21} "
             f"{result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms"
             f"  errors {result.errors}  {ok}",
             flush=True,
@@ -99,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for name in scenarios:
                 runs += run_suite(
-                    stores, [name], systems_of[name], load, None, progress, args.rounds,
+                    stores, [name], systems_of[name], load, None, progress, args.rounds, older,
                 )  # fmt: skip
             if args.system is None:
                 print("measuring the ledger writer against /book ...", flush=True)
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 extras["memory"] = waiter_bytes(stores, waiters)
             meta = machine(stores.kind)
     meta.update(rounds=args.rounds, seconds_per_run=duration)
+    if older is not None:
+        meta["baseline"] = {"rev": args.baseline, "sha": older.sha, "tree": str(older.tree)}
     if args.rate:
         meta["load"] = (
             f"benchmarks/openloop.py at a fixed {args.rate:,.0f} req/s over {args.connections} "

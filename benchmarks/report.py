@@ -100,6 +100,7 @@ def markdown(runs: list[Run], extras: dict[str, Any], meta: dict[str, Any]) -> s
             lines.append(
                 f"| {run.scenario} | {run.system} | {parts} | {total:.1f} | {times} | {relative} |"
             )
+    lines += _against_baseline(runs, meta)
     writer = extras.get("writer")
     if writer:
         lines += [
@@ -119,6 +120,61 @@ def markdown(runs: list[Run], extras: dict[str, Any], meta: dict[str, Any]) -> s
             f"{memory['bytes_per_waiter_with_outbox']:.0f} before).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _against_baseline(runs: list[Run], meta: dict[str, Any]) -> list[str]:
+    """Each `<system>@<sha>` (an older commit, `--baseline`) beside its namesake of this code:
+    the new figure over the old one, and the CPU per request of each part, old → new."""
+    pairs = []
+    for old in runs:
+        name, _, sha = old.system.partition("@")
+        new = next((r for r in runs if r.system == name and r.scenario == old.scenario), None)
+        if sha and new is not None:
+            pairs.append((name, sha, old, new))
+    if not pairs:
+        return []
+    rev = meta.get("baseline", {}).get("rev")
+    named = f"{pairs[0][1]}" + (f" (`--baseline {rev}`)" if rev else "")
+    lines = [
+        "",
+        f"This code against {named}: `new ÷ old` of each figure (above 1: more requests, a "
+        "longer p99, more CPU per request), then each part's CPU per request in µs, old → new.",
+        "",
+        "| scenario | system | req/s old | req/s new | new ÷ old | p99 old | p99 new | new ÷ old "
+        "| api ÷ load old | api ÷ load new | new ÷ old |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(new: float | None, old: float | None) -> str:
+        return f"{new / old:.3f}" if new is not None and old else ""
+
+    def relative(run: Run) -> float | None:
+        load = run.cpu_us.get("load")
+        return run.cpu_us.get("api", 0.0) / load if load else None
+
+    for name, _, old, new in pairs:
+        old_rel, new_rel = relative(old), relative(new)
+        shown = [f"{v:.2f}" if v is not None else "" for v in (old_rel, new_rel)]
+        lines.append(
+            f"| {new.scenario} | {name} | {old.rps:,.0f} | {new.rps:,.0f} | "
+            f"{ratio(new.rps, old.rps)} | {old.p99_ms:.2f} | {new.p99_ms:.2f} | "
+            f"{ratio(new.p99_ms, old.p99_ms)} | {shown[0]} | {shown[1]} | "
+            f"{ratio(new_rel, old_rel)} |"
+        )
+    lines += [
+        "",
+        "| scenario | system | " + " | ".join(cpu.PARTS) + " | total |",
+        "|---|---|" + "---|" * (len(cpu.PARTS) + 1),
+    ]
+    for name, _, old, new in pairs:
+        cells = []
+        for part in cpu.PARTS:
+            before, after = old.cpu_us.get(part, 0.0), new.cpu_us.get(part, 0.0)
+            cells.append(f"{before:.1f} → {after:.1f} ({after - before:+.1f})")
+        before, after = sum(old.cpu_us.values()), sum(new.cpu_us.values())
+        cells.append(f"{before:.1f} → {after:.1f} ({after - before:+.1f})")
+        lines.append(f"| {new.scenario} | {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def chart(runs: list[Run], path: Path) -> None:

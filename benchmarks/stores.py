@@ -76,10 +76,15 @@ def bench_stores() -> Iterator[BenchStores]:
 
 @contextmanager
 def served(
-    stores: BenchStores, workers: int = 2, settings: Mapping[str, str | None] | None = None
+    stores: BenchStores,
+    workers: int = 2,
+    settings: Mapping[str, str | None] | None = None,
+    python: str = sys.executable,
 ) -> Iterator[tuple[ServedBoxoffice, Keyspace]]:
     """`boxoffice serve` on the stores in a keyspace of its own, quiet, with `settings`
-    (BOXOFFICE_* variables; None removes one) on top."""
+    (BOXOFFICE_* variables; None removes one) on top. `python` is the interpreter whose
+    boxoffice serves (another commit's virtualenv: benchmarks/baseline.py); a new ledger
+    database is all either needs, as serve marks a new keyspace's epoch itself."""
     keyspace = Keyspace(f"bench-{uuid.uuid4().hex[:8]}", 16)
     database = f"bo_bench_{uuid.uuid4().hex[:8]}"
     run_sql(stores.postgres_url, f'CREATE DATABASE "{database}"')
@@ -91,7 +96,7 @@ def served(
         **(settings or {}),
     )
     try:
-        server = ServedBoxoffice(env, workers=workers, cwd=stores.home)
+        server = ServedBoxoffice(env, workers=workers, cwd=stores.home, python=python)
         try:
             yield server, keyspace
         finally:

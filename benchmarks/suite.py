@@ -12,6 +12,9 @@ Systems:
               model (benchmarks/systems/bare.py)
   pg-lock     a PostgreSQL row lock per booking (benchmarks/systems/pglock.py)
   ceiling     a bare ASGI app answering a small JSON body: the HTTP ceiling
+  boxoffice@SHA, boxoffice-api@SHA  boxoffice and boxoffice-api run from an older commit
+              (`--baseline REV`, benchmarks/baseline.py): its own worktree and virtualenv,
+              the same settings, stores and checks
 
 Scenarios:
   hot-book        one event with ample tickets; every request books a new user
@@ -40,9 +43,17 @@ from typing import Any
 import httpx
 
 from benchmarks import cpu
+from benchmarks.baseline import Baseline
 from benchmarks.book import answers, wrk
 from benchmarks.stores import BenchStores, served
-from tests.support import child_env, database_url_for, free_port, run_sql, wait_for
+from tests.support import (
+    ServedBoxoffice,
+    child_env,
+    database_url_for,
+    free_port,
+    run_sql,
+    wait_for,
+)
 
 
 @dataclass(frozen=True)
@@ -221,6 +232,7 @@ def run_suite(
     target: str | None,
     progress: Callable[[Run], None],
     rounds: int = 1,
+    baseline: Baseline | None = None,
 ) -> list[Run]:
     """Every system x scenario (or every scenario against `target`); `progress` hears of each
     run. With `rounds` > 1 the systems take turns, round after round, in a rotating order, and
@@ -241,7 +253,7 @@ def run_suite(
         tries_of: dict[str, list[Run]] = {system: [] for system in systems}
         for turn in range(rounds):
             for system in systems[turn % len(systems) :] + systems[: turn % len(systems)]:
-                tries_of[system].append(_one(stores, system, scenario, load))
+                tries_of[system].append(_one(stores, system, scenario, load, baseline))
                 progress(tries_of[system][-1])
         runs += [median(tries_of[system]) for system in systems]
     return runs
@@ -268,24 +280,59 @@ def median(tries: list[Run]) -> Run:
     )
 
 
-def _one(stores: BenchStores, system: str, scenario: Scenario, load: Load) -> Run:
+@dataclass(frozen=True)
+class Boxoffice:
+    """How the suite runs one of its `boxoffice serve` systems."""
+
+    python: str
+    """The interpreter whose `service.cli` serves: this one, or a baseline's venv."""
+    settings: dict[str, str | None]
+    """BOXOFFICE_* variables on top of the stores' (None removes one)."""
+    paused_writer: bool
+    """The writer is off during the load and started for the checks (boxoffice-api)."""
+
+
+def boxoffice(system: str, baseline: Baseline | None = None) -> Boxoffice | None:
+    """The serve behind `system`, or None for a system that is not one. `boxoffice@SHA` and
+    `boxoffice-api@SHA` are `baseline`'s, with exactly the settings of their namesakes."""
+    name, _, sha = system.partition("@")
+    python = sys.executable
+    if sha:
+        if baseline is None or system != baseline.system(name):
+            raise ValueError(f"{system!r}: no such baseline in this run")
+        python = str(baseline.python)
+    if name not in ("boxoffice", "boxoffice-api", "boxoffice+limits"):
+        return None
+    settings: dict[str, str | None] = {"BOXOFFICE_ADMIN_TOKEN": None}
+    if name == "boxoffice+limits":  # on, at a limit no client reaches
+        settings["BOXOFFICE_RATE_LIMIT"] = "1000000/second"
+        settings["BOXOFFICE_WRITE_RATE_LIMIT"] = "1000000/second"
+    if name == "boxoffice-api":  # the writer starts once the load is over
+        settings["BOXOFFICE_WRITER"] = "false"
+        settings["BOXOFFICE_MAX_LEDGER_LAG"] = "0"
+    if sha:  # nothing of this tree's code on the other's path
+        settings["PYTHONPATH"] = None
+    return Boxoffice(python, settings, name == "boxoffice-api")
+
+
+def _one(
+    stores: BenchStores,
+    system: str,
+    scenario: Scenario,
+    load: Load,
+    baseline: Baseline | None = None,
+) -> Run:
     if system == "ceiling":
         with uvicorn_app("benchmarks.ceiling:app", child_env(), stores.home, False) as url:
             return measure(system, url, scenario, load, None)
-    if system in ("boxoffice", "boxoffice-api", "boxoffice+limits"):
-        settings: dict[str, str | None] = {"BOXOFFICE_ADMIN_TOKEN": None}
-        if system == "boxoffice+limits":  # on, at a limit no client reaches
-            settings["BOXOFFICE_RATE_LIMIT"] = "1000000/second"
-            settings["BOXOFFICE_WRITE_RATE_LIMIT"] = "1000000/second"
-        if system == "boxoffice-api":  # the writer starts once the load is over
-            settings["BOXOFFICE_WRITER"] = "false"
-            settings["BOXOFFICE_MAX_LEDGER_LAG"] = "0"
-        with served(stores, 2, settings) as (server, _):
+    serve = boxoffice(system, baseline)
+    if serve is not None:
+        with served(stores, 2, serve.settings, serve.python) as (server, _):
             url = server.url
 
             def check() -> bool:
                 ok = consistent(url, scenario)
-                with _writer(server.env, stores.home, system == "boxoffice-api"):
+                with _writer(server, serve.paused_writer):
                     done = server.command("reconcile", "--wait", "120")
                 return ok and done.returncode == 0
 
@@ -312,12 +359,15 @@ def _one(stores: BenchStores, system: str, scenario: Scenario, load: Load) -> Ru
 
 
 @contextmanager
-def _writer(env: dict[str, str], cwd: Path, start: bool) -> Iterator[None]:
-    """A `boxoffice writer` beside a server started without one (when `start`)."""
+def _writer(server: ServedBoxoffice, start: bool) -> Iterator[None]:
+    """A `boxoffice writer` beside a server started without one (when `start`), from the same
+    code."""
     if not start:
         yield
         return
-    writer = subprocess.Popen([sys.executable, "-m", "service.cli", "writer"], env=env, cwd=cwd)
+    writer = subprocess.Popen(
+        [server.python, "-m", "service.cli", "writer"], env=server.env, cwd=server.cwd
+    )
     try:
         yield
     finally:

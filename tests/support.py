@@ -93,8 +93,11 @@ class ServedBoxoffice:
         cwd: Path | None = None,
         keyspace: Keyspace | None = None,
         database_url: str | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.keyspace = keyspace
+        self.python = python
+        """The interpreter whose `service.cli` runs (another commit's venv in benchmarks)."""
         self.database_url = database_url
         self.env = dict(env)
         self.cwd = cwd
@@ -102,7 +105,7 @@ class ServedBoxoffice:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (cwd or Path.cwd()) / f"serve-{self.port}.log"
         command = [
-            sys.executable, "-m", "service.cli", "serve",
+            python, "-m", "service.cli", "serve",
             "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
         with self.log.open("wb") as log:
@@ -132,7 +135,7 @@ class ServedBoxoffice:
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Another `boxoffice` command in the same environment (an operator beside serve)."""
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
+            [self.python, "-m", "service.cli", *args],
             env=self.env,
             cwd=self.cwd,
             capture_output=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from benchmarks import cpu, openloop
+from benchmarks import baseline, cpu, openloop, suite
 from benchmarks.book import _ms, answers
 from benchmarks.report import markdown
 from benchmarks.suite import Run
@@ -158,3 +158,81 @@ def test_open_loop_requests_follow_the_wrk_script_modes() -> None:
     assert 0.2 < share < 0.3  # a quarter are status reads, as in scenario.lua
     with pytest.raises(ValueError, match="unknown mode"):
         next(openloop.requests("nonsense", "e", "r", 1, 1))
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_baseline_is_a_worktree_of_its_commit_in_the_cache_made_once(tmp_path: Path) -> None:
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    repo.mkdir()
+    _git(repo, "init", "--quiet")
+    for text in ("old", "new"):
+        (repo / "code.py").write_text(text)
+        _git(repo, "add", "code.py")
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", text)
+    old = _git(repo, "rev-parse", "HEAD~1")
+
+    sha, tree = baseline.checkout("HEAD~1", repo, cache)
+    assert sha == old
+    assert tree == cache.resolve() / old / "tree"
+    assert (tree / "code.py").read_text() == "old"
+    (tree / "mark").write_text("kept")  # a second run reuses the checkout
+    assert baseline.checkout(old[:7], repo, cache) == (old, tree)
+    assert (tree / "mark").read_text() == "kept"
+    assert _git(repo, "status", "--porcelain") == ""  # nothing of it inside the repository
+    with pytest.raises(SystemExit, match="no such commit"):
+        baseline.checkout("no-such-rev", repo, cache)
+    with pytest.raises(SystemExit, match="outside the repository"):
+        baseline.checkout("HEAD", repo, repo / "cache")
+
+
+def test_a_baseline_runs_boxoffice_and_boxoffice_api_as_they_run_here() -> None:
+    older = baseline.Baseline("f9d4030" + "0" * 33, Path("/c/tree"), Path("/c/venv/bin/python"))
+    assert baseline.plan(["ceiling", "boxoffice-api", "boxoffice", "naive"], older) == [
+        "ceiling", "boxoffice-api", "boxoffice-api@f9d4030", "boxoffice", "boxoffice@f9d4030",
+        "naive",
+    ]  # fmt: skip
+    assert baseline.plan(["ceiling", "boxoffice"], None) == ["ceiling", "boxoffice"]
+    for name in ("boxoffice", "boxoffice-api"):
+        here, there = suite.boxoffice(name), suite.boxoffice(f"{name}@f9d4030", older)
+        assert here is not None
+        assert there is not None
+        assert here.python == sys.executable
+        assert there.python == "/c/venv/bin/python"
+        assert there.paused_writer == here.paused_writer == (name == "boxoffice-api")
+        assert there.settings == {**here.settings, "PYTHONPATH": None}
+    assert suite.boxoffice("ceiling", older) is None
+    with pytest.raises(ValueError, match="no such baseline"):
+        suite.boxoffice("boxoffice@1234567", older)
+    with pytest.raises(ValueError, match="no such baseline"):
+        suite.boxoffice("boxoffice@f9d4030")
+
+
+FAKE_CLI = "import time\ntime.sleep(30)\n"
+
+
+def test_meter_finds_a_baseline_serve_and_writer_run_by_another_interpreter(
+    tmp_path: Path,
+) -> None:
+    # A baseline's processes are `<its venv>/bin/python -m service.cli serve|writer`.
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    python.symlink_to(sys.executable)
+    (tmp_path / "service").mkdir()
+    (tmp_path / "service" / "__init__.py").write_text("")
+    (tmp_path / "service" / "cli.py").write_text(FAKE_CLI)
+    started = [
+        subprocess.Popen([str(python), "-m", "service.cli", command], cwd=tmp_path)
+        for command in ("serve", "writer")
+    ]
+    try:
+        parts = {pid: part for pid, (part, _) in cpu._sample().items()}
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+    assert [parts.get(process.pid) for process in started] == ["api", "writer"]
