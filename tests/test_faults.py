@@ -89,12 +89,29 @@ async def test_redis_lost_entirely_then_restored_from_the_ledger(rig: Rig) -> No
     rig.valkey.kill()
     shutil.rmtree(rig.valkey.data_dir / "appendonlydir")  # its data on disk is gone too
     rig.valkey.start()
-    # A store that lost its data says so (not "unknown event") and takes no write.
-    wait_for(lambda: get(f"{rig.url}/status/{EVENTS[0]}").status_code == 503, 30, "loss")
-    assert get(f"{rig.url}/status/{EVENTS[0]}").json()["type"] == "/problems/store-reset"
-    async with httpx.AsyncClient(base_url=rig.url) as http:
-        refused = await http.post("/initialize", json={"eventId": EVENTS[0], "totalTickets": 1})
-    assert (refused.status_code, refused.json()["type"]) == (503, "/problems/store-reset")
+
+    # A store that lost its data says so (not "unknown event") and takes no write: every answer
+    # is a 503, plain (retry shortly) until a worker has reconnected to the new server, then
+    # store-reset. Each worker's answer is awaited (requests reach either of the two).
+    def answers(method: str, path: str, body: dict[str, object] | None) -> set[str]:
+        seen = set()
+        for _ in range(8):
+            answer = httpx.request(method, f"{rig.url}{path}", json=body, timeout=10)
+            assert answer.status_code == 503, answer.text
+            seen.add(answer.json()["type"])
+        return seen
+
+    for method, path, body in (
+        ("GET", f"/status/{EVENTS[0]}", None),
+        ("POST", "/initialize", {"eventId": EVENTS[0], "totalTickets": 1}),
+    ):
+
+        def reset_everywhere(
+            method: str = method, path: str = path, body: dict[str, object] | None = body
+        ) -> bool:
+            return answers(method, path, body) == {"/problems/store-reset"}
+
+        wait_for(reset_everywhere, 30, f"{method} {path} to answer store-reset on every worker")
 
     restored = rig.server.command("restore")
     assert restored.returncode == 0, restored.stderr
