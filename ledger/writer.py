@@ -50,6 +50,7 @@ from ledger.records import MalformedRecord, Record, parse
 from service.keys import Keyspace
 from service.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
 from service.scripts import Scripts
+from service.settings import DEFAULTS
 from service.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.writer")
@@ -57,26 +58,30 @@ log = logging.getLogger("boxoffice.writer")
 
 @dataclass(frozen=True, slots=True)
 class WriterConfig:
-    batch_size: int = 2000
+    """How a writer runs. The operator's tunables default to their settings (`service.settings`
+    declares each once, with its environment variable; `boxoffice writer` builds this from the
+    effective settings); the rest are the writer's own pace."""
+
+    batch_size: int = DEFAULTS.writer_batch_size
     """Records read and written per transaction, per partition."""
     block_ms: int = 500
     """How long a read waits for new records."""
-    linger_ms: int = 500
+    linger_ms: int = DEFAULTS.writer_linger_ms
     """After a small batch, how long to let records gather before the next read: fewer,
     larger transactions cost the database (and the booking path sharing its CPUs) far less
     (README: "After a small batch")."""
-    lease_ms: int = 10_000
+    lease_ms: int = DEFAULTS.writer_lease_ms
     """A partition is free again this long after its writer stopped renewing its lease."""
-    command_timeout_ms: int | None = None
+    command_timeout_ms: int | None = DEFAULTS.writer_command_timeout_ms
     """The longest any one PostgreSQL call may take (default: a third of the lease; at most
     half of it): a writer stuck in a call must give up before its lease can run out."""
-    reclaim_idle_ms: int | None = None
+    reclaim_idle_ms: int | None = DEFAULTS.writer_reclaim_idle_ms
     """Records delivered to a consumer and not acknowledged for this long are claimed by the
     partition's holder and written again (default: the lease). A writer that read after losing
     its lease and then died or moved on would otherwise pin them, and its event, forever."""
     retry_blocked_s: float = 2.0
     """How often records waiting for an earlier one are tried again."""
-    gap_after_ms: int | None = None
+    gap_after_ms: int | None = DEFAULTS.writer_gap_after_ms
     """A record blocked this long (an earlier record of its event never came: a sequence gap)
     is quarantined like a conflict instead of pinning its partition (default: six leases, and
     at least three times `reclaim_idle_ms`, so a record stuck with a dead consumer is reclaimed

@@ -1,5 +1,8 @@
 """The `boxoffice` command: one entry point, subcommands, defaults from the environment.
 
+Every flag that tunes something defaults to its setting (`service.settings`), so the environment
+sets it, the flag overrides it, and `--help` shows the effective value.
+
 Errors reach the user as one line on stderr and exit code 2 (reconcile: 1 means drift).
 """
 
@@ -19,9 +22,10 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import asyncpg
 from redis import exceptions as redis_errors
@@ -31,6 +35,9 @@ from service.errors import BoxofficeError, ConfigurationError
 from service.keys import Keyspace
 from service.settings import Settings, mask_url
 from service.stores import Stores, check_eviction, connect_redis, open_stores
+
+if TYPE_CHECKING:
+    from ledger.writer import WriterConfig
 
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -74,9 +81,7 @@ def _log_setup(settings: Settings) -> None:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    host = args.host or settings.host
-    port = settings.port if args.port is None else args.port
-    workers = args.workers or settings.workers
+    host, port, workers = args.host, args.port, args.workers
     admin = admin_line(settings, host)  # refuses an open admin beyond loopback
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
@@ -277,22 +282,35 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 # -- writer -----------------------------------------------------------------------------------
 
 
+def writer_config(settings: Settings) -> WriterConfig:
+    """The writer's configuration from the effective settings: the one place it is built."""
+    from ledger.writer import WriterConfig
+
+    try:
+        return WriterConfig(
+            batch_size=settings.writer_batch_size,
+            lease_ms=settings.writer_lease_ms,
+            linger_ms=settings.writer_linger_ms,
+            command_timeout_ms=settings.writer_command_timeout_ms,
+            reclaim_idle_ms=settings.writer_reclaim_idle_ms,
+            gap_after_ms=settings.writer_gap_after_ms,
+        )
+    except ValueError as error:  # bounds that undo each other: one line naming them
+        raise ConfigurationError(f"{error}.") from None
+
+
 def _writer(settings: Settings, args: argparse.Namespace) -> int:
-    from ledger.writer import Writer, WriterConfig
+    from ledger.writer import Writer
 
     for option, value in (("--batch-size", args.batch_size), ("--lease", args.lease)):
         if not value > 0:
             raise ConfigurationError(f"{option} must be greater than 0 (got {value:g}).")
+    # The flags default to the settings: what they hold now is the effective value.
+    settings = replace(
+        settings, writer_batch_size=args.batch_size, writer_lease_ms=int(args.lease * 1000)
+    )
+    config = writer_config(settings)
     _log_setup(settings)
-
-    try:
-        config = WriterConfig(
-            batch_size=args.batch_size,
-            lease_ms=int(args.lease * 1000),
-            linger_ms=settings.writer_linger_ms,
-        )
-    except ValueError as error:
-        raise ConfigurationError(f"{error}.") from None
 
     async def run(stores: Stores) -> None:
         await _prepare(settings, stores)
@@ -430,8 +448,10 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
-    for name, value in settings.masked().items():
-        print(f"{name:<32}{value or '(unset)'}")
+    shown = settings.masked()
+    width = max(map(len, shown)) + 2
+    for name, value in shown.items():
+        print(f"{name:<{width}}{value or '(unset)'}")
     return EXIT_OK
 
 
@@ -442,18 +462,27 @@ def _positive(text: str) -> int:
     return value
 
 
-def _chunk_option(command: argparse.ArgumentParser) -> None:
+def _default(settings: Settings, name: str, shown: object = None, unit: str = "") -> str:
+    """How a flag's help names its default: the effective value, and the setting it comes from."""
+    value = getattr(settings, name) if shown is None else shown
+    return f"(default {value}; {Settings.env_name(name)}{unit})"
+
+
+def _chunk_option(command: argparse.ArgumentParser, settings: Settings) -> None:
     command.add_argument(
         "--chunk-size",
         type=_positive,
-        default=1000,
+        default=settings.chunk_size,
         metavar="N",
-        help="entries per Redis command and rows per ledger fetch (default 1000): big events "
-        "are read and written in pages, so no command holds Redis for long",
+        help="entries per Redis command and rows per ledger fetch "
+        f"{_default(settings, 'chunk_size')}: big events are read and written in pages, so no "
+        "command holds Redis for long",
     )
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line, its defaults taken from `settings` (default: the settings' own)."""
+    settings = Settings() if settings is None else settings
     top = argparse.ArgumentParser(
         prog="boxoffice", description="Event ticket booking on Redis/Valkey and PostgreSQL."
     )
@@ -464,31 +493,60 @@ def parser() -> argparse.ArgumentParser:
         "serve",
         help="run the HTTP API and a ledger writer (embedded stores for unset URLs)",
     )
-    serve.add_argument("--host", help="address to listen on (BOXOFFICE_HOST, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (BOXOFFICE_PORT, 8000)")
-    serve.add_argument("--workers", type=int, help="HTTP worker processes (BOXOFFICE_WORKERS, 1)")
+    serve.add_argument(
+        "--host",
+        default=settings.host,
+        help=f"address to listen on {_default(settings, 'host')}",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=settings.port,
+        help=f"port to listen on {_default(settings, 'port')}",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=settings.workers,
+        metavar="N",
+        help=f"HTTP worker processes {_default(settings, 'workers')}",
+    )
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply the ledger's schema migrations")
     migrate.set_defaults(run=_migrate)
 
-    from ledger.writer import WriterConfig
-
-    defaults = WriterConfig()
-    writer = commands.add_parser("writer", help="drain the outbox into the ledger until SIGTERM")
+    writer = commands.add_parser(
+        "writer",
+        help="drain the outbox into the ledger until SIGTERM",
+        description="Drain the outbox into the ledger until SIGTERM. Its other tunables are "
+        "settings: "
+        + ", ".join(
+            Settings.env_name(name)
+            for name in (
+                "writer_linger_ms",
+                "writer_command_timeout_ms",
+                "writer_reclaim_idle_ms",
+                "writer_gap_after_ms",
+            )
+        )
+        + " (`boxoffice config` shows them).",
+    )
     writer.add_argument(
         "--batch-size",
         type=int,
-        default=defaults.batch_size,
-        help=f"records per transaction ({defaults.batch_size})",
+        default=settings.writer_batch_size,
+        metavar="N",
+        help=f"records per transaction {_default(settings, 'writer_batch_size')}",
     )
+    lease_s = settings.writer_lease_ms / 1000
     writer.add_argument(
         "--lease",
         type=float,
-        default=defaults.lease_ms / 1000,
+        default=lease_s,
         metavar="SECONDS",
         help="how long a partition stays with a writer that stopped answering "
-        f"({defaults.lease_ms / 1000:g})",
+        + _default(settings, "writer_lease_ms", f"{lease_s:g}", " in ms"),
     )
     writer.set_defaults(run=_writer)
 
@@ -507,14 +565,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="first wait up to SECONDS for the writer to drain",
     )
-    _chunk_option(reconcile)
+    _chunk_option(reconcile, settings)
     reconcile.add_argument(
         "--tries",
         type=_positive,
-        default=5,
+        default=settings.reconcile_tries,
         metavar="N",
-        help="read an event that changed while it was read up to N times (default 5), then "
-        "report it as changing (exit 1)",
+        help="read an event that changed while it was read up to N times "
+        f"{_default(settings, 'reconcile_tries')}, then report it as changing (exit 1)",
     )
     reconcile.set_defaults(run=_reconcile)
 
@@ -544,7 +602,7 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--force", action="store_true", help="replace live events (and unwritten records)"
     )
-    _chunk_option(restore)
+    _chunk_option(restore, settings)
     restore.set_defaults(run=_restore)
 
     config = commands.add_parser("config", help="print the effective settings, secrets masked")
@@ -553,10 +611,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    settings: Settings | None = None
+    # The settings come first: they are the flags' defaults (a bad one stops even `--help`).
     try:
         settings = Settings.from_env()
+    except BoxofficeError as error:
+        _fail(None, error.message)
+        return EXIT_ERROR
+    args = parser(settings).parse_args(argv)
+    try:
         code: int = args.run(settings, args)
     except BoxofficeError as error:
         _fail(settings, error.message)

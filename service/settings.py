@@ -1,7 +1,8 @@
 """Typed, frozen settings, built once from the environment and passed down explicitly.
 
 Each field names its environment variable, how its text is read, and what it means; that one
-declaration drives `Settings.from_env`, `boxoffice config` and the check that README and
+declaration drives `Settings.from_env`, `boxoffice config`, the defaults of the CLI's flags
+and of the ledger writer's configuration (`DEFAULTS`), and the check that README and
 compose.yaml name only real settings. A bad value stops the start with one line naming it.
 A `.env` file (`BOXOFFICE_ENV_FILE`, default `./.env`) fills in variables the environment
 does not set.
@@ -25,6 +26,7 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_HOUR_MS = 3_600_000
 
 
 def _text(raw: str) -> str:
@@ -287,11 +289,54 @@ class Settings:
     run_writer: bool = _setting(
         "BOXOFFICE_WRITER", _bool, True, "whether `serve` runs a ledger writer"
     )
+    writer_batch_size: int = _setting(
+        "BOXOFFICE_WRITER_BATCH_SIZE",
+        _int_in(1, 1_000_000),
+        2000,
+        "records the writer reads and writes per transaction, per partition",
+    )
+    writer_lease_ms: int = _setting(
+        "BOXOFFICE_WRITER_LEASE_MS",
+        _int_in(1, _HOUR_MS),
+        10_000,
+        "how long a partition stays with a writer that stopped renewing its lease (ms)",
+    )
     writer_linger_ms: int = _setting(
         "BOXOFFICE_WRITER_LINGER_MS",
         _int_in(0, 10_000),
         500,
         "after a small batch, how long the writer lets records gather (ms)",
+    )
+    writer_command_timeout_ms: int | None = _setting(
+        "BOXOFFICE_WRITER_COMMAND_TIMEOUT_MS",
+        _int_in(1, _HOUR_MS),
+        None,
+        "longest PostgreSQL call of the writer (ms), at most half the lease; unset: a third of it",
+    )
+    writer_reclaim_idle_ms: int | None = _setting(
+        "BOXOFFICE_WRITER_RECLAIM_IDLE_MS",
+        _int_in(1, _HOUR_MS),
+        None,
+        "records delivered and unacknowledged this long are written again (ms); unset: the lease",
+    )
+    writer_gap_after_ms: int | None = _setting(
+        "BOXOFFICE_WRITER_GAP_AFTER_MS",
+        _int_in(1, 24 * _HOUR_MS),
+        None,
+        "a record blocked this long by a sequence gap is quarantined (ms), at least twice the "
+        "reclaim idle; unset: six leases, and at least three times the reclaim idle",
+    )
+    chunk_size: int = _setting(
+        "BOXOFFICE_CHUNK_SIZE",
+        _int_in(1, 1_000_000),
+        1000,
+        "entries per Redis command and rows per ledger fetch of `reconcile` and `restore`",
+    )
+    reconcile_tries: int = _setting(
+        "BOXOFFICE_RECONCILE_TRIES",
+        _int_in(1, 1000),
+        5,
+        "times `reconcile` reads an event that changed while it was read",
     )
     rate_limit: str | None = _setting(
         "BOXOFFICE_RATE_LIMIT", _rate, None, "reads per client, e.g. 100/second; off"
@@ -385,6 +430,11 @@ class Settings:
         return cls(**values)
 
     @classmethod
+    def env_name(cls, name: str) -> str:
+        """The environment variable of the setting (field) `name`."""
+        return next(str(s.metadata["env"]) for s in fields(cls) if s.name == name)
+
+    @classmethod
     def variables(cls) -> dict[str, str]:
         """Every environment variable read, with what it means."""
         return {s.metadata["env"]: s.metadata["help"] for s in fields(cls)}
@@ -415,6 +465,10 @@ class Settings:
         for secret in sorted(found, key=len, reverse=True):
             text = text.replace(secret, MASK)
         return text
+
+
+DEFAULTS = Settings()
+"""Every setting's default: what a process gets from an empty environment."""
 
 
 def _shown(value: str) -> str:
