@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ledger.writer import WriterConfig
-from service.cli import parser, writer_config
+from service.cli import main, parser, writer_config
 from service.settings import Settings
 from tests.support import child_env
 
@@ -88,6 +88,29 @@ def test_the_writer_config_defaults_are_the_settings_defaults() -> None:
     assert config.command_timeout_ms == settings.writer_command_timeout_ms
     assert config.reclaim_idle_ms == settings.writer_reclaim_idle_ms
     assert config.gap_after_ms == settings.writer_gap_after_ms
+
+
+@pytest.mark.parametrize(("argv", "dest", "setting", "scale"), FLAGS)
+def test_every_flag_help_names_its_setting_and_effective_default(
+    argv: list[str], dest: str, setting: str, scale: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = Settings.env_name(setting)
+    raw, parsed = CHANGED[name]
+    with pytest.raises(SystemExit):
+        parser(Settings.from_env({name: raw})).parse_args([*argv, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    shown = f"{parsed:g}" if isinstance(parsed, float) else parsed
+    assert f"(default {shown}; {name}" in text
+
+
+def test_a_bad_setting_stops_any_command_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BOXOFFICE_ENV_FILE", "/nonexistent/.env")
+    monkeypatch.setenv("BOXOFFICE_RECONCILE_TRIES", "0")
+    assert main(["config"]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "boxoffice: BOXOFFICE_RECONCILE_TRIES='0': expected 1..1000\n")
 
 
 def _cli(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
