@@ -137,16 +137,20 @@ def test_help_shows_the_effective_default() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "says"),
+    ("flags", "name", "value", "says"),
     [
-        ("BOXOFFICE_WRITER_BATCH_SIZE", "0", "BOXOFFICE_WRITER_BATCH_SIZE='0': expected 1.."),
-        ("BOXOFFICE_WRITER_LEASE_MS", "-1", "BOXOFFICE_WRITER_LEASE_MS='-1': expected 1.."),
-        ("BOXOFFICE_WRITER_COMMAND_TIMEOUT_MS", "6000", "at most half the lease"),
-        ("BOXOFFICE_WRITER_GAP_AFTER_MS", "15000", "can be reclaimed"),
+        ([], "BOXOFFICE_WRITER_BATCH_SIZE", "0", "BOXOFFICE_WRITER_BATCH_SIZE='0': expected 1.."),
+        ([], "BOXOFFICE_WRITER_LEASE_MS", "-1", "BOXOFFICE_WRITER_LEASE_MS='-1': expected 1.."),
+        ([], "BOXOFFICE_WRITER_COMMAND_TIMEOUT_MS", "6000", "at most half the lease (5000 ms)"),
+        ([], "BOXOFFICE_WRITER_GAP_AFTER_MS", "15000", "can be reclaimed"),
+        # The flag's lease and the environment's timeout are checked together.
+        (["--lease", "4"], "BOXOFFICE_WRITER_COMMAND_TIMEOUT_MS", "3000", "(2000 ms), not 3000"),
     ],
 )
-def test_the_writer_refuses_bad_settings_in_one_line(name: str, value: str, says: str) -> None:
-    done = _cli("writer", **{name: value})
+def test_the_writer_refuses_bad_settings_in_one_line(
+    flags: list[str], name: str, value: str, says: str
+) -> None:
+    done = _cli("writer", *flags, **{name: value})
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
