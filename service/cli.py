@@ -299,16 +299,21 @@ def writer_config(settings: Settings) -> WriterConfig:
         raise ConfigurationError(f"{error}.") from None
 
 
-def _writer(settings: Settings, args: argparse.Namespace) -> int:
-    from ledger.writer import Writer
-
+def writer_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`settings` with `boxoffice writer`'s flags applied. They default to the settings, so
+    what they hold is the effective value."""
     for option, value in (("--batch-size", args.batch_size), ("--lease", args.lease)):
         if not value > 0:
             raise ConfigurationError(f"{option} must be greater than 0 (got {value:g}).")
-    # The flags default to the settings: what they hold now is the effective value.
-    settings = replace(
-        settings, writer_batch_size=args.batch_size, writer_lease_ms=int(args.lease * 1000)
+    return replace(
+        settings, writer_batch_size=args.batch_size, writer_lease_ms=round(args.lease * 1000)
     )
+
+
+def _writer(settings: Settings, args: argparse.Namespace) -> int:
+    from ledger.writer import Writer
+
+    settings = writer_settings(settings, args)
     config = writer_config(settings)
     _log_setup(settings)
 

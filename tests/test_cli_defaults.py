@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ledger.writer import WriterConfig
-from service.cli import main, parser, writer_config
+from service.cli import main, parser, writer_config, writer_settings
 from service.settings import Settings
 from tests.support import child_env
 
@@ -78,6 +78,19 @@ def test_the_writer_config_is_built_from_the_settings() -> None:
     config = writer_config(settings)
     assert (config.batch_size, config.lease_ms, config.linger_ms) == (77, 12_000, 20)
     assert (config.command_timeout_s, config.reclaim_idle, config.gap_after) == (3.0, 8_000, 90_000)
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "lease_ms"),
+    [("1001", [], 1001), ("10000", ["--lease", "1.003"], 1003)],
+)
+def test_the_lease_reaches_the_writer_to_the_millisecond(
+    env: str, flags: list[str], lease_ms: int
+) -> None:
+    # The flag is in seconds, the setting in milliseconds: the default crosses both ways.
+    settings = Settings.from_env({"BOXOFFICE_WRITER_LEASE_MS": env})
+    args = parser(settings).parse_args(["writer", *flags])
+    assert writer_config(writer_settings(settings, args)).lease_ms == lease_ms
 
 
 def test_the_writer_config_defaults_are_the_settings_defaults() -> None:
