@@ -4,6 +4,7 @@ writer's configuration is built from the settings in one place."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -36,6 +37,23 @@ CHANGED = {
     "BOXOFFICE_CHUNK_SIZE": ("250", 250),
     "BOXOFFICE_RECONCILE_TRIES": ("9", 9),
 }
+
+
+# Flags whose defaults are no tunable: how long this one run waits, and who releases.
+NOT_SETTINGS = {("reconcile", "wait"), ("release", "by")}
+
+
+def test_every_flag_with_a_default_is_listed_here() -> None:
+    commands = next(
+        action for action in parser()._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    with_defaults = {
+        (command, action.dest)
+        for command, sub in commands.choices.items()
+        for action in sub._actions
+        if action.default not in (None, False, argparse.SUPPRESS)
+    }
+    assert with_defaults - NOT_SETTINGS == {(argv[0], dest) for argv, dest, _, _ in FLAGS}
 
 
 def _value(setting: str, scale: float) -> object:
