@@ -32,12 +32,12 @@ from ledger.migrate import migrate
 from service import epoch
 from service.booking import BookingEngine
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.http import create_app
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import (
+from testkit.app import app_client
+from testkit.support import (
     ServedBoxoffice,
     child_env,
     database_url_for,
@@ -248,11 +248,8 @@ def ledger_settings(redis_url: str, keyspace: Keyspace, database_url: str) -> Se
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The ASGI app in this process, lifespan included, driven through httpx."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://boxoffice") as http:
-            yield http
+    async with app_client(settings, base_url="http://boxoffice") as http:
+        yield http
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ from service.keys import Keyspace
 from service.settings import Settings
 from service.stores import connect_redis
 from service.transport import PipelinedRedis
-from tests.support import child_env, delete_keyspace, free_port
-from tests.test_ledger import running_writer
+from testkit.ledger import running_writer
+from testkit.support import child_env, delete_keyspace, free_port
 
 pytestmark = pytest.mark.anyio
 

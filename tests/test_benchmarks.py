@@ -18,7 +18,7 @@ from benchmarks import baseline, cpu, openloop, suite
 from benchmarks.book import _ms, answers
 from benchmarks.report import markdown
 from benchmarks.suite import Run
-from tests.support import free_port, wait_for
+from testkit.support import free_port, wait_for
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
 
@@ -106,7 +106,7 @@ def _serve_slow_app(tmp_path: Path, pause: float) -> tuple[subprocess.Popen[byte
 
 def _open_loop(url: str, *args: str) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.openloop", url, *args],
+        [sys.executable, "-m", "benchmarks", "openloop", url, *args],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     result: dict[str, float] = json.loads(out)

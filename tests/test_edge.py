@@ -30,7 +30,8 @@ from service.http import create_app
 from service.keys import Keyspace
 from service.logs import JsonFormatter
 from service.settings import Settings
-from tests.support import (
+from testkit.app import app_client, assert_problem
+from testkit.support import (
     ServedBoxoffice,
     child_env,
     database_url_for,
@@ -41,7 +42,6 @@ from tests.support import (
     run_sql,
     wait_for,
 )
-from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -532,19 +532,16 @@ async def test_store_errors_reach_the_client_as_a_generic_sentence_and_the_log_i
         marker = redis_at(store.url)
         epoch.mark_blocking(marker, Keyspace("internals", 16))
         marker.close()
-        app = create_app(Settings(redis_url=store.url, key_prefix="internals"))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-                body = {"eventId": event_id, "totalTickets": 1}
-                assert (await http.post("/initialize", json=body)).status_code == 201
-                store.stop()
-                answers = [
-                    await http.post("/book", json={"userId": "u", "eventId": event_id}),
-                    await http.get(f"/status/{event_id}"),
-                    await http.post("/initialize", json=body),
-                ]
-                ready = await http.get("/readyz")
+        async with app_client(Settings(redis_url=store.url, key_prefix="internals")) as http:
+            body = {"eventId": event_id, "totalTickets": 1}
+            assert (await http.post("/initialize", json=body)).status_code == 201
+            store.stop()
+            answers = [
+                await http.post("/book", json={"userId": "u", "eventId": event_id}),
+                await http.get(f"/status/{event_id}"),
+                await http.post("/initialize", json=body),
+            ]
+            ready = await http.get("/readyz")
     for answer in answers:
         problem = assert_problem(answer, 503, "service-unavailable")
         assert problem["detail"] == GENERIC_503, problem
@@ -579,11 +576,8 @@ async def test_a_crash_answers_500_and_logs_the_traceback_with_the_request_id(
         raise RuntimeError("secret internals: /etc/passwd at 0x7f")
 
     monkeypatch.setattr(Api, "healthz", crash)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            answer = await http.get("/healthz")
+    async with app_client(settings, raise_app_exceptions=False) as http:
+        answer = await http.get("/healthz")
     problem = assert_problem(answer, 500, "internal-error")
     assert "secret" not in answer.text
     rid = answer.headers["x-request-id"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -12,52 +10,16 @@ import redis
 
 from ledger.batch import apply_records
 from ledger.database import connect_pool
-from ledger.reconcile import reconcile, wait_for_drain
+from ledger.reconcile import reconcile
 from ledger.records import Record
-from ledger.writer import Writer, WriterConfig
 from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.outbox import GROUP, ensure_groups, ledger_lag
 from service.stores import connect_redis
-from tests.support import eventually
+from testkit.ledger import drained, fetch, running_writer
+from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
-
-FAST = WriterConfig(batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2)
-
-
-@asynccontextmanager
-async def running_writer(
-    redis_url: str, database_url: str, keyspace: Keyspace, name: str, config: WriterConfig = FAST
-) -> AsyncIterator[Writer]:
-    connection = await connect_redis(redis_url, 40)
-    pool = await connect_pool(database_url)
-    writer = Writer(connection, pool, keyspace, redis_url, name=name, config=config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(writer.run(stop))
-    try:
-        yield writer
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await pool.close()
-        await connection.aclose()
-
-
-async def drained(redis_url: str, keyspace: Keyspace) -> None:
-    connection = await connect_redis(redis_url, 2)
-    try:
-        assert await wait_for_drain(connection, keyspace, 30) == 0, "the writer did not drain"
-    finally:
-        await connection.aclose()
-
-
-async def fetch(database_url: str, sql: str) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return await connection.fetch(sql)
-    finally:
-        await connection.close()
 
 
 async def assert_consistent(redis_url: str, database_url: str, keyspace: Keyspace) -> None:

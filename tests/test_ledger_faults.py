@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,33 +20,11 @@ from service.http import create_app
 from service.keys import Keyspace
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import PausableProxy, child_env, database_url_for, eventually
-from tests.test_api import assert_problem
+from testkit.app import assert_problem
+from testkit.ledger import count_rows, start_writer
+from testkit.support import PausableProxy, database_url_for, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
-
-
-async def count_rows(database_url: str) -> int:
-    connection = await asyncpg.connect(database_url)
-    try:
-        count: int = await connection.fetchval("SELECT count(*) FROM ledger_entries")
-        return count
-    finally:
-        await connection.close()
-
-
-def start_writer(
-    redis_url: str, database_url: str, keyspace: Keyspace, log: Path
-) -> subprocess.Popen[bytes]:
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
-        BOXOFFICE_LOG_LEVEL="info",
-    )
-    command = [sys.executable, "-m", "service.cli", "writer", "--batch-size", "200", "--lease", "1"]
-    with log.open("ab") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def test_writer_killed_mid_batch_then_restarted_leaves_a_complete_ledger(

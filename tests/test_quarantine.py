@@ -19,9 +19,8 @@ from service.outbox import GROUP
 from service.scripts import read_all
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import eventually
-from tests.test_ledger import fetch, running_writer
-from tests.test_operations import boxoffice
+from testkit.ledger import fetch, running_writer
+from testkit.support import boxoffice, eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -21,9 +21,8 @@ from service.outbox import GROUP
 from service.scripts import read_all
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import eventually
-from tests.test_ledger import FAST, fetch, running_writer
-from tests.test_ledger_faults import count_rows, start_writer
+from testkit.ledger import FAST, count_rows, fetch, running_writer, start_writer
+from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
 
