@@ -4,8 +4,8 @@ in-process app client and problem assertions (`app`), a running ledger writer an
 reference model (`model`) and a TLS terminator (`terminator`).
 
 Neither `tests` nor `benchmarks`: both import from here and neither imports the other, so a test
-module never imports another test module (pytest would collect its tests twice over, and a
-helper's home would depend on which test needed it first) and a benchmark runs without the test
-suite on the path. It is not shipped: the wheel carries `service`, `ledger` and `lua` only
-(pyproject's hatch packages); tests/test_helper_imports.py keeps these rules.
+module never imports another test module (a helper's home no longer depends on which test
+needed it first) and a benchmark runs without the test suite on the path. It is not shipped:
+the wheel carries `service`, `ledger` and `lua` only (pyproject's hatch packages).
+tests/test_helper_imports.py keeps these rules.
 """
