@@ -37,6 +37,7 @@ from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import connect_redis
 from testkit.app import app_client
+from testkit.ledger import ledger_pool as open_ledger_pool
 from testkit.support import (
     ServedBoxoffice,
     child_env,
@@ -202,6 +203,13 @@ def _new_database(postgres_url: str, template: str) -> Iterator[str]:
 def database_url(postgres_url: str, template_database: str) -> Iterator[str]:
     """A database of this test's own, migrated, dropped afterwards."""
     yield from _new_database(postgres_url, template_database)
+
+
+@pytest.fixture
+async def ledger_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The ledger's own pool (`ledger.database.connect_pool`) on this test's database."""
+    async with open_ledger_pool(database_url) as pool:
+        yield pool
 
 
 @pytest.fixture

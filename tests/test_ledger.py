@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from ledger.batch import apply_records
-from ledger.database import connect_pool
 from ledger.reconcile import reconcile
 from ledger.records import Record
 from service.booking import BookingEngine
@@ -90,27 +89,22 @@ async def test_redelivered_records_change_nothing(
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_pool: asyncpg.Pool,
 ) -> None:
     await engine.initialize(event_id, 1)
     for user in ("a", "b", "c"):
         await engine.book(event_id, user)
     await engine.cancel(event_id, "a")
     records = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
-    pool = await connect_pool(database_url)
-    try:
-        first = await apply_records(pool, records)
-        assert set(first.values()) == {"applied"}
-        before = await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq")
-        projections = await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id")
+    first = await apply_records(ledger_pool, records)
+    assert set(first.values()) == {"applied"}
+    before = await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq")
+    projections = await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id")
 
-        again = await apply_records(pool, records + records[2:4])
-        assert set(again.values()) == {"duplicate"}
-        assert await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq") == before
-        assert (
-            await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id") == projections
-        )
-    finally:
-        await pool.close()
+    again = await apply_records(ledger_pool, records + records[2:4])
+    assert set(again.values()) == {"duplicate"}
+    assert await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq") == before
+    assert await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id") == projections
 
 
 async def test_a_record_never_overtakes_an_earlier_one(
@@ -119,23 +113,20 @@ async def test_a_record_never_overtakes_an_earlier_one(
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_pool: asyncpg.Pool,
 ) -> None:
     await engine.initialize(event_id, 1)
     await engine.book(event_id, "a")
     await engine.cancel(event_id, "a")
     init, book, cancel = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
-    pool = await connect_pool(database_url)
-    try:
-        assert await apply_records(pool, [init]) == {init.stream_id: "applied"}
-        # The cancel arrives before the booking it cancels: it must wait.
-        assert await apply_records(pool, [cancel]) == {cancel.stream_id: "blocked"}
-        assert await fetch(database_url, "SELECT * FROM bookings") == []
-        outcome = await apply_records(pool, [cancel, book])
-        assert outcome == {book.stream_id: "applied", cancel.stream_id: "applied"}
-        rows = await fetch(database_url, "SELECT booking_id, cancelled_seq FROM bookings")
-        assert [tuple(r) for r in rows] == [("bk-2", 3)]
-    finally:
-        await pool.close()
+    assert await apply_records(ledger_pool, [init]) == {init.stream_id: "applied"}
+    # The cancel arrives before the booking it cancels: it must wait.
+    assert await apply_records(ledger_pool, [cancel]) == {cancel.stream_id: "blocked"}
+    assert await fetch(database_url, "SELECT * FROM bookings") == []
+    outcome = await apply_records(ledger_pool, [cancel, book])
+    assert outcome == {book.stream_id: "applied", cancel.stream_id: "applied"}
+    rows = await fetch(database_url, "SELECT booking_id, cancelled_seq FROM bookings")
+    assert [tuple(r) for r in rows] == [("bk-2", 3)]
 
 
 async def test_same_sequence_with_other_content_is_a_conflict(
@@ -144,19 +135,16 @@ async def test_same_sequence_with_other_content_is_a_conflict(
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_pool: asyncpg.Pool,
 ) -> None:
     await engine.initialize(event_id, 1)
     await engine.book(event_id, "a")
     init, book = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
     forged = Record(book.stream_id, book.event, book.seq, "book", "mallory", "bk-2")
-    pool = await connect_pool(database_url)
-    try:
-        await apply_records(pool, [init, book])
-        assert await apply_records(pool, [forged]) == {forged.stream_id: "conflict"}
-        rows = await fetch(database_url, "SELECT user_id FROM bookings")
-        assert [r["user_id"] for r in rows] == ["a"]
-    finally:
-        await pool.close()
+    await apply_records(ledger_pool, [init, book])
+    assert await apply_records(ledger_pool, [forged]) == {forged.stream_id: "conflict"}
+    rows = await fetch(database_url, "SELECT user_id FROM bookings")
+    assert [r["user_id"] for r in rows] == ["a"]
 
 
 async def test_rebooking_within_one_batch_keeps_one_active_booking_per_user(
