@@ -1,4 +1,4 @@
-"""`python -m benchmarks run`: the benchmark suite (benchmarks/suite.py).
+"""`python -m benchmarks COMMAND`: every benchmark, from one entry point.
 
     python -m benchmarks run [--quick] [--target URL] [--scenario NAME ...] [--system NAME ...]
                              [--rounds N] [--duration SECONDS] [--rate REQ_PER_S]
@@ -12,16 +12,21 @@ With --target it drives an already running service instead (scenarios only). Wit
 REV, boxoffice and boxoffice-api (those selected) also run from commit REV, as
 `boxoffice@<short sha>` and `boxoffice-api@<short sha>`, in a worktree and virtualenv of their
 own (benchmarks/baseline.py; built on first use, about a minute).
+
+The other commands measure one thing each (`python -m benchmarks COMMAND --help` for theirs):
+book, ledger, openloop, protocol, ratelimit, scripts, stall.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import baseline
+from benchmarks import baseline, book, openloop, protocol, ratelimit, scripts, stall
+from benchmarks import ledger as ledger_bench
 from benchmarks.book import HERE
 from benchmarks.ledger import writer_vs_booking
 from benchmarks.memory import waiter_bytes
@@ -31,11 +36,32 @@ from benchmarks.suite import SCENARIOS, Load, Run, run_suite
 
 SYSTEMS = ["ceiling", "bare", "boxoffice", "boxoffice-api", "naive", "pg-lock"]
 
+TOOLS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
+    "book": (book.main, "/book at 1 and 2 workers against the bare ASGI ceiling, writer off"),
+    "ledger": (ledger_bench.main, "the ledger writer against the booking rate"),
+    "openloop": (openloop.main, "drive a running service at a fixed rate (open loop)"),
+    "protocol": (protocol.main, "CPU per request of the HTTP protocol's bounds"),
+    "ratelimit": (ratelimit.main, "/book with rate limits off and with each strategy"),
+    "scripts": (scripts.main, "the Lua scripts' cost inside Redis, against another git revision"),
+    "stall": (stall.main, "how long reconcile and restore hold Redis on one big event"),
+}
+"""The single-purpose benchmarks: each parses the rest of the command line itself."""
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        tool, _ = TOOLS[argv[0]]
+        return tool(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the suite")
+    for name, (_, about) in TOOLS.items():
+        commands.add_parser(name, help=f"{about} (python -m benchmarks {name} --help)")
     run.add_argument("--quick", action="store_true", help="short runs: under ~5 minutes")
     run.add_argument("--target", help="drive this running service instead of starting systems")
     run.add_argument(

@@ -1,6 +1,6 @@
 """`/book` throughput with wrk: boxoffice at 1 and 2 workers, against the bare ASGI ceiling.
 
-    python -m benchmarks.book [--duration 10] [--connections 64] [--out FILE]
+    python -m benchmarks book [--duration 10] [--connections 64] [--out FILE]
 
 Uses REDIS_URL / DATABASE_URL when set, else embedded servers (benchmarks/stores.py). Each run
 books new users on one event with ample tickets, the ledger writer off. Prints a markdown table
@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.stores import BenchStores, bench_stores, need_wrk, served
-from tests.support import free_port, wait_for
+from testkit.support import free_port, wait_for
 
 HERE = Path(__file__).parent
 SCENARIO_LUA = HERE / "wrk" / "scenario.lua"
@@ -112,12 +112,14 @@ def boxoffice(stores: BenchStores, workers: int, duration: int, connections: int
     return Run("boxoffice", workers, rps, p50, p99, errors)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks book", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "book.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     need_wrk()
     runs: list[Run] = []
     with bench_stores() as stores:
@@ -149,7 +151,3 @@ def main() -> int:
         json.dumps({"runs": [asdict(r) for r in runs], "machine": machine}, indent=2)
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Ledger writer throughput against the booking rate, measured in the same run.
 
-    python -m benchmarks.ledger [--duration 10] [--events 64]
+    python -m benchmarks ledger [--duration 10] [--events 64]
 
 1. `boxoffice serve --workers 2` without its writer: wrk books new users for `--duration`
    seconds (round-robin over `--events` events) and the outbox fills: the booking rate.
@@ -142,13 +142,15 @@ def writer_vs_booking(
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks ledger", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--events", type=int, default=64)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ledger.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     need_wrk()
     with bench_stores() as stores:
         results = writer_vs_booking(stores, args.duration, args.events, args.connections)
@@ -162,7 +164,3 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.transport import PipelinedRedis
-from tests.support import delete_keyspace, redis_at, wait_for
+from testkit.support import delete_keyspace, redis_at, wait_for
 
 
 async def _join(url: str, keyspace: Keyspace, waiters: int) -> None:

@@ -1,6 +1,6 @@
 """A fixed-rate (open-loop) load generator: latency that does not hide queueing.
 
-    python -m benchmarks.openloop URL --rate 4000 --duration 10 [--connections 64]
+    python -m benchmarks openloop URL --rate 4000 --duration 10 [--connections 64]
                                   -- <mode> <event> <run id> [n] [users]
 
 wrk is a closed loop: each of its connections waits for an answer before it sends again, so
@@ -26,7 +26,6 @@ import collections
 import contextlib
 import json
 import random
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -197,7 +196,9 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks openloop", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("url")
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--duration", type=float, default=10.0)
@@ -218,7 +219,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(result))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@ httptools protocol and the bounded one take turns answering the same kept-alive 
 a trivial ASGI app on uvloop, over a transport that writes nowhere, so that only the protocols
 differ. Prints CPU microseconds per request (process time), the median of the rounds.
 
-    python -m benchmarks.protocol [--rounds 10] [--requests 20000]
+    python -m benchmarks protocol [--rounds 10] [--requests 20000]
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ async def _compare(rounds: int, requests: int) -> dict[str, list[float]]:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.protocol", description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks protocol", description=__doc__)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=20_000)
     args = parser.parse_args(argv)
@@ -105,7 +105,4 @@ def main(argv: list[str] | None = None) -> None:
             f"{kind:10} {statistics.median(figures):6.2f} us CPU per request (median of "
             f"{len(figures)}; min {min(figures):.2f}, max {max(figures):.2f})"
         )
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,7 +1,7 @@
 """What the rate limiter costs per request: `/book` without limits and with each strategy, at a
 limit high enough never to refuse, in the same run.
 
-    python -m benchmarks.ratelimit [--duration 8]
+    python -m benchmarks ratelimit [--duration 8]
 
 Uses REDIS_URL / DATABASE_URL when set, else embedded servers (benchmarks/stores.py). The
 ledger writer is off, so only the limiter differs between runs.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import httpx
@@ -22,12 +21,14 @@ from benchmarks.stores import bench_stores, need_wrk, served
 VARIANTS = ["off", "fixed-window", "sliding-window-counter", "moving-window"]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks ratelimit", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ratelimit.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     need_wrk()
     rows: list[dict[str, float | str]] = []
     with bench_stores() as stores:
@@ -72,7 +73,3 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """What `book.lua` costs Redis per call, on each of its paths, against an older version of it.
 
-    python -m benchmarks.scripts [--against GIT_REV] [--rounds 7] [--calls 100000]
+    python -m benchmarks scripts [--against GIT_REV] [--rounds 7] [--calls 100000]
 
 Server CPU per EVALSHA, from `INFO commandstats` (`usec_per_call`), driven by `redis-benchmark`
 (apt: redis-tools) with 32 connections, on a Valkey of its own (it resets the server's
@@ -24,7 +24,7 @@ from statistics import median
 import redis
 
 from service.embedded import EmbeddedValkey
-from tests.support import free_port
+from testkit.support import free_port
 
 KEYS = [f"b:{{p01}}:ev:e:{name}" for name in ("meta", "holders", "waitlist")]
 KEYS += ["b:{p01}:outbox", "b:{p01}:epoch"]
@@ -54,12 +54,14 @@ def _usec_per_call(client: redis.Redis, port: int, sha: str, user: str, calls: i
     return float(stats["usec_per_call"])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks scripts", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--against", help="a git revision whose lua/book.lua to measure too")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=100_000, help="calls per round and path")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if shutil.which("redis-benchmark") is None:
         print("redis-benchmark is missing: apt-get install redis-tools", file=sys.stderr)
         return 2
@@ -91,7 +93,3 @@ def main() -> int:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

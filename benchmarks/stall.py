@@ -1,6 +1,6 @@
 """How long `boxoffice reconcile` and `restore` hold Redis on one big event.
 
-    python -m benchmarks.stall [--waiters 1000000] [--holders 100000] [--before DIR]
+    python -m benchmarks stall [--waiters 1000000] [--holders 100000] [--before DIR]
                                [--out FILE]
 
 Starts a Valkey and a PostgreSQL of its own (embedded, in a temporary directory), builds one
@@ -47,7 +47,7 @@ from benchmarks.book import HERE
 from ledger.migrate import migrate
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.keys import Keyspace
-from tests.support import child_env, free_port
+from testkit.support import child_env, free_port
 
 ROOT = HERE.parent
 EVENT = "big"
@@ -320,7 +320,7 @@ def table(steps: list[Step]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.stall",
+        prog="python -m benchmarks stall",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -404,7 +404,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {args.out}")
     return 0 if all(s.exit_code == 0 for s in steps) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.keys import Keyspace
-from tests.support import (
+from testkit.support import (
     ServedBoxoffice,
     child_env,
     database_url_for,

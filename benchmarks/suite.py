@@ -46,7 +46,7 @@ from benchmarks import cpu
 from benchmarks.baseline import Baseline
 from benchmarks.book import answers, wrk
 from benchmarks.stores import BenchStores, served
-from tests.support import (
+from testkit.support import (
     ServedBoxoffice,
     child_env,
     database_url_for,
@@ -216,7 +216,7 @@ def measure(
 def fixed_rate(url: str, load: Load, args: list[str]) -> dict[str, float]:
     """benchmarks/openloop.py in a process of its own (counted as the load generator)."""
     command = [
-        sys.executable, "-m", "benchmarks.openloop", url, "--rate", str(load.rate),
+        sys.executable, "-m", "benchmarks", "openloop", url, "--rate", str(load.rate),
         "--duration", str(load.duration), "--connections", str(load.connections), "--", *args,
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -393,7 +393,7 @@ def _mark_new(redis_url: str, prefix: str) -> None:
 def _delete_prefix(redis_url: str, prefix: str) -> None:
 
     from service.keys import Keyspace
-    from tests.support import delete_keyspace, redis_at
+    from testkit.support import delete_keyspace, redis_at
 
     client = redis_at(redis_url)
     delete_keyspace(client, Keyspace(prefix, 16))

@@ -32,12 +32,13 @@ from ledger.migrate import migrate
 from service import epoch
 from service.booking import BookingEngine
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.http import create_app
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import (
+from testkit.app import app_client
+from testkit.ledger import ledger_pool as open_ledger_pool
+from testkit.support import (
     ServedBoxoffice,
     child_env,
     database_url_for,
@@ -205,6 +206,13 @@ def database_url(postgres_url: str, template_database: str) -> Iterator[str]:
 
 
 @pytest.fixture
+async def ledger_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The ledger's own pool (`ledger.database.connect_pool`) on this test's database."""
+    async with open_ledger_pool(database_url) as pool:
+        yield pool
+
+
+@pytest.fixture
 def empty_database_url(postgres_url: str) -> Iterator[str]:
     """A database of this test's own with nothing in it."""
     name = f"bo_e_{uuid.uuid4().hex[:12]}"
@@ -248,11 +256,8 @@ def ledger_settings(redis_url: str, keyspace: Keyspace, database_url: str) -> Se
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The ASGI app in this process, lifespan included, driven through httpx."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://boxoffice") as http:
-            yield http
+    async with app_client(settings, base_url="http://boxoffice") as http:
+        yield http
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 import pytest
 import redis
 
@@ -19,13 +18,13 @@ from service import epoch
 from service.address import TLS, RedisAddress
 from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
-from service.http import create_app
 from service.keys import Keyspace
 from service.settings import Settings
 from service.stores import connect_redis
 from service.transport import PipelinedRedis
-from tests.support import child_env, delete_keyspace, free_port
-from tests.test_ledger import running_writer
+from testkit.app import app_client
+from testkit.ledger import running_writer
+from testkit.support import child_env, delete_keyspace, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -69,19 +68,16 @@ async def test_the_service_and_its_ledger_writer_use_the_database_of_the_query_s
     the ledger receives what the service accepted."""
     url, _ = another_database(redis_url, "query")
     settings = Settings(redis_url=url, database_url=database_url, key_prefix=keyspace.prefix)
-    app = create_app(settings)
     marker = redis.Redis(**RedisAddress.parse(url).client_options())
     epoch.mark_blocking(marker, keyspace)  # a new store, in that database
     marker.close()
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-                body = {"eventId": event_id, "totalTickets": 5}
-                assert (await http.post("/initialize", json=body)).status_code == 201
-                for user in ("u1", "u2"):
-                    body = {"eventId": event_id, "userId": user}
-                    assert (await http.post("/book", json=body)).status_code == 201
+        async with app_client(settings) as http:
+            body = {"eventId": event_id, "totalTickets": 5}
+            assert (await http.post("/initialize", json=body)).status_code == 201
+            for user in ("u1", "u2"):
+                body = {"eventId": event_id, "userId": user}
+                assert (await http.post("/book", json=body)).status_code == 201
         ledger = await asyncpg.connect(database_url)
         try:
             entries: list[int] = []

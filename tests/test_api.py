@@ -17,26 +17,14 @@ from service.errors import ConfigurationError
 from service.http import create_app
 from service.keys import Keyspace
 from service.settings import Settings
-from tests.support import free_port
+from testkit.app import app_client, assert_problem
+from testkit.support import free_port
 
 pytestmark = pytest.mark.anyio
-
-PROBLEM = "application/problem+json"
 
 
 async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
     return await client.post(path, json=body)
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["type"] == f"/problems/{slug}"
-    assert problem["status"] == status
-    assert problem["title"]
-    assert problem["detail"]
-    return problem
 
 
 async def test_initialize_creates_then_retries_safely_then_conflicts(
@@ -192,21 +180,15 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 
 
 async def test_readiness_checks_the_ledger_database(ledger_settings: Settings) -> None:
-    app = create_app(ledger_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            assert (await http.get("/readyz")).json()["ledger"] == "ok"
+    async with app_client(ledger_settings) as http:
+        assert (await http.get("/readyz")).json()["ledger"] == "ok"
     unreachable = Settings(
         redis_url=ledger_settings.redis_url,
         key_prefix=ledger_settings.key_prefix,
         database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none",
     )
-    app = create_app(unreachable)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            response = await http.get("/readyz")
+    async with app_client(unreachable) as http:
+        response = await http.get("/readyz")
     problem = assert_problem(response, 503, "service-unavailable")
     assert "PostgreSQL is unreachable" in problem["detail"]
 
@@ -224,11 +206,8 @@ async def guarded(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     guarded_settings = Settings(
         redis_url=settings.redis_url, key_prefix=settings.key_prefix, admin_token="s3cret-token"
     )
-    app = create_app(guarded_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://boxoffice") as http:
-            yield http
+    async with app_client(guarded_settings, base_url="http://boxoffice") as http:
+        yield http
 
 
 @pytest.mark.parametrize(
@@ -260,34 +239,31 @@ async def test_store_going_away_answers_503_then_recovers(tmp_path: Path, event_
     with EmbeddedValkey(tmp_path / "v", port) as store:
         with redis.Redis.from_url(store.url) as marker:
             epoch.mark_blocking(marker, Keyspace("gone", 16))  # a new deployment's store
-        app = create_app(Settings(redis_url=store.url, key_prefix="gone"))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-                await post(http, "/initialize", {"eventId": event_id, "totalTickets": 1})
-                store.stop()
-                body = {"userId": "u", "eventId": event_id}
-                for path in ("/book", "/cancel"):
-                    down = await post(http, path, {"userId": "u", "eventId": event_id})
-                    assert_problem(down, 503, "service-unavailable")
-                    assert down.headers["retry-after"] == "1"
-                assert_problem(await http.get(f"/status/{event_id}"), 503, "service-unavailable")
-                assert_problem(await http.get("/readyz"), 503, "service-unavailable")
+        async with app_client(Settings(redis_url=store.url, key_prefix="gone")) as http:
+            await post(http, "/initialize", {"eventId": event_id, "totalTickets": 1})
+            store.stop()
+            body = {"userId": "u", "eventId": event_id}
+            for path in ("/book", "/cancel"):
+                down = await post(http, path, {"userId": "u", "eventId": event_id})
+                assert_problem(down, 503, "service-unavailable")
+                assert down.headers["retry-after"] == "1"
+            assert_problem(await http.get(f"/status/{event_id}"), 503, "service-unavailable")
+            assert_problem(await http.get("/readyz"), 503, "service-unavailable")
 
-                store.start()  # AOF brings the event back
-                # The hot-path connection comes back with backoff (at most 2 s apart); until
-                # then bookings are refused with 503, which changes nothing.
-                deadline = asyncio.get_running_loop().time() + 10
-                while (booked := await post(http, "/book", body)).status_code == 503:
-                    assert asyncio.get_running_loop().time() < deadline, booked.text
-                    await asyncio.sleep(0.1)
-                assert booked.status_code == 201
-                assert booked.json()["bookingId"] == "bk-2", "a refused attempt changed something"
-                # Readiness is asked of the stores at most once a second: it follows within one.
-                deadline = asyncio.get_running_loop().time() + 3
-                while (ready := await http.get("/readyz")).status_code != 200:
-                    assert asyncio.get_running_loop().time() < deadline, ready.text
-                    await asyncio.sleep(0.1)
+            store.start()  # AOF brings the event back
+            # The hot-path connection comes back with backoff (at most 2 s apart); until
+            # then bookings are refused with 503, which changes nothing.
+            deadline = asyncio.get_running_loop().time() + 10
+            while (booked := await post(http, "/book", body)).status_code == 503:
+                assert asyncio.get_running_loop().time() < deadline, booked.text
+                await asyncio.sleep(0.1)
+            assert booked.status_code == 201
+            assert booked.json()["bookingId"] == "bk-2", "a refused attempt changed something"
+            # Readiness is asked of the stores at most once a second: it follows within one.
+            deadline = asyncio.get_running_loop().time() + 3
+            while (ready := await http.get("/readyz")).status_code != 200:
+                assert asyncio.get_running_loop().time() < deadline, ready.text
+                await asyncio.sleep(0.1)
 
 
 async def test_partition_count_is_fixed_for_a_keyspace(settings: Settings) -> None:
@@ -307,14 +283,11 @@ async def test_internal_failure_is_a_bare_500(
 ) -> None:
     """A script error (here: a key of the wrong type) reaches the client as a 500 problem
     without any internal detail."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            await post(http, "/initialize", {"eventId": event_id, "totalTickets": 1})
-            holders = Keyspace(settings.key_prefix, settings.partitions).event(event_id).holders
-            redis_client.set(holders, "not a hash")
-            response = await post(http, "/book", {"userId": "u", "eventId": event_id})
+    async with app_client(settings, raise_app_exceptions=False) as http:
+        await post(http, "/initialize", {"eventId": event_id, "totalTickets": 1})
+        holders = Keyspace(settings.key_prefix, settings.partitions).event(event_id).holders
+        redis_client.set(holders, "not a hash")
+        response = await post(http, "/book", {"userId": "u", "eventId": event_id})
     problem = assert_problem(response, 500, "internal-error")
     assert "WRONGTYPE" not in response.text
     assert "Traceback" not in response.text

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from service.keys import Keyspace
-from tests.support import ServedBoxoffice, wait_for
-from tests.test_api import assert_problem
+from testkit.app import assert_problem
+from testkit.support import ServedBoxoffice, wait_for
 
 pytestmark = pytest.mark.anyio
 

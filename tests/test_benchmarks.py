@@ -5,6 +5,7 @@ its measurements is, on real processes and real wrk output."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import subprocess
@@ -15,10 +16,14 @@ import psutil
 import pytest
 
 from benchmarks import baseline, cpu, openloop, suite
+from benchmarks.__main__ import TOOLS
+from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.book import _ms, answers
 from benchmarks.report import markdown
 from benchmarks.suite import Run
-from tests.support import free_port, wait_for
+from testkit.support import free_port, wait_for
+
+ROOT = Path(__file__).parent.parent
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
 
@@ -106,7 +111,7 @@ def _serve_slow_app(tmp_path: Path, pause: float) -> tuple[subprocess.Popen[byte
 
 def _open_loop(url: str, *args: str) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.openloop", url, *args],
+        [sys.executable, "-m", "benchmarks", "openloop", url, *args],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     result: dict[str, float] = json.loads(out)
@@ -236,3 +241,22 @@ def test_meter_finds_a_baseline_serve_and_writer_run_by_another_interpreter(
             process.kill()
             process.wait()
     assert [parts.get(process.pid) for process in started] == ["api", "writer"]
+
+
+def test_every_benchmark_runs_from_the_one_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each benchmark module with a command line is a command of `python -m benchmarks`; none
+    runs on its own (`python -m benchmarks.NAME`)."""
+    with_main, standalone = set(), set()
+    for path in (ROOT / "benchmarks").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name == "main":
+                with_main.add(path.stem)
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'":
+                standalone.add(path.stem)
+    assert with_main == {*TOOLS, "__main__"}
+    assert standalone == {"__main__"}
+    for name in ["run", *TOOLS]:
+        with pytest.raises(SystemExit) as exit:
+            benchmarks_main([name, "--help"])
+        assert exit.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks {name} ")

@@ -32,8 +32,8 @@ from service.keys import Keyspace
 from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import child_env, delete_keyspace, free_port, open_directory
-from tests.test_ledger import drained, running_writer
+from testkit.ledger import drained, running_writer
+from testkit.support import child_env, delete_keyspace, free_port, open_directory
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from service.bodies import whole_tickets
 from service.keys import Keyspace
 from service.openapi import document
 from service.settings import Settings
-from tests.test_api import assert_problem
+from testkit.app import assert_problem
 
 pytestmark = pytest.mark.anyio
 

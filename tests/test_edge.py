@@ -26,11 +26,11 @@ import redis
 from service import epoch, problems
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.errors import ConfigurationError, UnknownEvent
-from service.http import create_app
 from service.keys import Keyspace
 from service.logs import JsonFormatter
 from service.settings import Settings
-from tests.support import (
+from testkit.app import app_client, assert_problem
+from testkit.support import (
     ServedBoxoffice,
     child_env,
     database_url_for,
@@ -41,7 +41,6 @@ from tests.support import (
     run_sql,
     wait_for,
 )
-from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -424,57 +423,56 @@ async def test_readyz_flood_uses_one_postgres_connection_and_follows_postgres(
     monitor = await asyncpg.connect(own_postgres.url)
     await monitor.execute("CREATE DATABASE ready_ledger")
     ledger_url = database_url_for(own_postgres.url, "ready_ledger")
-    app = create_app(
-        Settings(
-            redis_url=settings.redis_url, key_prefix=settings.key_prefix, database_url=ledger_url
-        )
-    )
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-                seen: list[int] = []
-                flooding = True
+        async with app_client(
+            Settings(
+                redis_url=settings.redis_url,
+                key_prefix=settings.key_prefix,
+                database_url=ledger_url,
+            )
+        ) as http:
+            seen: list[int] = []
+            flooding = True
 
-                async def watch() -> None:
-                    while flooding:
-                        seen.append(await _service_connections(monitor, "ready_ledger"))
-                        await asyncio.sleep(0.005)
+            async def watch() -> None:
+                while flooding:
+                    seen.append(await _service_connections(monitor, "ready_ledger"))
+                    await asyncio.sleep(0.005)
 
-                watcher = asyncio.create_task(watch())
-                answers = []
-                for _ in range(4):  # rounds of 100 at once, over more than the cache's second
-                    answers += await asyncio.gather(*(http.get("/readyz") for _ in range(100)))
-                    await asyncio.sleep(0.4)
-                flooding = False
-                await watcher
-                assert [a.status_code for a in answers] == [200] * 400
-                assert {a.json()["ledger"] for a in answers} == {"ok"}
-                assert max(seen) == 1, f"PostgreSQL saw up to {max(seen)} connections"
+            watcher = asyncio.create_task(watch())
+            answers = []
+            for _ in range(4):  # rounds of 100 at once, over more than the cache's second
+                answers += await asyncio.gather(*(http.get("/readyz") for _ in range(100)))
+                await asyncio.sleep(0.4)
+            flooding = False
+            await watcher
+            assert [a.status_code for a in answers] == [200] * 400
+            assert {a.json()["ledger"] for a in answers} == {"ok"}
+            assert max(seen) == 1, f"PostgreSQL saw up to {max(seen)} connections"
 
-                await monitor.close()
-                own_postgres.stop()
-                deadline = time.monotonic() + 10
-                while (down := await http.get("/readyz")).status_code == 200:
-                    assert time.monotonic() < deadline, "readyz never noticed PostgreSQL left"
-                    await asyncio.sleep(0.1)
-                problem = assert_problem(down, 503, "service-unavailable")
-                assert problem["detail"] == "Not ready: the ledger's PostgreSQL is unreachable."
-                logged = [
-                    line for line in log_lines.lines
-                    if line["requestId"] == down.headers["x-request-id"]
-                ]  # fmt: skip
-                assert logged, log_lines.lines
-                assert any("PostgreSQL" in line["message"] for line in logged)
-                assert any(re.search(r"Error|refused", line["message"]) for line in logged)
+            await monitor.close()
+            own_postgres.stop()
+            deadline = time.monotonic() + 10
+            while (down := await http.get("/readyz")).status_code == 200:
+                assert time.monotonic() < deadline, "readyz never noticed PostgreSQL left"
+                await asyncio.sleep(0.1)
+            problem = assert_problem(down, 503, "service-unavailable")
+            assert problem["detail"] == "Not ready: the ledger's PostgreSQL is unreachable."
+            logged = [
+                line for line in log_lines.lines
+                if line["requestId"] == down.headers["x-request-id"]
+            ]  # fmt: skip
+            assert logged, log_lines.lines
+            assert any("PostgreSQL" in line["message"] for line in logged)
+            assert any(re.search(r"Error|refused", line["message"]) for line in logged)
 
-                own_postgres.start()
-                monitor = await asyncpg.connect(own_postgres.url)
-                deadline = time.monotonic() + 10
-                while (up := await http.get("/readyz")).status_code != 200:
-                    assert time.monotonic() < deadline, up.text
-                    await asyncio.sleep(0.1)
-                assert await _service_connections(monitor, "ready_ledger") == 1
+            own_postgres.start()
+            monitor = await asyncpg.connect(own_postgres.url)
+            deadline = time.monotonic() + 10
+            while (up := await http.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, up.text
+                await asyncio.sleep(0.1)
+            assert await _service_connections(monitor, "ready_ledger") == 1
         # Closed at shutdown.
         assert await _service_connections(monitor, "ready_ledger") == 0
     finally:
@@ -491,20 +489,17 @@ async def test_readyz_is_bounded_when_postgres_never_answers(settings: Settings)
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    app = create_app(
-        Settings(
-            redis_url=settings.redis_url,
-            key_prefix=settings.key_prefix,
-            database_url=f"postgresql://postgres@127.0.0.1:{port}/none",
-        )
-    )
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-                started = time.monotonic()
-                answers = await asyncio.gather(*(http.get("/readyz") for _ in range(50)))
-                took = time.monotonic() - started
+        async with app_client(
+            Settings(
+                redis_url=settings.redis_url,
+                key_prefix=settings.key_prefix,
+                database_url=f"postgresql://postgres@127.0.0.1:{port}/none",
+            )
+        ) as http:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(http.get("/readyz") for _ in range(50)))
+            took = time.monotonic() - started
         for answer in answers:
             problem = assert_problem(answer, 503, "service-unavailable")
             assert problem["detail"] == "Not ready: the ledger's PostgreSQL is unreachable."
@@ -532,19 +527,16 @@ async def test_store_errors_reach_the_client_as_a_generic_sentence_and_the_log_i
         marker = redis_at(store.url)
         epoch.mark_blocking(marker, Keyspace("internals", 16))
         marker.close()
-        app = create_app(Settings(redis_url=store.url, key_prefix="internals"))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-                body = {"eventId": event_id, "totalTickets": 1}
-                assert (await http.post("/initialize", json=body)).status_code == 201
-                store.stop()
-                answers = [
-                    await http.post("/book", json={"userId": "u", "eventId": event_id}),
-                    await http.get(f"/status/{event_id}"),
-                    await http.post("/initialize", json=body),
-                ]
-                ready = await http.get("/readyz")
+        async with app_client(Settings(redis_url=store.url, key_prefix="internals")) as http:
+            body = {"eventId": event_id, "totalTickets": 1}
+            assert (await http.post("/initialize", json=body)).status_code == 201
+            store.stop()
+            answers = [
+                await http.post("/book", json={"userId": "u", "eventId": event_id}),
+                await http.get(f"/status/{event_id}"),
+                await http.post("/initialize", json=body),
+            ]
+            ready = await http.get("/readyz")
     for answer in answers:
         problem = assert_problem(answer, 503, "service-unavailable")
         assert problem["detail"] == GENERIC_503, problem
@@ -579,11 +571,8 @@ async def test_a_crash_answers_500_and_logs_the_traceback_with_the_request_id(
         raise RuntimeError("secret internals: /etc/passwd at 0x7f")
 
     monkeypatch.setattr(Api, "healthz", crash)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            answer = await http.get("/healthz")
+    async with app_client(settings, raise_app_exceptions=False) as http:
+        answer = await http.get("/healthz")
     problem = assert_problem(answer, 500, "internal-error")
     assert "secret" not in answer.text
     rid = answer.headers["x-request-id"]

@@ -30,8 +30,8 @@ from service.embedded import (
     installed_package,
 )
 from service.errors import ConfigurationError
-from tests.rig import Rig
-from tests.support import ServedBoxoffice, child_env, free_port, open_directory, run_sql
+from testkit.rig import Rig
+from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, run_sql
 
 
 def _listening(port: int) -> bool:
@@ -365,7 +365,7 @@ _OWNER = """
 import sys, time
 from pathlib import Path
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
-from tests.support import free_port
+from testkit.support import free_port
 home = Path(sys.argv[1])
 servers = [EmbeddedValkey(home / "valkey", free_port()), EmbeddedPostgres(home / "pg", free_port())]
 for server in servers:

@@ -26,7 +26,7 @@ from service.keys import Keyspace
 from service.scripts import NAMES, Scripts
 from service.stores import connect_redis
 from service.transport import Arg
-from tests.support import check_invariants
+from testkit.support import check_invariants
 
 pytestmark = pytest.mark.anyio
 

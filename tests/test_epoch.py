@@ -26,11 +26,10 @@ from service.keys import Keyspace
 from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.rig import EVENTS, Rig, assert_nothing_lost, get, load, rig
-from tests.support import eventually
-from tests.test_ledger import drained
-from tests.test_operations import boxoffice, populate, writer_of
-from tests.test_scripts import snapshot
+from testkit.ledger import drained, writer_of
+from testkit.rig import EVENTS, Rig, assert_nothing_lost, get, load, rig
+from testkit.state import populate, snapshot
+from testkit.support import boxoffice, eventually
 
 pytestmark = pytest.mark.anyio
 __all__ = ["rig"]  # the fixture, used by name

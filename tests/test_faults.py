@@ -4,7 +4,7 @@ Each test runs `boxoffice serve` (2 workers and its ledger writer) on a Valkey a
 of its own, so it may stop, kill or wipe them. A load of concurrent clients books and cancels
 while the fault happens and records every answer. Afterwards, for each fault:
 
-- the invariants hold on every event (tests/support.check_invariants);
+- the invariants hold on every event (testkit/support.check_invariants);
 - `boxoffice reconcile` exits 0 once the writer has drained;
 - every booking a client was told about (201, or a promotion named in a 200 cancel) is in the
   ledger exactly once, and every cancel a client was told about is recorded there.
@@ -19,8 +19,8 @@ import signal
 import httpx
 import pytest
 
-from tests.rig import EVENTS, Rig, assert_nothing_lost, get, load, rig
-from tests.support import wait_for
+from testkit.rig import EVENTS, Rig, assert_nothing_lost, get, load, rig
+from testkit.support import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.anyio]
 __all__ = ["rig"]  # the fixture, used by name

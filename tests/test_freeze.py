@@ -15,7 +15,7 @@ import redis
 from service.booking import Booked, BookingEngine, Cancelled, EventStatus, Promotion, Waitlisted
 from service.errors import EventFrozen
 from service.keys import Keyspace
-from tests.test_scripts import snapshot
+from testkit.state import snapshot
 
 pytestmark = pytest.mark.anyio
 

@@ -3,61 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 import redis
 
 from ledger.batch import apply_records
-from ledger.database import connect_pool
-from ledger.reconcile import reconcile, wait_for_drain
+from ledger.reconcile import reconcile
 from ledger.records import Record
-from ledger.writer import Writer, WriterConfig
 from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.outbox import GROUP, ensure_groups, ledger_lag
 from service.stores import connect_redis
-from tests.support import eventually
+from testkit.ledger import drained, fetch, running_writer
+from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
-
-FAST = WriterConfig(batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2)
-
-
-@asynccontextmanager
-async def running_writer(
-    redis_url: str, database_url: str, keyspace: Keyspace, name: str, config: WriterConfig = FAST
-) -> AsyncIterator[Writer]:
-    connection = await connect_redis(redis_url, 40)
-    pool = await connect_pool(database_url)
-    writer = Writer(connection, pool, keyspace, redis_url, name=name, config=config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(writer.run(stop))
-    try:
-        yield writer
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await pool.close()
-        await connection.aclose()
-
-
-async def drained(redis_url: str, keyspace: Keyspace) -> None:
-    connection = await connect_redis(redis_url, 2)
-    try:
-        assert await wait_for_drain(connection, keyspace, 30) == 0, "the writer did not drain"
-    finally:
-        await connection.aclose()
-
-
-async def fetch(database_url: str, sql: str) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return await connection.fetch(sql)
-    finally:
-        await connection.close()
 
 
 async def assert_consistent(redis_url: str, database_url: str, keyspace: Keyspace) -> None:
@@ -128,27 +89,22 @@ async def test_redelivered_records_change_nothing(
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_pool: asyncpg.Pool,
 ) -> None:
     await engine.initialize(event_id, 1)
     for user in ("a", "b", "c"):
         await engine.book(event_id, user)
     await engine.cancel(event_id, "a")
     records = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
-    pool = await connect_pool(database_url)
-    try:
-        first = await apply_records(pool, records)
-        assert set(first.values()) == {"applied"}
-        before = await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq")
-        projections = await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id")
+    first = await apply_records(ledger_pool, records)
+    assert set(first.values()) == {"applied"}
+    before = await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq")
+    projections = await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id")
 
-        again = await apply_records(pool, records + records[2:4])
-        assert set(again.values()) == {"duplicate"}
-        assert await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq") == before
-        assert (
-            await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id") == projections
-        )
-    finally:
-        await pool.close()
+    again = await apply_records(ledger_pool, records + records[2:4])
+    assert set(again.values()) == {"duplicate"}
+    assert await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq") == before
+    assert await fetch(database_url, "SELECT * FROM bookings ORDER BY booking_id") == projections
 
 
 async def test_a_record_never_overtakes_an_earlier_one(
@@ -157,23 +113,20 @@ async def test_a_record_never_overtakes_an_earlier_one(
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_pool: asyncpg.Pool,
 ) -> None:
     await engine.initialize(event_id, 1)
     await engine.book(event_id, "a")
     await engine.cancel(event_id, "a")
     init, book, cancel = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
-    pool = await connect_pool(database_url)
-    try:
-        assert await apply_records(pool, [init]) == {init.stream_id: "applied"}
-        # The cancel arrives before the booking it cancels: it must wait.
-        assert await apply_records(pool, [cancel]) == {cancel.stream_id: "blocked"}
-        assert await fetch(database_url, "SELECT * FROM bookings") == []
-        outcome = await apply_records(pool, [cancel, book])
-        assert outcome == {book.stream_id: "applied", cancel.stream_id: "applied"}
-        rows = await fetch(database_url, "SELECT booking_id, cancelled_seq FROM bookings")
-        assert [tuple(r) for r in rows] == [("bk-2", 3)]
-    finally:
-        await pool.close()
+    assert await apply_records(ledger_pool, [init]) == {init.stream_id: "applied"}
+    # The cancel arrives before the booking it cancels: it must wait.
+    assert await apply_records(ledger_pool, [cancel]) == {cancel.stream_id: "blocked"}
+    assert await fetch(database_url, "SELECT * FROM bookings") == []
+    outcome = await apply_records(ledger_pool, [cancel, book])
+    assert outcome == {book.stream_id: "applied", cancel.stream_id: "applied"}
+    rows = await fetch(database_url, "SELECT booking_id, cancelled_seq FROM bookings")
+    assert [tuple(r) for r in rows] == [("bk-2", 3)]
 
 
 async def test_same_sequence_with_other_content_is_a_conflict(
@@ -182,19 +135,16 @@ async def test_same_sequence_with_other_content_is_a_conflict(
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_pool: asyncpg.Pool,
 ) -> None:
     await engine.initialize(event_id, 1)
     await engine.book(event_id, "a")
     init, book = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
     forged = Record(book.stream_id, book.event, book.seq, "book", "mallory", "bk-2")
-    pool = await connect_pool(database_url)
-    try:
-        await apply_records(pool, [init, book])
-        assert await apply_records(pool, [forged]) == {forged.stream_id: "conflict"}
-        rows = await fetch(database_url, "SELECT user_id FROM bookings")
-        assert [r["user_id"] for r in rows] == ["a"]
-    finally:
-        await pool.close()
+    await apply_records(ledger_pool, [init, book])
+    assert await apply_records(ledger_pool, [forged]) == {forged.stream_id: "conflict"}
+    rows = await fetch(database_url, "SELECT user_id FROM bookings")
+    assert [r["user_id"] for r in rows] == ["a"]
 
 
 async def test_rebooking_within_one_batch_keeps_one_active_booking_per_user(

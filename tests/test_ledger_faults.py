@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,37 +16,14 @@ from ledger.database import connect_pool
 from ledger.reconcile import reconcile, wait_for_drain
 from ledger.writer import Writer, WriterConfig
 from service.booking import BookingEngine
-from service.http import create_app
 from service.keys import Keyspace
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import PausableProxy, child_env, database_url_for, eventually
-from tests.test_api import assert_problem
+from testkit.app import app_client, assert_problem
+from testkit.ledger import count_rows, start_writer
+from testkit.support import PausableProxy, database_url_for, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
-
-
-async def count_rows(database_url: str) -> int:
-    connection = await asyncpg.connect(database_url)
-    try:
-        count: int = await connection.fetchval("SELECT count(*) FROM ledger_entries")
-        return count
-    finally:
-        await connection.close()
-
-
-def start_writer(
-    redis_url: str, database_url: str, keyspace: Keyspace, log: Path
-) -> subprocess.Popen[bytes]:
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
-        BOXOFFICE_LOG_LEVEL="info",
-    )
-    command = [sys.executable, "-m", "service.cli", "writer", "--batch-size", "200", "--lease", "1"]
-    with log.open("ab") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def test_writer_killed_mid_batch_then_restarted_leaves_a_complete_ledger(
@@ -133,7 +108,6 @@ async def test_ledger_out_of_reach_bounds_the_lag_then_catches_up(
         key_prefix=keyspace.prefix,
         max_ledger_lag=bound,
     )
-    app = create_app(settings)
     writer_redis = await connect_redis(redis_url, 40)
     stop = asyncio.Event()
     pool: asyncpg.Pool | None = None
@@ -143,54 +117,50 @@ async def test_ledger_out_of_reach_bounds_the_lag_then_catches_up(
         config = WriterConfig(batch_size=20, block_ms=100, lease_ms=2000)
         writer = Writer(writer_redis, pool, keyspace, redis_url, name="proxied", config=config)
         writer_task = asyncio.create_task(writer.run(stop))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
+        async with app_client(settings) as http:
 
-                async def book(user: str) -> httpx.Response:
-                    return await http.post("/book", json={"userId": user, "eventId": event_id})
+            async def book(user: str) -> httpx.Response:
+                return await http.post("/book", json={"userId": user, "eventId": event_id})
 
-                await http.post("/initialize", json={"eventId": event_id, "totalTickets": 10_000})
-                for n in range(10):
-                    assert (await book(f"before-{n}")).status_code == 201
-                await eventually(lambda: writer.stats.applied >= 11, 20, "the first records")
+            await http.post("/initialize", json={"eventId": event_id, "totalTickets": 10_000})
+            for n in range(10):
+                assert (await book(f"before-{n}")).status_code == 201
+            await eventually(lambda: writer.stats.applied >= 11, 20, "the first records")
 
-                proxy.pause()
-                accepted = 0
-                while True:
-                    response = await book(f"during-{accepted}")
-                    if response.status_code != 201:
-                        break
-                    accepted += 1
-                    assert accepted < 10 * bound, "writes were never refused"
-                    await asyncio.sleep(0.01)
-                problem = assert_problem(response, 503, "ledger-behind")
-                assert response.headers["retry-after"] == "1"
-                assert f"(bound {bound})" in problem["detail"]
-                assert accepted >= bound
-                ready = await http.get("/readyz")
-                assert ready.status_code == 503
-                cancel = await http.post(
-                    "/cancel", json={"userId": "before-0", "eventId": event_id}
-                )
-                assert_problem(cancel, 503, "ledger-behind")
-                # Reads go on.
-                assert (await http.get(f"/status/{event_id}")).status_code == 200
+            proxy.pause()
+            accepted = 0
+            while True:
+                response = await book(f"during-{accepted}")
+                if response.status_code != 201:
+                    break
+                accepted += 1
+                assert accepted < 10 * bound, "writes were never refused"
+                await asyncio.sleep(0.01)
+            problem = assert_problem(response, 503, "ledger-behind")
+            assert response.headers["retry-after"] == "1"
+            assert f"(bound {bound})" in problem["detail"]
+            assert accepted >= bound
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            cancel = await http.post("/cancel", json={"userId": "before-0", "eventId": event_id})
+            assert_problem(cancel, 503, "ledger-behind")
+            # Reads go on.
+            assert (await http.get(f"/status/{event_id}")).status_code == 200
 
-                proxy.resume()
-                assert await wait_for_drain(writer_redis, keyspace, 60) == 0
-                deadline = asyncio.get_running_loop().time() + 10
-                while (after := await book("after")).status_code == 503:
-                    assert asyncio.get_running_loop().time() < deadline
-                    await asyncio.sleep(0.05)
-                assert after.status_code == 201
-                # Readiness is checked at most once a second per worker: it follows shortly.
-                while (await http.get("/readyz")).status_code != 200:
-                    assert asyncio.get_running_loop().time() < deadline + 5
-                    await asyncio.sleep(0.05)
-                status = (await http.get(f"/status/{event_id}")).json()
-                # "after" too must be written before the writer stops (it may be lingering).
-                assert await wait_for_drain(writer_redis, keyspace, 60) == 0
+            proxy.resume()
+            assert await wait_for_drain(writer_redis, keyspace, 60) == 0
+            deadline = asyncio.get_running_loop().time() + 10
+            while (after := await book("after")).status_code == 503:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            assert after.status_code == 201
+            # Readiness is checked at most once a second per worker: it follows shortly.
+            while (await http.get("/readyz")).status_code != 200:
+                assert asyncio.get_running_loop().time() < deadline + 5
+                await asyncio.sleep(0.05)
+            status = (await http.get(f"/status/{event_id}")).json()
+            # "after" too must be written before the writer stops (it may be lingering).
+            assert await wait_for_drain(writer_redis, keyspace, 60) == 0
     except BaseException:
         await writer_redis.aclose()
         raise

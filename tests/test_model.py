@@ -1,5 +1,5 @@
 """Model-based tests: hypothesis drives the real engine (real Redis) and the reference model
-(tests/model.py) side by side, and checks every answer and every invariant after each step.
+(testkit/model.py) side by side, and checks every answer and every invariant after each step.
 The same steps also run over HTTP against `boxoffice serve`, for a shorter budget."""
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from service.errors import EventConflict, NotBooked, UnknownEvent
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.stores import connect_redis
-from tests.model import Model
-from tests.support import ServedBoxoffice, check_invariants, delete_keyspace, redis_at
+from testkit.model import Model
+from testkit.support import ServedBoxoffice, check_invariants, delete_keyspace, redis_at
 
 # Few events, few tickets and a handful of users: contention, sold-out events and long waiting
 # lists come up in most runs.

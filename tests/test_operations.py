@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import redis
 
-from ledger.writer import Writer
 from service.booking import BookingEngine
-from service.http import create_app
 from service.keys import Keyspace
 from service.settings import Settings
-from tests.support import child_env, delete_keyspace, free_port
-from tests.test_ledger import drained, running_writer
+from testkit.app import app_client
+from testkit.ledger import drained, writer_of
+from testkit.state import populate
+from testkit.support import boxoffice, delete_keyspace, free_port
 
 pytestmark = pytest.mark.anyio
-
-
-def boxoffice(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = child_env(
-        REDIS_URL=settings.redis_url,
-        DATABASE_URL=settings.database_url,
-        BOXOFFICE_KEY_PREFIX=settings.key_prefix,
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def writer_of(settings: Settings, keyspace: Keyspace) -> AbstractAsyncContextManager[Writer]:
-    """A ledger writer on the settings' stores, running while the context lasts."""
-    assert settings.redis_url is not None
-    assert settings.database_url is not None
-    return running_writer(settings.redis_url, settings.database_url, keyspace, "w")
 
 
 def reconcile_json(settings: Settings, *args: str) -> tuple[int, dict[str, Any]]:
@@ -52,14 +25,6 @@ def reconcile_json(settings: Settings, *args: str) -> tuple[int, dict[str, Any]]
     assert done.returncode in (0, 1), done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return done.returncode, report
-
-
-async def populate(engine: BookingEngine, event_id: str) -> None:
-    await engine.initialize(event_id, 3)
-    for user in ("a", "b", "c", "d", "e", "f"):
-        await engine.book(event_id, user)
-    await engine.cancel(event_id, "b")  # d promoted
-    await engine.cancel(event_id, "f")  # leaves
 
 
 async def test_reconcile_is_clean_after_the_writer_drains(
@@ -151,14 +116,11 @@ def test_reconcile_that_cannot_run_exits_2(ledger_settings: Settings) -> None:
 
 
 async def snapshot_api(settings: Settings, event_id: str, users: list[str]) -> list[Any]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            answers = [(await http.get(f"/status/{event_id}")).json()]
-            for user in users:
-                answers.append((await http.get(f"/events/{event_id}/users/{user}")).json())
-            return answers
+    async with app_client(settings) as http:
+        answers = [(await http.get(f"/status/{event_id}")).json()]
+        for user in users:
+            answers.append((await http.get(f"/events/{event_id}/users/{user}")).json())
+        return answers
 
 
 async def test_restore_after_redis_lost_everything_gives_back_the_same_state(

@@ -27,4 +27,4 @@ def test_wheel_ships_lua_scripts_and_the_boxoffice_command(tmp_path: Path) -> No
         assert "boxoffice = service.cli:main" in archive.read(entry_points).decode()
     assert {f"lua/{name}.lua" for name in NAMES} <= names
     assert {"service/http.py", "ledger/records.py", "lua/__init__.py"} <= names
-    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert not any(n.startswith(("tests/", "testkit/", "benchmarks/")) for n in names)

@@ -6,22 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
 import redis
 
 from ledger.reconcile import wait_for_drain
 from ledger.writer import WriterConfig
 from service.booking import BookingEngine
-from service.http import create_app
 from service.keys import EventKeys, Keyspace
 from service.outbox import GROUP
 from service.scripts import read_all
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import eventually
-from tests.test_ledger import fetch, running_writer
-from tests.test_operations import boxoffice
+from testkit.app import app_client
+from testkit.ledger import fetch, running_writer
+from testkit.support import boxoffice, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -62,13 +60,11 @@ async def test_a_conflicting_record_freezes_only_its_event_until_released(
     settings = Settings(
         redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix, max_ledger_lag=5
     )
-    app = create_app(settings)
     keys = keyspace.event(event_id)
     async with (
-        app.router.lifespan_context(app),
+        app_client(settings) as http,
         running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer,
     ):
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b")
         await engine.initialize(event_id, 10)
         await engine.initialize(other, 100)
         await engine.book(event_id, "a")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support import ServedBoxoffice, check_invariants
+from testkit.support import ServedBoxoffice, check_invariants
 
 pytestmark = [pytest.mark.anyio, pytest.mark.race]
 

@@ -20,11 +20,10 @@ import yaml
 from service import epoch
 from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
-from service.http import create_app
 from service.keys import Keyspace
 from service.settings import Settings
-from tests.support import ServedBoxoffice, child_env, free_port, open_directory, redis_at
-from tests.test_api import assert_problem
+from testkit.app import app_client, assert_problem
+from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, redis_at
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,11 +168,8 @@ async def _app(url: str, limits: str | None = None) -> AsyncIterator[httpx.Async
         epoch.mark_blocking(marker, Keyspace(settings.key_prefix, settings.partitions))
     finally:
         marker.close()
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            yield http
+    async with app_client(settings) as http:
+        yield http
 
 
 EVICTING = [("--maxmemory-policy", policy)

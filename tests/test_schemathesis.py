@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ServedBoxoffice
+from testkit.support import ServedBoxoffice
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 

@@ -23,6 +23,7 @@ from service.keys import EventKeys, Keyspace
 from service.scripts import Scripts
 from service.stores import connect_redis
 from service.transport import Arg, ReplyError
+from testkit.state import snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -37,26 +38,6 @@ async def scripts(redis_url: str) -> AsyncIterator[Scripts]:
     await runner.load()
     yield runner
     await connection.aclose()
-
-
-def snapshot(client: redis.Redis, keyspace: Keyspace) -> dict[str, Any]:
-    """Every key of the keyspace with its type and content."""
-    state: dict[str, Any] = {}
-    for key in sorted(client.scan_iter(match=keyspace.pattern, count=1000)):
-        kind = client.type(key)
-        value: Any
-        if kind == "hash":
-            value = client.hgetall(key)
-        elif kind == "zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            value = client.xrange(key)
-        elif kind == "string":
-            value = client.get(key)
-        else:
-            value = None
-        state[key] = (kind, value)
-    return state
 
 
 async def refused(

@@ -46,7 +46,7 @@ def test_urls_are_masked_by_parsing_them(url: str, shown: str, hidden: list[str]
 
 
 def _boxoffice(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    from tests.support import child_env
+    from testkit.support import child_env
 
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args],

@@ -13,7 +13,7 @@ import os
 import psutil
 import pytest
 
-from tests.rig import EVENTS, Rig, assert_nothing_lost, load, rig
+from testkit.rig import EVENTS, Rig, assert_nothing_lost, load, rig
 
 pytestmark = [pytest.mark.soak, pytest.mark.anyio]
 __all__ = ["rig"]

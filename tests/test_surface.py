@@ -7,8 +7,6 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -17,25 +15,15 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.http import create_app
 from service.keys import Keyspace
 from service.logs import JsonFormatter
 from service.settings import Settings
-from tests.support import ServedBoxoffice, child_env, wait_for
-from tests.test_api import assert_problem
+from testkit.app import app_client, assert_problem
+from testkit.support import ServedBoxoffice, child_env, wait_for
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).parent.parent
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            yield http
 
 
 def with_limits(settings: Settings, **changes: object) -> Settings:
@@ -115,13 +103,13 @@ async def test_forwarded_client_counts_only_behind_a_trusted_proxy(settings: Set
         return {"X-Forwarded-For": f"203.0.113.{n}"}
 
     trusting = with_limits(settings, rate_limit="2/minute", trusted_proxies=_networks("127.0.0.1"))
-    async with app_client(trusting) as http:
+    async with app_client(trusting, raise_app_exceptions=False) as http:
         for n in (1, 2, 3):
             answers = [await http.get("/healthz", headers=forwarded(n)) for _ in range(3)]
             assert [a.status_code for a in answers] == [200, 200, 429], n
 
     distrusting = with_limits(settings, key_prefix=settings.key_prefix + "x", rate_limit="2/minute")
-    async with app_client(distrusting) as http:
+    async with app_client(distrusting, raise_app_exceptions=False) as http:
         answers = [await http.get("/healthz", headers=forwarded(n)) for n in (4, 5, 6)]
         assert [a.status_code for a in answers] == [200, 200, 429]
 
@@ -136,7 +124,7 @@ async def test_limiter_failure_lets_requests_through(
     settings: Settings, redis_client: redis.Redis, keyspace: Keyspace
 ) -> None:
     limited = with_limits(settings, rate_limit="1/minute")
-    async with app_client(limited) as http:
+    async with app_client(limited, raise_app_exceptions=False) as http:
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/healthz")).status_code == 429
         counters = list(redis_client.scan_iter(match=f"{keyspace.prefix}:rl*"))
@@ -213,7 +201,7 @@ async def test_access_log_lines_are_json_with_the_request_id(
 ) -> None:
     logged = with_limits(settings, access_log=True)
     with caplog.at_level(logging.INFO, logger="boxoffice.access"):
-        async with app_client(logged) as http:
+        async with app_client(logged, raise_app_exceptions=False) as http:
             await http.get("/healthz", headers={"X-Request-ID": "log-me"})
     record = next(r for r in caplog.records if r.name == "boxoffice.access")
     line = json.loads(JsonFormatter().format(record))
@@ -233,7 +221,7 @@ async def test_cors_is_off_unless_configured(client: httpx.AsyncClient, settings
     assert "access-control-allow-origin" not in plain.headers
 
     allowed = with_limits(settings, cors_origins=("https://tickets.example",))
-    async with app_client(allowed) as http:
+    async with app_client(allowed, raise_app_exceptions=False) as http:
         answer = await http.get("/healthz", headers=origin)
         assert answer.headers["access-control-allow-origin"] == "https://tickets.example"
         other = await http.get("/healthz", headers={"Origin": "https://evil.example"})

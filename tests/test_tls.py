@@ -1,7 +1,7 @@
 """TLS to both stores, with a throw-away CA (trustme): `rediss://` for the hot path's transport
 and redis-py, `sslmode=verify-full` for the ledger's PostgreSQL. A certificate the URL's CA did
 not sign, or one for another host name, is refused with an error saying so. Neither server the
-pip packages ship has TLS built in, so TLS ends in `tests.terminator` in front of them."""
+pip packages ship has TLS built in, so TLS ends in `testkit.terminator` in front of them."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from service.errors import BackendUnavailable, ConfigurationError
 from service.keys import Keyspace
 from service.stores import connect_redis
 from service.transport import PipelinedRedis
-from tests.support import child_env, open_directory
-from tests.terminator import TLSTerminator
+from testkit.support import child_env, open_directory
+from testkit.terminator import TLSTerminator
 
 pytestmark = pytest.mark.anyio
 

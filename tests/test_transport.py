@@ -14,7 +14,7 @@ from service.errors import BackendUnavailable, ConfigurationError
 from service.keys import Keyspace
 from service.scripts import Scripts
 from service.transport import PipelinedRedis, ReplyError
-from tests.support import eventually, free_port
+from testkit.support import eventually, free_port
 
 pytestmark = pytest.mark.anyio
 

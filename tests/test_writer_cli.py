@@ -10,7 +10,7 @@ import pytest
 
 from ledger.writer import WriterConfig
 from service.cli import parser
-from tests.support import child_env
+from testkit.support import child_env
 
 
 @pytest.mark.parametrize(

@@ -8,22 +8,20 @@ import signal
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 import redis
 
 from ledger.reconcile import reconcile, wait_for_drain
 from ledger.writer import WriterConfig
 from service.booking import BookingEngine
-from service.http import create_app
 from service.keys import Keyspace
 from service.outbox import GROUP
 from service.scripts import read_all
 from service.settings import Settings
 from service.stores import connect_redis
-from tests.support import eventually
-from tests.test_ledger import FAST, fetch, running_writer
-from tests.test_ledger_faults import count_rows, start_writer
+from testkit.app import app_client
+from testkit.ledger import FAST, count_rows, fetch, running_writer, start_writer
+from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -60,13 +58,12 @@ async def test_a_record_read_and_never_acknowledged_counts_in_the_lag_while_stuc
     """The reviewer's case: a record stolen by a consumer that never acknowledges it holds its
     event's ledger behind; `/readyz` must count at least what the ledger lacks meanwhile."""
     settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
-    app = create_app(settings)
     # Reclaiming only after a minute: long enough to look at the stuck state.
     slow_reclaim = WriterConfig(
         batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, reclaim_idle_ms=60_000
     )
     async with (
-        app.router.lifespan_context(app),
+        app_client(settings) as http,
         running_writer(redis_url, database_url, keyspace, "w", slow_reclaim) as writer,
     ):
         await engine.initialize(event_id, 1000)
@@ -77,15 +74,13 @@ async def test_a_record_read_and_never_acknowledged_counts_in_the_lag_while_stuc
         for n in range(400):
             await engine.book(event_id, f"after-{n}")
         await eventually(lambda: writer.stats.blocked >= 400, 20, "the later records tried")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
-            for _ in range(3):  # stuck for a while: every look counts it
-                await asyncio.sleep(0.5)
-                ready = (await http.get("/readyz")).json()
-                redis_seq = int(redis_client.hget(keyspace.event(event_id).meta, "seq") or 0)
-                lacking = redis_seq - await ledger_seq(database_url, event_id)
-                assert lacking == 401
-                assert ready["ledgerLag"] >= lacking, ready
+        for _ in range(3):  # stuck for a while: every look counts it
+            await asyncio.sleep(0.5)
+            ready = (await http.get("/readyz")).json()
+            redis_seq = int(redis_client.hget(keyspace.event(event_id).meta, "seq") or 0)
+            lacking = redis_seq - await ledger_seq(database_url, event_id)
+            assert lacking == 401
+            assert ready["ledgerLag"] >= lacking, ready
 
 
 async def test_a_consumer_that_reads_a_record_and_never_acknowledges_it_does_not_pin_the_ledger(

@@ -21,6 +21,7 @@ import redis
 
 from service.address import RedisAddress
 from service.keys import EventKeys, Keyspace
+from service.settings import Settings
 
 
 def open_directory() -> Path:
@@ -206,6 +207,23 @@ def child_env(**overrides: str | None) -> dict[str, str]:
         else:
             env[name] = value
     return env
+
+
+def boxoffice(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """A `boxoffice` command in a child process, on the stores and keyspace of `settings`."""
+    env = child_env(
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.database_url,
+        BOXOFFICE_KEY_PREFIX=settings.key_prefix,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def check_invariants(client: redis.Redis, keys: EventKeys) -> None:

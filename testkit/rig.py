@@ -21,7 +21,7 @@ import redis
 
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.keys import Keyspace
-from tests.support import (
+from testkit.support import (
     ServedBoxoffice,
     check_invariants,
     child_env,

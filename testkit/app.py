@@ -1,0 +1,39 @@
+"""The ASGI app in this process, lifespan included, driven through httpx; and what every problem
+document (RFC 9457) the API answers must carry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from service.http import create_app
+from service.settings import Settings
+
+
+@asynccontextmanager
+async def app_client(
+    settings: Settings, *, raise_app_exceptions: bool = True, base_url: str = "http://b"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+            yield http
+
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    problem: dict[str, Any] = response.json()
+    assert problem["type"] == f"/problems/{slug}"
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem["detail"]
+    return problem
