@@ -13,7 +13,7 @@ import pytest
 from ledger.writer import WriterConfig
 from service.cli import main, parser, writer_config, writer_settings
 from service.settings import Settings
-from tests.support import child_env
+from testkit.support import child_env
 
 # (command line, the flag's dest, the setting it defaults to, how the setting reads as the flag)
 FLAGS: list[tuple[list[str], str, str, float]] = [
