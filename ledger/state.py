@@ -23,15 +23,18 @@ from ledger.database import Connection
 from ledger.queries import query
 from service.errors import BoxofficeError
 from service.keys import Keyspace
+from service.settings import DEFAULTS
 
-CHUNK = 1000
-"""Entries per Redis command (and rows per PostgreSQL fetch): on the development machine,
-inside Valkey, a ZRANGE of 1,000 entries takes 0.08 ms at the median, an HSCAN 0.2 to 0.4, an
-HSET 0.3, a ZADD 0.75 (benchmarks/stall.py)."""
+CHUNK = DEFAULTS.chunk_size
+"""Entries per Redis command and rows per PostgreSQL fetch, by default (BOXOFFICE_CHUNK_SIZE):
+on the development machine, inside Valkey, a ZRANGE of 1,000 entries takes 0.08 ms at the
+median, an HSCAN 0.2 to 0.4, an HSET 0.3, a ZADD 0.75 (benchmarks/stall.py)."""
 PAGES_PER_TRIP = 4
 """Pages sent together in one round trip. Redis runs a client's pipelined commands one after
 the other before it turns to the next client, so this many pages are the longest stall."""
-TRIES = 5
+TRIES = DEFAULTS.reconcile_tries
+"""Reads of an event that keeps changing before reconcile gives up, by default
+(BOXOFFICE_RECONCILE_TRIES)."""
 
 
 class EventChanging(BoxofficeError):
