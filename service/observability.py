@@ -36,6 +36,7 @@ from prometheus_client.utils import floatToGoString
 
 from service import asgi, problems
 from service.asgi import ASGIApp, Message, Receive, Scope, Send
+from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from service.logs import MULTIPROCESS_ENV, REQUEST_ID
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
@@ -218,10 +219,6 @@ def new_request_id() -> bytes:
 
 _access = logging.getLogger("boxoffice.access")
 _log = logging.getLogger("boxoffice.http")
-
-
-MAX_HEADER_FIELDS = 100
-MAX_HEADER_BYTES = 32 * 1024
 
 
 class RequestObserver:
