@@ -20,6 +20,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from service.protocol import BoundedHttpToolsProtocol, Bounds
 
 _BODY = b'{"userId":"u123456","eventId":"bench-ev"}'
@@ -64,7 +65,7 @@ async def _per_request(kind: str, requests: int) -> float:
     if kind == "httptools":
         protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
     else:
-        bounds = Bounds(32 * 1024, 100, 10.0, 10.0, 1000)
+        bounds = Bounds(MAX_HEADER_BYTES, MAX_HEADER_FIELDS, 10.0, 10.0, 1000)
         protocol = BoundedHttpToolsProtocol(
             config=config, server_state=ServerState(), app_state={}, bounds=bounds
         )

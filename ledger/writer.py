@@ -239,17 +239,19 @@ class Writer:
         # A read blocks block_ms; past that, a reply later than a PostgreSQL call may take means
         # the connection is stuck, and the lease must not run out while we wait on it.
         timeout = self.config.block_ms / 1000 + self.config.command_timeout_s
-        hot = PipelinedRedis(self.redis_url, timeout=timeout)
-        await hot.connect()
+        stream_redis = PipelinedRedis(self.redis_url, timeout=timeout)
+        await stream_redis.connect()
         try:
-            await self._drain_over(hot, partition, stop)
+            await self._drain_over(stream_redis, partition, stop)
         finally:
-            await hot.close()
+            await stream_redis.close()
 
-    async def _drain_over(self, hot: PipelinedRedis, partition: int, stop: asyncio.Event) -> None:
+    async def _drain_over(
+        self, stream_redis: PipelinedRedis, partition: int, stop: asyncio.Event
+    ) -> None:
         stream = self.keyspace.outbox(partition)
         config = self.config
-        await self._take_over(hot, stream, 0)
+        await self._take_over(stream_redis, stream, 0)
         self._frozen_read_at = -math.inf  # the previous holder may have frozen events
         for key in [k for k in self._blocked_since if k[0] == stream]:
             del self._blocked_since[key]
@@ -262,11 +264,11 @@ class Writer:
                 # Records another consumer read and left (it lost its lease, paused, died):
                 # holding the lease, this writer owns them. Checked continuously, not only at
                 # take-over, since a consumer can read after the take-over.
-                if await self._take_over(hot, stream, config.reclaim_idle):
+                if await self._take_over(stream_redis, stream, config.reclaim_idle):
                     cursor, retry_blocked_at = "0", None
                 reclaimed = now
             if now - retired > config.lease_ms / 1000:
-                await self._retire(hot, stream)
+                await self._retire(stream_redis, stream)
                 retired = now
             if now - renewed > config.lease_ms / 1000 / 3:
                 if not await self._lease(partition, "hold"):
@@ -279,11 +281,13 @@ class Writer:
             if retry_blocked_at is not None and now >= retry_blocked_at and cursor == ">":
                 cursor, retry_blocked_at = "0", None
             if now - trimmed > config.trim_every_s:
-                await self._trim(hot, stream)
+                await self._trim(stream_redis, stream)
                 trimmed = now
 
             block = config.block_ms if cursor == ">" else None
-            entries = await read_group(hot, self.name, stream, cursor, config.batch_size, block)
+            entries = await read_group(
+                stream_redis, self.name, stream, cursor, config.batch_size, block
+            )
             if cursor != ">":
                 if not entries:
                     cursor = ">"
@@ -291,18 +295,18 @@ class Writer:
                 cursor = entries[-1][0]
             if not entries:
                 continue
-            blocked = await self._write(hot, stream, entries)
+            blocked = await self._write(stream_redis, stream, entries)
             if blocked and retry_blocked_at is None:
                 retry_blocked_at = time.monotonic() + config.retry_blocked_s
             if cursor == ">" and len(entries) < config.batch_size // 4:
                 await _sleep(stop, config.linger_ms / 1000)
 
-    async def _take_over(self, hot: PipelinedRedis, stream: str, min_idle_ms: int) -> int:
+    async def _take_over(self, stream_redis: PipelinedRedis, stream: str, min_idle_ms: int) -> int:
         """Claim what consumers left pending for at least `min_idle_ms`: holding the lease, this
         writer owns it. Returns how many records other consumers held."""
         start, taken = "0-0", 0
         while True:
-            reply = await hot.execute(
+            reply = await stream_redis.send(
                 "XAUTOCLAIM", stream, GROUP, self.name, min_idle_ms, start, "COUNT", 1000, "JUSTID"
             )
             start, claimed = reply[0], reply[1]
@@ -318,12 +322,12 @@ class Writer:
             )
         return taken
 
-    async def _retire(self, hot: PipelinedRedis, stream: str) -> None:
+    async def _retire(self, stream_redis: PipelinedRedis, stream: str) -> None:
         """Forget consumers that own nothing and have not read for longer than records may stay
         unacknowledged: writers that are gone, or hold other partitions (reading again brings a
         consumer back)."""
         idle_ms = max(self.config.reclaim_idle, self.config.lease_ms)
-        for fields in await hot.execute("XINFO", "CONSUMERS", stream, GROUP):
+        for fields in await stream_redis.send("XINFO", "CONSUMERS", stream, GROUP):
             info = dict(zip(fields[::2], fields[1::2], strict=True))
             name = str(info["name"])
             if name == self.name or int(info["pending"]) or int(info["idle"]) < idle_ms:
@@ -331,7 +335,7 @@ class Writer:
             if await self._scripts.call("retire", (stream,), (GROUP, name, idle_ms)):
                 log.info("%s: consumer %s retired (gone, owning nothing)", stream, name)
 
-    async def _write(self, hot: PipelinedRedis, stream: str, entries: list[Entry]) -> int:
+    async def _write(self, stream_redis: PipelinedRedis, stream: str, entries: list[Entry]) -> int:
         """Apply one batch and acknowledge what is written; returns how many wait for an
         earlier record."""
         records: list[Record] = []
@@ -374,7 +378,7 @@ class Writer:
             log.error("%s: %d pending records were gone from the stream", stream, len(vanished))
             ackable += vanished
         if ackable:
-            await hot.execute("XACK", stream, GROUP, *ackable)
+            await stream_redis.send("XACK", stream, GROUP, *ackable)
         stats = self.stats
         stats.batches += 1
         stats.parked += len(parked)
@@ -531,21 +535,21 @@ class Writer:
             self._frozen_read_at = now
         return self._frozen
 
-    async def _trim(self, hot: PipelinedRedis, stream: str) -> None:
+    async def _trim(self, stream_redis: PipelinedRedis, stream: str) -> None:
         """Drop what every reader has acknowledged: up to the oldest pending record, or past
         the last delivered one when nothing is pending."""
         groups = [
             dict(zip(g[::2], g[1::2], strict=True))
-            for g in await hot.execute("XINFO", "GROUPS", stream)
+            for g in await stream_redis.send("XINFO", "GROUPS", stream)
         ]
         group = next((g for g in groups if g["name"] == GROUP), None)
         if group is None:
             return
         if int(group["pending"]) > 0:
-            keep_from = str((await hot.execute("XPENDING", stream, GROUP))[1])
+            keep_from = str((await stream_redis.send("XPENDING", stream, GROUP))[1])
         else:
             keep_from = _successor(str(group["last-delivered-id"]))
-        await hot.execute("XTRIM", stream, "MINID", keep_from)
+        await stream_redis.send("XTRIM", stream, "MINID", keep_from)
 
     # -- writers ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import msgspec
 from starlette.types import Message, Receive, Scope
 
 from service.booking import MAX_TICKETS, EventId, TicketCount, UserId
+from service.bounds import MAX_BODY_BYTES
 from service.problems import (
     MALFORMED,
     TOO_LARGE,
@@ -28,8 +29,6 @@ from service.problems import (
     FieldError,
     ProblemRaised,
 )
-
-MAX_BODY_BYTES = 16 * 1024
 
 log = logging.getLogger("boxoffice.bodies")
 

@@ -147,7 +147,7 @@ class Api:
         await hot.connect()
         redis = await connect_redis(address, self.settings.redis_max_connections)
         watcher: asyncio.Task[None] | None = None
-        folder: asyncio.Task[None] | None = None
+        stats_folding: asyncio.Task[None] | None = None
         try:
             scripts = Scripts(hot)
             await scripts.load()
@@ -157,7 +157,7 @@ class Api:
             await ensure_groups(redis, self.keyspace)
             self.lag = await ledger_lag(redis, self.keyspace)
             watcher = asyncio.create_task(self._watch_lag(redis))
-            folder = asyncio.create_task(observability.STATS.fold_forever())
+            stats_folding = asyncio.create_task(observability.STATS.fold_forever())
             self._redis = redis
             self._redis_probe = RedisProbe(redis)
             if self.settings.database_url:
@@ -182,8 +182,8 @@ class Api:
             for probe in probes:
                 await probe.close()
             gc.unfreeze()
-            if folder is not None:
-                folder.cancel()
+            if stats_folding is not None:
+                stats_folding.cancel()
             observability.worker_exited()
             await _close(redis, hot, watcher)
 

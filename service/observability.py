@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import json
 import logging
+import math
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,14 +26,17 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from service import asgi, problems
 from service.asgi import ASGIApp, Message, Receive, Scope, Send
+from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from service.logs import MULTIPROCESS_ENV, REQUEST_ID
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
@@ -41,13 +47,8 @@ _SANE_ID = re.compile(rb"[A-Za-z0-9._:@-]{1,64}")
 REQUESTS = Counter(
     "boxoffice_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
 )
+LATENCY_NAME = "boxoffice_http_request_duration_seconds"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-LATENCY = Histogram(
-    "boxoffice_http_request_duration_seconds",
-    "Time to answer an HTTP request",
-    ["route"],
-    buckets=LATENCY_BUCKETS,
-)
 BOOKINGS = Counter(
     "boxoffice_booking_changes_total",
     "State changes made: booked, waitlisted (joined the waiting list), promoted (from the "
@@ -74,21 +75,28 @@ LIMITER_ERRORS = Counter(
 
 
 class RequestStats:
-    """Per-process tallies of requests, latencies and booking changes, folded into the
-    Prometheus metrics once a second and before every scrape.
+    """Per-process tallies of requests, latencies and booking changes.
 
     A request pays a few dict updates instead of locked writes into prometheus-client's
-    shared-memory files (measured: the metrics were a tenth of a hot request's cost). Other
-    workers' figures in a scrape are at most FOLD_EVERY_S old.
+    shared-memory files (measured: the metrics were a tenth of a hot request's cost). Counts
+    are folded into the Prometheus counters (`inc`) once a second and before every scrape.
+    Latencies stay here, cumulative, and `LatencyCollector` exposes them as a histogram; in
+    multiprocess mode each fold also writes them to this worker's file in that directory,
+    which the collector of whichever worker is scraped adds up. Other workers' figures in a
+    scrape are at most FOLD_EVERY_S old.
     """
 
     FOLD_EVERY_S = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str | None = None, pid: int | None = None) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list[float]] = {}
-        """route -> [count per bucket (the last one +Inf)..., sum of seconds]"""
+        """route -> [count per bucket (the last one +Inf)..., sum of seconds], since start"""
         self.changes: dict[str, int] = {}
+        self.directory = directory
+        """Where workers' latency files go (multiprocess mode), else None."""
+        self.pid = os.getpid() if pid is None else pid
+        self._unwritten = False
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -98,26 +106,28 @@ class RequestStats:
             tally = self.latency[route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
         tally[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         tally[-1] += seconds
+        self._unwritten = True
 
     def change(self, kind: str) -> None:
         self.changes[kind] = self.changes.get(kind, 0) + 1
 
     def fold(self) -> None:
         requests, self.requests = self.requests, {}
-        latency, self.latency = self.latency, {}
         changes, self.changes = self.changes, {}
         for (route, method, status), count in requests.items():
             REQUESTS.labels(route, method, str(status)).inc(count)
-        for route, tally in latency.items():
-            child = LATENCY.labels(route)
-            # prometheus-client has no bulk observe: add to its per-bucket values directly
-            # (non-cumulative, as observe() keeps them).
-            for bucket, seen in zip(child._buckets, tally[:-1], strict=True):
-                if seen:
-                    bucket.inc(seen)
-            child._sum.inc(tally[-1])
         for kind, count in changes.items():
             BOOKINGS.labels(kind).inc(count)
+        if self.directory is not None and self._unwritten:
+            self._unwritten = False
+            self._write_latency(self.directory)
+
+    def _write_latency(self, directory: str) -> None:
+        # Whole and atomic: a scrape in another worker reads the old file or the new one.
+        path = Path(directory, f"{LATENCY_FILE_PREFIX}{self.pid}.json")
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.latency))
+        partial.replace(path)
 
     async def fold_forever(self) -> None:
         while True:
@@ -125,16 +135,66 @@ class RequestStats:
             self.fold()
 
 
-STATS = RequestStats()
+LATENCY_FILE_PREFIX = "boxoffice_latency_"
+"""A worker's latency tallies in the multiprocess directory (prometheus-client reads only its
+own `*.db` files there). An exited worker's file stays: its requests still count, as they do
+in prometheus-client's counter files."""
+
+
+class LatencyCollector(Collector):
+    """`boxoffice_http_request_duration_seconds`, a histogram by route, from `RequestStats`
+    tallies: this process's, or (given the multiprocess directory) every worker's files."""
+
+    def __init__(self, stats: RequestStats, directory: str | None = None) -> None:
+        self.stats = stats
+        self.directory = directory
+
+    def tallies(self) -> dict[str, list[float]]:
+        if self.directory is None:
+            return {route: list(tally) for route, tally in self.stats.latency.items()}
+        merged: dict[str, list[float]] = {}
+        for path in sorted(Path(self.directory).glob(f"{LATENCY_FILE_PREFIX}*.json")):
+            try:
+                worker: dict[str, list[float]] = json.loads(path.read_text())
+            except FileNotFoundError:  # pragma: no cover - the directory is going away
+                continue
+            for route, tally in worker.items():
+                into = merged.setdefault(route, [0.0] * len(tally))
+                for i, value in enumerate(tally):
+                    into[i] += value
+        return merged
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            LATENCY_NAME, "Time to answer an HTTP request", labels=["route"]
+        )
+        bounds = [
+            floatToGoString(b)  # type: ignore[no-untyped-call]  # as Histogram writes them
+            for b in (*LATENCY_BUCKETS, math.inf)
+        ]
+        for route, tally in sorted(self.tallies().items()):
+            cumulative = itertools.accumulate(tally[:-1])
+            family.add_metric([route], list(zip(bounds, cumulative, strict=True)), tally[-1])
+        yield family
+
+
+_MULTIPROCESS_DIR = os.environ.get(MULTIPROCESS_ENV) or None
+"""Read once, at import, as prometheus-client decides whether its values go to files."""
+
+STATS = RequestStats(_MULTIPROCESS_DIR)
 """This process's tallies (one per worker process)."""
+
+if _MULTIPROCESS_DIR is None:
+    REGISTRY.register(LatencyCollector(STATS))
 
 
 def metrics_text() -> tuple[bytes, str]:
     """The Prometheus exposition of this process, or of every worker in multiprocess mode."""
     STATS.fold()
-    if os.environ.get(MULTIPROCESS_ENV):
+    if _MULTIPROCESS_DIR is not None:
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(LatencyCollector(STATS, _MULTIPROCESS_DIR))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -142,7 +202,7 @@ def metrics_text() -> tuple[bytes, str]:
 def worker_exited() -> None:
     """Fold what is left, and drop a stopped worker's live gauges (multiprocess mode)."""
     STATS.fold()
-    if os.environ.get(MULTIPROCESS_ENV):
+    if _MULTIPROCESS_DIR is not None:
         prometheus_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
@@ -159,10 +219,6 @@ def new_request_id() -> bytes:
 
 _access = logging.getLogger("boxoffice.access")
 _log = logging.getLogger("boxoffice.http")
-
-
-MAX_HEADER_FIELDS = 100
-MAX_HEADER_BYTES = 32 * 1024
 
 
 class RequestObserver:

@@ -15,7 +15,7 @@ import msgspec
 from apispec import APISpec
 
 from service import problems
-from service.bodies import MAX_BODY_BYTES, BookingRequest, InitializeRequest
+from service.bodies import BookingRequest, InitializeRequest
 from service.booking import (
     ID_DESCRIPTION,
     ID_PATTERN,
@@ -24,6 +24,7 @@ from service.booking import (
     EventStatus,
     UserState,
 )
+from service.bounds import MAX_BODY_BYTES
 from service.probes import Health, ProblemDescription, Readiness
 from service.problems import Problem
 from service.settings import Settings

@@ -61,7 +61,7 @@ Entry = tuple[str, dict[str, str]]
 
 
 async def read_group(
-    hot: PipelinedRedis,
+    stream_redis: PipelinedRedis,
     consumer: str,
     stream: str,
     cursor: str,
@@ -73,7 +73,7 @@ async def read_group(
     command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count]
     if block_ms is not None:
         command += ["BLOCK", block_ms]
-    reply = await hot.execute(*command, "STREAMS", stream, cursor)
+    reply = await stream_redis.send(*command, "STREAMS", stream, cursor)
     if not reply:
         return []
     return [

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from service.bounds import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_HEADER_FIELDS, kib
 from service.errors import (
     BackendUnavailable,
     BoxofficeError,
@@ -105,14 +106,18 @@ EVENT_CONFLICT = ProblemType(
     "The event was initialized before with a different number of tickets.",
 )
 TOO_LARGE = ProblemType(
-    "payload-too-large", 413, "Payload too large", "Request bodies are limited to 16 KiB."
+    "payload-too-large",
+    413,
+    "Payload too large",
+    f"Request bodies are limited to {kib(MAX_BODY_BYTES)}.",
 )
 HEADERS_TOO_LARGE = ProblemType(
     "headers-too-large",
     431,
     "Request header fields too large",
     "The request's head (request line and header fields) was larger, or had more fields, than "
-    "the server allows (by default 32 KiB and 100 fields); the connection is closed.",
+    f"the server allows (by default {kib(MAX_HEADER_BYTES)} and {MAX_HEADER_FIELDS} fields); "
+    "the connection is closed.",
 )
 REQUEST_TIMEOUT = ProblemType(
     "request-timeout",

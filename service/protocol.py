@@ -55,8 +55,8 @@ log = logging.getLogger("boxoffice.http")
 MAX_AFTER_HEAD_BYTES = 1024 * 1024
 """Bytes a request may send after its head (body, chunk framing, trailer fields) before the
 connection is closed (413 when nothing was answered yet). Bodies are refused by the app past
-16 KiB; this bounds what the parser buffers of trailer fields and what a client may make the
-worker read and drop after an answer."""
+`bounds.MAX_BODY_BYTES`; this bounds what the parser buffers of trailer fields and what a
+client may make the worker read and drop after an answer."""
 
 LINGER_S = 1.0
 """How long a refused connection's late bytes are read and dropped before it is closed."""

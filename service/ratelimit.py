@@ -96,10 +96,10 @@ class PipelinedStorage(RedisStorage):
         return int(await evaluate(self._hot, self._incr, [self._key(key)], [expiry, amount]))
 
     async def get(self, key: str) -> int:
-        return int(await self._hot.execute("GET", self._key(key)) or 0)
+        return int(await self._hot.send("GET", self._key(key)) or 0)
 
     async def get_expiry(self, key: str) -> float:
-        return max(int(await self._hot.execute("TTL", self._key(key))), 0) + time.time()
+        return max(int(await self._hot.send("TTL", self._key(key))), 0) + time.time()
 
     async def acquire_sliding_window_entry(
         self, key: str, limit: int, expiry: int, amount: int = 1
@@ -146,10 +146,6 @@ class RateLimits:
         self.on_error: Callable[[], None] = lambda: None
         self.on_limited: Callable[[str], None] = lambda policy: None
         self._last_error_log = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.reads is not None or self.writes is not None
 
     def policy_for(self, method: str) -> Policy | None:
         return self.writes if method == "POST" else self.reads

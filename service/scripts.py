@@ -68,7 +68,7 @@ class Runner(Protocol):
         self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
     ) -> Awaitable[Any]: ...
 
-    def execute(self, *args: Arg) -> Awaitable[Any]: ...
+    def send(self, *args: Arg) -> Awaitable[Any]: ...
 
 
 # redis-py strips the error code from the messages it maps to exception classes.
@@ -89,7 +89,7 @@ class RedisPyRunner:
         # redis-py leaves execute_command untyped; this is its typed face.
         self._execute: Callable[..., Awaitable[Any]] = redis.execute_command
 
-    async def execute(self, *args: Arg) -> Any:
+    async def send(self, *args: Arg) -> Any:
         try:
             return await self._execute(*args)
         except _REDIS_PY_UNAVAILABLE as error:  # BusyLoadingError is one of these
@@ -104,7 +104,7 @@ class RedisPyRunner:
         self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
     ) -> Any:
         command = "EVALSHA_RO" if read_only else "EVALSHA"
-        return await self.execute(command, sha, len(keys), *keys, *args)
+        return await self.send(command, sha, len(keys), *keys, *args)
 
 
 class Scripts:
@@ -117,7 +117,7 @@ class Scripts:
     async def load(self) -> None:
         """Load every script into the server's cache (idempotent)."""
         for script in self._scripts.values():
-            await self._runner.execute("SCRIPT", "LOAD", script.source)
+            await self._runner.send("SCRIPT", "LOAD", script.source)
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Awaitable[Any]:
         # Not a coroutine of its own: one frame less on every request.
@@ -133,7 +133,7 @@ async def evaluate(runner: Runner, script: Script, keys: Sequence[str], args: Se
         except ReplyError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
-            await runner.execute("SCRIPT", "LOAD", script.source)
+            await runner.send("SCRIPT", "LOAD", script.source)
             return await runner.evalsha(script.sha, keys, args, script.read_only)
     except ReplyError as error:
         if str(error).startswith(_TRANSIENT):

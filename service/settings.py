@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 from service.address import RedisAddress
+from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from service.errors import ConfigurationError
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -371,13 +372,13 @@ class Settings:
     max_header_bytes: int = _setting(
         "BOXOFFICE_MAX_HEADER_BYTES",
         _int_in(1024, 1024 * 1024),
-        32 * 1024,
+        MAX_HEADER_BYTES,
         "bytes of a request's head (request line and header fields); more: 431, closed",
     )
     max_header_fields: int = _setting(
         "BOXOFFICE_MAX_HEADER_FIELDS",
         _int_in(8, 10_000),
-        100,
+        MAX_HEADER_FIELDS,
         "header fields of a request; more: 431, connection closed",
     )
     header_timeout: float = _setting(

@@ -287,10 +287,6 @@ class PipelinedRedis:
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.closed
 
-    @property
-    def pending(self) -> int:
-        return len(self._protocol.pending) if self._protocol is not None else 0
-
     # -- calls ------------------------------------------------------------------------------
 
     def send(self, *args: Arg) -> asyncio.Future[Any]:
@@ -313,9 +309,6 @@ class PipelinedRedis:
             protocol.flush_scheduled = True
             loop.call_soon(protocol.flush)
         return future
-
-    def execute(self, *args: Arg) -> asyncio.Future[Any]:
-        return self.send(*args)
 
     def evalsha(
         self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False

@@ -51,9 +51,9 @@ async def test_both_clients_use_the_database_the_url_names(
     client = await connect_redis(url, 2)
     key = f"{keyspace.prefix}:where"
     try:
-        await hot.execute("SET", key, "written by the hot path")
+        await hot.send("SET", key, "written by the hot path")
         assert await client.get(key) == "written by the hot path"
-        assert f"db={db}" in (await hot.execute("CLIENT", "INFO")).split()
+        assert f"db={db}" in (await hot.send("CLIENT", "INFO")).split()
         assert (await client.client_info())["db"] == db
     finally:
         await client.delete(key)
@@ -207,7 +207,7 @@ async def test_a_percent_encoded_user_and_password_reach_both_clients(tmp_path: 
     client = await connect_redis(url, 2)
     try:
         await hot.connect()
-        fields = dict(item.split("=", 1) for item in (await hot.execute("CLIENT", "INFO")).split())
+        fields = dict(item.split("=", 1) for item in (await hot.send("CLIENT", "INFO")).split())
         assert (fields["user"], fields["db"]) == ("ali@ce", "2")
         info = await client.client_info()
         assert (info["user"], info["db"]) == ("ali@ce", 2)

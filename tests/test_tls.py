@@ -99,7 +99,7 @@ async def both_clients_work(url: str, keyspace: Keyspace) -> None:
     client = await connect_redis(url, 2)
     key = f"{keyspace.prefix}:tls"
     try:
-        await hot.execute("SET", key, "over TLS")
+        await hot.send("SET", key, "over TLS")
         assert await client.get(key) == "over TLS"
     finally:
         await client.delete(key)

@@ -30,7 +30,7 @@ async def hot(redis_url: str) -> AsyncIterator[PipelinedRedis]:
 async def test_replies_reach_their_own_callers_under_interleaving(hot: PipelinedRedis) -> None:
     async def one(n: int) -> object:
         await asyncio.sleep(0 if n % 3 else 0.001)  # callers arrive in different loop turns
-        return await hot.execute("ECHO", f"value-{n}")
+        return await hot.send("ECHO", f"value-{n}")
 
     replies = await asyncio.gather(*(one(n) for n in range(5000)))
     assert replies == [f"value-{n}" for n in range(5000)]
@@ -40,7 +40,7 @@ async def test_an_error_reply_fails_only_its_own_call(
     hot: PipelinedRedis, keyspace: Keyspace
 ) -> None:
     key = f"{keyspace.prefix}:a-string"
-    await hot.execute("SET", key, "not a number")
+    await hot.send("SET", key, "not a number")
     first = hot.send("ECHO", "before")
     broken = hot.send("INCR", key)
     unknown = hot.send("NOSUCHCOMMAND")
@@ -51,13 +51,13 @@ async def test_an_error_reply_fails_only_its_own_call(
     assert "not an integer" in str(results[1])
     assert isinstance(results[2], ReplyError)
     assert results[3] == "after"
-    assert await hot.execute("ECHO", "still fine") == "still fine"
+    assert await hot.send("ECHO", "still fine") == "still fine"
 
 
 async def test_a_lost_connection_fails_every_pending_call_then_reconnects(
     hot: PipelinedRedis, redis_client: redis.Redis, keyspace: Keyspace
 ) -> None:
-    my_id = await hot.execute("CLIENT", "ID")
+    my_id = await hot.send("CLIENT", "ID")
     blocked = hot.send("BLPOP", f"{keyspace.prefix}:never", 10)  # holds everything behind it
     behind = [hot.send("ECHO", str(n)) for n in range(50)]
     await asyncio.sleep(0.1)
@@ -65,7 +65,7 @@ async def test_a_lost_connection_fails_every_pending_call_then_reconnects(
     results = await asyncio.gather(blocked, *behind, return_exceptions=True)
     assert all(isinstance(r, BackendUnavailable) for r in results), results
     await eventually(lambda: hot.connected, 10, "the transport to reconnect")
-    assert await hot.execute("ECHO", "back") == "back"
+    assert await hot.send("ECHO", "back") == "back"
 
 
 async def test_a_stuck_call_times_out_and_the_connection_is_replaced(
@@ -76,10 +76,10 @@ async def test_a_stuck_call_times_out_and_the_connection_is_replaced(
     try:
         started = asyncio.get_running_loop().time()
         with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.5 s"):
-            await hot.execute("BLPOP", f"{keyspace.prefix}:never", 5)
+            await hot.send("BLPOP", f"{keyspace.prefix}:never", 5)
         assert asyncio.get_running_loop().time() - started < 2
         await eventually(lambda: hot.connected, 10, "the transport to reconnect")
-        assert await hot.execute("ECHO", "ok") == "ok"
+        assert await hot.send("ECHO", "ok") == "ok"
     finally:
         await hot.close()
 
@@ -92,7 +92,7 @@ async def test_too_many_pending_calls_are_refused_at_once(redis_url: str) -> Non
         with pytest.raises(BackendUnavailable, match="Too many"):
             hot.send("ECHO", "one too many")
         assert await asyncio.gather(*accepted) == [str(n) for n in range(10)]
-        assert await hot.execute("ECHO", "room again") == "room again"
+        assert await hot.send("ECHO", "room again") == "room again"
     finally:
         await hot.close()
 
@@ -114,13 +114,13 @@ async def test_a_restarted_server_is_found_again(tmp_path: Path) -> None:
     hot = PipelinedRedis(server.url)
     await hot.connect()
     try:
-        await hot.execute("SET", "k", "v")
+        await hot.send("SET", "k", "v")
         server.stop()
         with pytest.raises(BackendUnavailable):
-            await hot.execute("GET", "k")
+            await hot.send("GET", "k")
         server.start()
         await eventually(lambda: hot.connected, 15, "the transport to reconnect")
-        assert await hot.execute("GET", "k") == "v"  # AOF kept it
+        assert await hot.send("GET", "k") == "v"  # AOF kept it
     finally:
         await hot.close()
         server.stop()
@@ -132,7 +132,7 @@ async def test_password_and_database_come_from_the_url(tmp_path: Path) -> None:
     try:
         hot = PipelinedRedis(f"redis://:s3cret@127.0.0.1:{server.port}/3")
         await hot.connect()
-        await hot.execute("SET", "in-three", "yes")
+        await hot.send("SET", "in-three", "yes")
         await hot.close()
         check = redis.Redis(port=server.port, password="s3cret", db=3, decode_responses=True)
         assert check.get("in-three") == "yes"
@@ -190,7 +190,7 @@ async def test_after_a_reconnect_no_call_runs_before_the_handshake_has_answered(
             key = f"w{task}:{n}"
             n += 1
             try:
-                await hot.execute("SET", key, "1")
+                await hot.send("SET", key, "1")
             except BackendUnavailable:
                 await asyncio.sleep(0)  # again at once: calls race the next handshake
                 continue
@@ -241,7 +241,7 @@ async def test_a_reply_that_is_not_utf8_fails_its_own_call_only(
 ) -> None:
     key = f"{keyspace.prefix}:binary"
     redis_client.set(key, b"\xff\xfe")
-    connection = await hot.execute("CLIENT", "ID")
+    connection = await hot.send("CLIENT", "ID")
     before = hot.send("ECHO", "before")
     binary = hot.send("GET", key)
     after = [hot.send("ECHO", f"value-{n}") for n in range(1000)]
@@ -249,4 +249,4 @@ async def test_a_reply_that_is_not_utf8_fails_its_own_call_only(
     assert replies[0] == "before"
     assert isinstance(replies[1], UnicodeDecodeError)
     assert replies[2:] == [f"value-{n}" for n in range(1000)]
-    assert await hot.execute("CLIENT", "ID") == connection  # the connection was kept
+    assert await hot.send("CLIENT", "ID") == connection  # the connection was kept
