@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.keys import Keyspace
 from service.observability import LATENCY_NAME, LatencyCollector, RequestStats
-from tests.support import ServedBoxoffice, child_env, wait_for
+from testkit.support import ServedBoxoffice, child_env, wait_for
 
 pytestmark = pytest.mark.anyio
 
