@@ -101,6 +101,8 @@ async def test_the_api_refuses_another_layout_with_one_line(
     [
         ({"version": LAYOUT + 1, "partitions": 16}, f"has layout {LAYOUT + 1}, this boxoffice"),
         ({"version": LAYOUT, "partitions": 8}, "BOXOFFICE_PARTITIONS=16, but the keyspace"),
+        # Made by the release before the layout record: layout 1 with 8 partitions.
+        ({"legacy": 8}, "BOXOFFICE_PARTITIONS=16, but the keyspace"),
     ],
 )
 def test_every_command_refuses_another_layout_with_one_line(
@@ -111,7 +113,10 @@ def test_every_command_refuses_another_layout_with_one_line(
     recorded: dict[str, int],
     says: str,
 ) -> None:
-    redis_client.set(keyspace.layout_key, json.dumps(recorded))
+    if "legacy" in recorded:
+        redis_client.set(keyspace.partitions_key, recorded["legacy"])
+    else:
+        redis_client.set(keyspace.layout_key, json.dumps(recorded))
     meta = keyspace.event("live").meta
     redis_client.hset(meta, mapping={"total": 1, "available": 1, "seq": 1})
     env = child_env(
