@@ -43,10 +43,15 @@ def _reset(client: redis.Redis, left: int) -> None:
     client.set(KEYS[4], "new")
 
 
-def _usec_per_call(client: redis.Redis, port: int, sha: str, user: str, calls: int) -> float:
+def _usec_per_call(
+    server: EmbeddedValkey, client: redis.Redis, sha: str, user: str, calls: int
+) -> float:
     client.config_resetstat()
+    # The embedded server has a generated password (redis-benchmark takes it only as `-a`: a
+    # throwaway server's, on this machine, for the length of the run).
     subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-n", str(calls), "-c", "32", "-r", "100000000",
+        ["redis-benchmark", "-p", str(server.port), "-a", server.password, "-n", str(calls),
+         "-c", "32", "-r", "100000000",
          "-q", "EVALSHA", sha, str(len(KEYS)), *KEYS, "e", user],
         check=True, capture_output=True,
     )  # fmt: skip
@@ -79,9 +84,7 @@ def main() -> int:
                 for _ in range(args.rounds):
                     for name, sha in shas.items():
                         _reset(client, left)
-                        taken[name].append(
-                            _usec_per_call(client, server.port, sha, user, args.calls)
-                        )
+                        taken[name].append(_usec_per_call(server, client, sha, user, args.calls))
                 for name, rounds in taken.items():
                     print(
                         f"{path:<36} {name:<10} {median(rounds):6.2f} µs/call median, "
