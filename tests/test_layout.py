@@ -140,3 +140,12 @@ def test_every_command_refuses_another_layout_with_one_line(
     assert len(lines) == 1, done.stderr
     assert says in lines[0]
     assert redis_client.hgetall(meta) == {"total": "1", "available": "1", "seq": "1"}
+
+
+async def test_a_partition_count_that_is_not_a_number_is_refused(
+    settings: Settings, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    redis_client.set(keyspace.partitions_key, "sixteen")
+    with pytest.raises(ConfigurationError, match="records a partition count this boxoffice"):
+        await start_api(settings)
+    assert redis_client.get(keyspace.layout_key) is None, "a layout was guessed"
