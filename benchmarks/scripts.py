@@ -44,13 +44,13 @@ def _reset(client: redis.Redis, left: int) -> None:
 
 
 def _usec_per_call(
-    server: EmbeddedValkey, client: redis.Redis, sha: str, user: str, calls: int
+    port: int, password: str, client: redis.Redis, sha: str, user: str, calls: int
 ) -> float:
     client.config_resetstat()
     # The embedded server has a generated password (redis-benchmark takes it only as `-a`: a
     # throwaway server's, on this machine, for the length of the run).
     subprocess.run(
-        ["redis-benchmark", "-p", str(server.port), "-a", server.password, "-n", str(calls),
+        ["redis-benchmark", "-p", str(port), "-a", password, "-n", str(calls),
          "-c", "32", "-r", "100000000",
          "-q", "EVALSHA", sha, str(len(KEYS)), *KEYS, "e", user],
         check=True, capture_output=True,
@@ -76,7 +76,8 @@ def main() -> int:
         ).stdout  # fmt: skip
     home = Path(tempfile.mkdtemp(prefix="bench-scripts-"))
     try:
-        with EmbeddedValkey(home / "valkey", free_port()) as server:
+        valkey = EmbeddedValkey(home / "valkey", free_port())
+        with valkey as server:
             client = redis.Redis.from_url(server.url, decode_responses=True)
             shas = {name: str(client.script_load(source)) for name, source in versions.items()}
             for path, (user, left) in PATHS.items():
@@ -84,7 +85,11 @@ def main() -> int:
                 for _ in range(args.rounds):
                     for name, sha in shas.items():
                         _reset(client, left)
-                        taken[name].append(_usec_per_call(server, client, sha, user, args.calls))
+                        taken[name].append(
+                            _usec_per_call(
+                                server.port, valkey.password, client, sha, user, args.calls
+                            )
+                        )
                 for name, rounds in taken.items():
                     print(
                         f"{path:<36} {name:<10} {median(rounds):6.2f} µs/call median, "
