@@ -17,6 +17,7 @@ from service.keys import Keyspace
 from service.layout import LAYOUT
 from service.settings import Settings
 from tests.support import child_env
+from tests.test_operations import boxoffice
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +150,12 @@ async def test_a_partition_count_that_is_not_a_number_is_refused(
     with pytest.raises(ConfigurationError, match="records a partition count this boxoffice"):
         await start_api(settings)
     assert redis_client.get(keyspace.layout_key) is None, "a layout was guessed"
+
+
+def test_restore_writes_the_layout_of_a_store_that_lost_it(
+    ledger_settings: Settings, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    assert redis_client.get(keyspace.layout_key) is None  # as after the store lost its data
+    done = boxoffice(ledger_settings, "restore")
+    assert done.returncode == 0, done.stderr
+    assert layout(redis_client, keyspace) == {"version": LAYOUT, "partitions": 16}
