@@ -43,10 +43,15 @@ def _reset(client: redis.Redis, left: int) -> None:
     client.set(KEYS[4], "new")
 
 
-def _usec_per_call(client: redis.Redis, port: int, sha: str, user: str, calls: int) -> float:
+def _usec_per_call(
+    port: int, password: str, client: redis.Redis, sha: str, user: str, calls: int
+) -> float:
     client.config_resetstat()
+    # The embedded server has a generated password (redis-benchmark takes it only as `-a`: a
+    # throwaway server's, on this machine, for the length of the run).
     subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-n", str(calls), "-c", "32", "-r", "100000000",
+        ["redis-benchmark", "-p", str(port), "-a", password, "-n", str(calls),
+         "-c", "32", "-r", "100000000",
          "-q", "EVALSHA", sha, str(len(KEYS)), *KEYS, "e", user],
         check=True, capture_output=True,
     )  # fmt: skip
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout  # fmt: skip
     home = Path(tempfile.mkdtemp(prefix="bench-scripts-"))
     try:
-        with EmbeddedValkey(home / "valkey", free_port()) as server:
+        valkey = EmbeddedValkey(home / "valkey", free_port())
+        with valkey as server:
             client = redis.Redis.from_url(server.url, decode_responses=True)
             shas = {name: str(client.script_load(source)) for name, source in versions.items()}
             for path, (user, left) in PATHS.items():
@@ -82,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                     for name, sha in shas.items():
                         _reset(client, left)
                         taken[name].append(
-                            _usec_per_call(client, server.port, sha, user, args.calls)
+                            _usec_per_call(
+                                server.port, valkey.password, client, sha, user, args.calls
+                            )
                         )
                 for name, rounds in taken.items():
                     print(

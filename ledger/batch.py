@@ -22,7 +22,7 @@ REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
-    """`ledger_apply`'s seven arrays, one element per record."""
+    """`ledger_apply`'s eight arrays, one element per record."""
     return (
         [r.event for r in records],
         [r.seq for r in records],
@@ -31,6 +31,7 @@ def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
         [r.booking for r in records],
         [r.total for r in records],
         [r.stream_id for r in records],
+        [r.version for r in records],
     )
 
 

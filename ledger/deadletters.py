@@ -1,8 +1,10 @@
 """Dead letters: records the ledger cannot apply are quarantined, not left to pin it.
 
 A record that conflicts with the ledger (same event and seq, other content), breaks the record
-format, or that PostgreSQL rejects would stay pending forever: its stream could never be trimmed
-past it and every later record of its event would wait behind it. Instead the writer
+format, is of a newer format than the writer reads (`unsupported-version`: written by a newer
+release, never guessed at), or that PostgreSQL rejects would stay pending forever: its stream
+could never be trimmed past it and every later record of its event would wait behind it.
+Instead the writer
 
 1. copies it to `dead_letters` (`ledger/migrations/0004_dead_letters.sql`),
 2. freezes its event: `HSET <meta key> frozen <stream id>` (the write scripts then refuse the
@@ -33,8 +35,9 @@ from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
 from service.keys import Keyspace
 
-QUARANTINED = ("conflict", "malformed", "rejected")
+QUARANTINED = ("conflict", "malformed", "unsupported-version", "rejected")
 HELD = "held"
+UNSUPPORTED = "unsupported-version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +57,24 @@ class DeadLetter:
             value = getattr(record, name)
             if value is not None:
                 fields[name] = str(value)
+        if record.version != 1:
+            fields["v"] = str(record.version)
         return cls(stream, record.stream_id, record.event, record.seq, reason, detail, fields)
 
     @classmethod
     def malformed(
-        cls, stream: str, stream_id: str, fields: Mapping[str, str], detail: str
+        cls,
+        stream: str,
+        stream_id: str,
+        fields: Mapping[str, str],
+        detail: str,
+        reason: str = "malformed",
     ) -> DeadLetter:
         try:
             seq: int | None = int(fields["seq"])
         except (KeyError, ValueError):
             seq = None
-        return cls(stream, stream_id, fields.get("event") or None, seq, "malformed", detail, fields)
+        return cls(stream, stream_id, fields.get("event") or None, seq, reason, detail, fields)
 
 
 def _lock(event_id: str) -> tuple[str, str]:

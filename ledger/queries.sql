@@ -4,7 +4,7 @@
 -- by event id (ledger.state): all three sort event ids bytewise (COLLATE "C"), as Python does.
 
 -- name: apply_batch
-SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7);
+SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: ledger_is_empty
 SELECT NOT EXISTS (SELECT 1 FROM ledger_entries);

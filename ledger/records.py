@@ -5,6 +5,7 @@ Each state change of an event appends one stream entry to its partition's outbox
 
 | field     | present for                   | meaning                                       |
 |-----------|-------------------------------|-----------------------------------------------|
+| `v`       | format 2 and later            | the record's format version (absent: 1)       |
 | `event`   | every op                      | event id                                      |
 | `seq`     | every op                      | per-event sequence, 1 for `init`, +1 per op   |
 | `op`      | every op                      | `init` `book` `wait` `cancel` `leave` `promote` |
@@ -15,6 +16,13 @@ Each state change of an event appends one stream entry to its partition's outbox
 A cancel that hands the ticket on appends `cancel` (seq n) then `promote` (seq n+1, the head of
 the waiting list) in the same atomic step. The entry id (`<ms>-<n>`) gives the server time. The
 waiting list is the `wait` ops in `seq` order minus `leave` and `promote`.
+
+**Versions.** The format is version `VERSION`. A record without `v` is version 1 (every record
+written so far), so version 1 costs no byte in any record; a script that writes a later format
+adds `v` first. A reader accepts every version up to its own and refuses a newer one
+(`UnsupportedVersion`): the writer quarantines it (reason `unsupported-version`) and freezes its
+event rather than guess at fields it does not know. So writers are upgraded before the APIs
+whose scripts write the new format (README, "Upgrading").
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
+
+VERSION = 1
+"""The newest record format this code reads (and the one the scripts write)."""
 
 Op = Literal["init", "book", "wait", "cancel", "leave", "promote"]
 _NEEDS_USER = {"book", "wait", "cancel", "leave", "promote"}
@@ -33,6 +44,10 @@ class MalformedRecord(ValueError):
     """An outbox entry does not follow the record format."""
 
 
+class UnsupportedVersion(MalformedRecord):
+    """An outbox entry of a format newer than `VERSION`: written by a newer release."""
+
+
 class Record(msgspec.Struct, frozen=True):
     stream_id: str
     event: str
@@ -41,10 +56,24 @@ class Record(msgspec.Struct, frozen=True):
     user: str | None = None
     booking: str | None = None
     total: int | None = None
+    version: int = 1
 
 
 def parse(stream_id: str, fields: Mapping[str, str]) -> Record:
-    """One outbox entry as a `Record`; `MalformedRecord` if it breaks the format."""
+    """One outbox entry as a `Record`; `UnsupportedVersion` if it is of a newer format than
+    this code reads, `MalformedRecord` if it breaks the format."""
+    version = 1
+    if "v" in fields:  # checked first: a newer format may change what every other field means
+        try:
+            version = int(fields["v"])
+        except ValueError:
+            raise MalformedRecord(f"{stream_id}: format version {fields['v']!r}") from None
+        if version > VERSION:
+            raise UnsupportedVersion(
+                f"{stream_id}: format version {version}, this writer reads up to {VERSION}"
+            )
+        if version < 1:
+            raise MalformedRecord(f"{stream_id}: format version {version}")
     try:
         op = fields["op"]
         record = Record(
@@ -55,6 +84,7 @@ def parse(stream_id: str, fields: Mapping[str, str]) -> Record:
             user=fields.get("user"),
             booking=fields.get("booking"),
             total=int(fields["total"]) if "total" in fields else None,
+            version=version,
         )
     except (KeyError, ValueError) as error:
         raise MalformedRecord(f"{stream_id}: {error!r}") from None

@@ -22,8 +22,8 @@ from ledger.state import CHUNK, PAGES_PER_TRIP, EventState, ledger_events, redis
 from service import epoch
 from service.errors import BoxofficeError
 from service.keys import Keyspace
+from service.layout import claim_layout
 from service.outbox import ensure_groups
-from service.stores import claim_partitions
 
 
 class LiveState(BoxofficeError):
@@ -109,6 +109,7 @@ async def restore(
     force: bool = False,
     chunk: int = CHUNK,
 ) -> Restored:
+    await claim_layout(redis, keyspace)  # refuses another layout before anything is wiped
     live = await redis_event_ids(redis, keyspace)
     if live and not force:
         raise LiveState(
@@ -126,6 +127,5 @@ async def restore(
             bookings += len(state.holders)
             waiting += len(state.waitlist)
     await ensure_groups(redis, keyspace)
-    await claim_partitions(redis, keyspace)
     await epoch.mark(redis, keyspace, epoch.RESTORED)  # last: the store takes requests again
     return Restored(events=events, bookings=bookings, waiting=waiting, replaced=replaced)

@@ -25,6 +25,7 @@ CREATE TABLE ledger_entries (
     stream_id     text        NOT NULL,
     recorded_at   timestamptz NOT NULL,
     written_at    timestamptz NOT NULL DEFAULT now(),
+    format        smallint    NOT NULL DEFAULT 1 CHECK (format >= 1),
     PRIMARY KEY (event_id, seq),
     CHECK ((op = 'init') = (total_tickets IS NOT NULL)),
     CHECK ((op = 'init') = (user_id IS NULL)),
@@ -32,6 +33,8 @@ CREATE TABLE ledger_entries (
 );
 COMMENT ON COLUMN ledger_entries.recorded_at IS
     'When Redis made the change (the outbox entry id''s milliseconds).';
+COMMENT ON COLUMN ledger_entries.format IS
+    'The outbox record format the entry was written from (ledger/records.py VERSION).';
 
 CREATE FUNCTION ledger_entries_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -86,14 +89,16 @@ CREATE FUNCTION ledger_apply(
     p_user    text[],
     p_booking text[],
     p_total   integer[],
-    p_stream  text[]
+    p_stream  text[],
+    p_format  smallint[]
 ) RETURNS TABLE (stream_id text, outcome text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     CREATE TEMP TABLE IF NOT EXISTS ledger_batch (
         event_id text, seq bigint, op text, user_id text, booking_id text,
-        total_tickets integer, stream_id text, recorded_at timestamptz, outcome text
+        total_tickets integer, stream_id text, format smallint, recorded_at timestamptz,
+        outcome text
     ) ON COMMIT DELETE ROWS;
     DELETE FROM ledger_batch;  -- a second call in one transaction starts afresh
 
@@ -106,8 +111,8 @@ BEGIN
     INSERT INTO ledger_batch
     WITH input AS (
         SELECT DISTINCT ON (r.event_id, r.seq) r.*
-          FROM unnest(p_event, p_seq, p_op, p_user, p_booking, p_total, p_stream)
-               AS r(event_id, seq, op, user_id, booking_id, total_tickets, stream_id)
+          FROM unnest(p_event, p_seq, p_op, p_user, p_booking, p_total, p_stream, p_format)
+               AS r(event_id, seq, op, user_id, booking_id, total_tickets, stream_id, format)
          ORDER BY r.event_id, r.seq, r.stream_id
     ), placed AS (
         SELECT i.*, coalesce(e.last_seq, 0) AS last_seq,
@@ -117,6 +122,7 @@ BEGIN
           LEFT JOIN events e ON e.event_id = i.event_id
     )
     SELECT p.event_id, p.seq, p.op, p.user_id, p.booking_id, p.total_tickets, p.stream_id,
+           p.format,
            -- the stream entry id is "<milliseconds>-<n>": the time Redis made the change
            to_timestamp(split_part(p.stream_id, '-', 1)::bigint / 1000.0),
            CASE
@@ -132,9 +138,10 @@ BEGIN
       LEFT JOIN ledger_entries j ON j.event_id = p.event_id AND j.seq = p.seq;
 
     INSERT INTO ledger_entries AS j
-           (event_id, seq, op, user_id, booking_id, total_tickets, stream_id, recorded_at)
+           (event_id, seq, op, user_id, booking_id, total_tickets, stream_id, recorded_at,
+            format)
     SELECT b.event_id, b.seq, b.op, b.user_id, b.booking_id, b.total_tickets, b.stream_id,
-           b.recorded_at
+           b.recorded_at, b.format
       FROM ledger_batch b
      WHERE b.outcome IN ('applied', 'duplicate')
     ON CONFLICT DO NOTHING;
@@ -192,7 +199,9 @@ CREATE TABLE dead_letters (
     event_id       text,
     seq            bigint,
     reason         text        NOT NULL
-                   CHECK (reason IN ('conflict', 'malformed', 'rejected', 'gap', 'held')),
+                   CONSTRAINT dead_letters_reason_check
+                   CHECK (reason IN ('conflict', 'malformed', 'unsupported-version', 'rejected',
+                                     'gap', 'held')),
     detail         text        NOT NULL,
     fields         jsonb       NOT NULL,
     writer         text        NOT NULL,
@@ -205,7 +214,8 @@ CREATE TABLE dead_letters (
     CHECK ((resolved_at IS NULL) = (resolved_by IS NULL))
 );
 COMMENT ON COLUMN dead_letters.reason IS
-    'conflict, malformed, rejected or gap (blocked past WriterConfig.gap_after_ms: an earlier '
-    'record of its event never came): the record that froze its event; held: a later record '
-    'of a frozen event, parked until release.';
+    'conflict, malformed, unsupported-version (a record format newer than the writer reads), '
+    'rejected or gap (blocked past WriterConfig.gap_after_ms: an earlier record of its event '
+    'never came): the record that froze its event; held: a later record of a frozen event, '
+    'parked until release.';
 CREATE INDEX dead_letters_unresolved ON dead_letters (event_id, seq) WHERE resolved_at IS NULL;

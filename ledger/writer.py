@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 
 from ledger.batch import ACKABLE, REJECTED, apply_arguments, apply_records
 from ledger.deadletters import (
+    UNSUPPORTED,
     DeadLetter,
     Frozen,
     freeze,
@@ -46,7 +47,7 @@ from ledger.deadletters import (
     waits,
 )
 from ledger.queries import query
-from ledger.records import MalformedRecord, Record, parse
+from ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
 from service.keys import Keyspace
 from service.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
 from service.scripts import Scripts
@@ -124,8 +125,8 @@ class WriterStats:
     blocked: int = 0
     conflict: int = 0
     malformed: int = 0
-    """Records quarantined for another reason than a conflict: malformed, rejected by
-    PostgreSQL, or blocked past `gap_after_ms`."""
+    """Records quarantined for another reason than a conflict: malformed, of a newer format
+    than this writer reads, rejected by PostgreSQL, or blocked past `gap_after_ms`."""
     parked: int = 0
     """Records of frozen events set aside in dead_letters until their event is released."""
     batches: int = 0
@@ -347,6 +348,9 @@ class Writer:
                 continue
             try:
                 records.append(parse(stream_id, fields))
+            except UnsupportedVersion as error:  # written by a newer release: never guessed at
+                letter = DeadLetter.malformed(stream, stream_id, fields, str(error), UNSUPPORTED)
+                dead.append(letter)
             except MalformedRecord as error:
                 dead.append(DeadLetter.malformed(stream, stream_id, fields, str(error)))
         # Quarantine what cannot be applied, set aside the records of frozen events, apply the

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 
 from service.errors import BoxofficeError, ConfigurationError
 from service.keys import Keyspace
+from service.layout import claim_layout
 from service.settings import Settings, mask_url
 from service.stores import Stores, check_eviction, connect_redis, open_stores
 
@@ -58,11 +59,13 @@ async def connections(
     redis = await connect_redis(stores.redis_url, 32)
     try:
         await redis.ping()
+        keyspace = Keyspace(settings.key_prefix, settings.partitions)
+        await claim_layout(redis, keyspace)
         pool = await connect_pool(
             stores.database_url, command_timeout=command_timeout or COMMAND_TIMEOUT_S
         )
         try:
-            yield Connections(redis, pool, Keyspace(settings.key_prefix, settings.partitions))
+            yield Connections(redis, pool, keyspace)
         finally:
             await pool.close()
     finally:
@@ -248,24 +251,24 @@ async def _migrate_url(url: str) -> list[str]:
 
 
 async def _prepare(settings: Settings, stores: Stores) -> tuple[list[str], int]:
-    """Migrate the ledger, then mark a new deployment's store (`service.epoch`): only when the
-    ledger holds no entry at all, since a store that lost its data looks new from Redis.
+    """Check the keyspace's layout (`service.layout`), migrate the ledger, then mark a new
+    deployment's store (`service.epoch`): only when the ledger holds no entry at all, since a
+    store that lost its data looks new from Redis.
     Returns the migrations applied now and how many epoch markers were set."""
     from ledger.queries import query
     from service import epoch
 
-    applied = await _migrate_url(stores.database_url)
-    connection = await asyncpg.connect(stores.database_url)
-    try:
-        new = bool(await connection.fetchval(query("ledger_is_empty")))
-    finally:
-        await connection.close()
-    if not new:
-        return applied, 0
+    keyspace = Keyspace(settings.key_prefix, settings.partitions)
     redis = await connect_redis(stores.redis_url, 2)
     try:
-        keyspace = Keyspace(settings.key_prefix, settings.partitions)
-        return applied, await epoch.mark_new(redis, keyspace)
+        await claim_layout(redis, keyspace)  # before anything is written to either store
+        applied = await _migrate_url(stores.database_url)
+        connection = await asyncpg.connect(stores.database_url)
+        try:
+            new = bool(await connection.fetchval(query("ledger_is_empty")))
+        finally:
+            await connection.close()
+        return applied, await epoch.mark_new(redis, keyspace) if new else 0
     finally:
         await redis.aclose()
 

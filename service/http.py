@@ -40,6 +40,7 @@ from service.errors import (
 )
 from service.hotpath import HotRoutes
 from service.keys import Keyspace
+from service.layout import claim_layout
 from service.outbox import ensure_groups, ledger_lag
 from service.probes import (
     Health,
@@ -53,7 +54,7 @@ from service.problems import FieldError, ProblemRaised
 from service.ratelimit import RateLimitMiddleware, RateLimits
 from service.scripts import Scripts
 from service.settings import Settings
-from service.stores import check_eviction, claim_partitions, connect_redis
+from service.stores import check_eviction, connect_redis
 from service.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.http")
@@ -153,7 +154,7 @@ class Api:
             await scripts.load()
             if warning := await check_eviction(redis):
                 log.warning(warning)
-            await claim_partitions(redis, self.keyspace)
+            await claim_layout(redis, self.keyspace)
             await ensure_groups(redis, self.keyspace)
             self.lag = await ledger_lag(redis, self.keyspace)
             watcher = asyncio.create_task(self._watch_lag(redis))

@@ -119,7 +119,14 @@ class Keyspace:
 
     @property
     def partitions_key(self) -> str:
+        """The partition count alone, as layout 1 recorded it before `layout_key` existed
+        (still written, for processes of that release during a rolling upgrade)."""
         return f"{self.prefix}:partitions"
+
+    @property
+    def layout_key(self) -> str:
+        """The keyspace's layout record (`service.layout`)."""
+        return f"{self.prefix}:layout"
 
     @property
     def pattern(self) -> str:

@@ -22,7 +22,6 @@ from service.embedded import (
     port_open,
 )
 from service.errors import ConfigurationError
-from service.keys import Keyspace
 from service.settings import Settings
 
 
@@ -87,19 +86,6 @@ async def connect_redis(address: RedisAddress | str, max_connections: int) -> Re
         **address.redis_options(),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
-
-
-async def claim_partitions(redis: Redis, keyspace: Keyspace) -> None:
-    """The partition count is fixed for a keyspace: events would be looked for under the wrong
-    hash tag if it changed. The first process records it; the others must agree."""
-    await redis.set(keyspace.partitions_key, keyspace.partitions, nx=True)
-    recorded = int(await redis.get(keyspace.partitions_key) or keyspace.partitions)
-    if recorded != keyspace.partitions:
-        raise ConfigurationError(
-            f"BOXOFFICE_PARTITIONS={keyspace.partitions}, but the keyspace "
-            f"{keyspace.prefix!r} was created with {recorded}; keep {recorded} "
-            "(or restore into a new BOXOFFICE_KEY_PREFIX)."
-        )
 
 
 async def check_eviction(redis: Redis) -> str | None:

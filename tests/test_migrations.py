@@ -12,7 +12,13 @@ import pytest
 from ledger.migrate import migrate, migrations, pending
 
 pytestmark = pytest.mark.anyio
-ALL = ["0001_ledger", "0002_apply", "0003_apply_times_from_ids", "0004_dead_letters"]
+ALL = [
+    "0001_ledger",
+    "0002_apply",
+    "0003_apply_times_from_ids",
+    "0004_dead_letters",
+    "0005_record_format",
+]
 
 
 def test_migrations_are_found_in_order() -> None:
