@@ -16,8 +16,7 @@ from service.http import create_app
 from service.keys import Keyspace
 from service.layout import LAYOUT
 from service.settings import Settings
-from tests.support import child_env
-from tests.test_operations import boxoffice
+from testkit.support import boxoffice, child_env
 
 pytestmark = pytest.mark.anyio
 

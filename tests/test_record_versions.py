@@ -13,9 +13,8 @@ from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.outbox import GROUP
 from service.settings import Settings
-from tests.support import eventually
-from tests.test_ledger import fetch, running_writer
-from tests.test_operations import boxoffice
+from testkit.ledger import fetch, running_writer
+from testkit.support import boxoffice, eventually
 
 pytestmark = pytest.mark.anyio
 
