@@ -135,15 +135,7 @@ class ServedBoxoffice:
 
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Another `boxoffice` command in the same environment (an operator beside serve)."""
-        return subprocess.run(
-            [self.python, "-m", "service.cli", *args],
-            env=self.env,
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cli(self.env, *args, cwd=self.cwd, python=self.python)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -209,6 +201,25 @@ def child_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+def run_cli(
+    env: Mapping[str, str],
+    *args: str,
+    cwd: Path | str | None = None,
+    timeout: float = 120,
+    python: str = sys.executable,
+) -> subprocess.CompletedProcess[str]:
+    """`boxoffice <args>` in a child process with `env`, its output captured as text."""
+    return subprocess.run(
+        [python, "-m", "service.cli", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def boxoffice(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """A `boxoffice` command in a child process, on the stores and keyspace of `settings`."""
     env = child_env(
@@ -216,14 +227,7 @@ def boxoffice(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
         DATABASE_URL=settings.database_url,
         BOXOFFICE_KEY_PREFIX=settings.key_prefix,
     )
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(env, *args)
 
 
 def check_invariants(client: redis.Redis, keys: EventKeys) -> None:

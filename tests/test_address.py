@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,7 +22,7 @@ from service.stores import connect_redis
 from service.transport import PipelinedRedis
 from testkit.app import app_client
 from testkit.ledger import running_writer
-from testkit.support import child_env, delete_keyspace, free_port
+from testkit.support import child_env, delete_keyspace, free_port, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -146,14 +144,7 @@ async def test_what_the_url_cannot_say_is_refused_in_one_line(url: str, message:
 
 def test_boxoffice_refuses_to_start_on_a_url_it_cannot_read() -> None:
     env = child_env(REDIS_URL="redis://:hunter2@127.0.0.1:6379/3?db=4")
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(env, "serve", "--port", str(free_port()), timeout=60)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "boxoffice: REDIS_URL=redis://:****@127.0.0.1:6379/3?db=4: database given twice and "

@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -33,7 +32,7 @@ from service.scripts import Scripts
 from service.settings import Settings
 from service.stores import connect_redis
 from testkit.ledger import drained, running_writer
-from testkit.support import child_env, delete_keyspace, free_port, open_directory
+from testkit.support import child_env, delete_keyspace, free_port, open_directory, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -373,14 +372,7 @@ def test_a_chunk_size_or_tries_below_1_is_refused(ledger_settings: Settings) -> 
         ["reconcile", "--tries", "-1"],
         ["restore", "--chunk-size", "0"],
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_cli(env, *args, timeout=60)
         assert done.returncode == 2, args
         assert done.stderr.splitlines()[-1].endswith(
             f"argument {args[1]}: must be 1 or more, not {args[2]}"

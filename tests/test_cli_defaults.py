@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 
 import pytest
 
 from ledger.writer import WriterConfig
 from service.cli import main, parser, writer_config, writer_settings
 from service.settings import Settings
-from testkit.support import child_env
+from testkit.support import child_env, run_cli
 
 # (command line, the flag's dest, the setting it defaults to, how the setting reads as the flag)
 FLAGS: list[tuple[list[str], str, str, float]] = [
@@ -147,14 +146,7 @@ def test_a_bad_setting_stops_any_command_in_one_line(
 def _cli(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     # No stores are given: whatever is refused must be refused before a connection is tried.
     base = child_env(REDIS_URL="redis://127.0.0.1:1/0", DATABASE_URL="postgresql://x@127.0.0.1:1/x")
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *argv],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli({**base, **env}, *argv, timeout=60)
 
 
 def test_help_shows_the_effective_default() -> None:

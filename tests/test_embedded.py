@@ -31,7 +31,7 @@ from service.embedded import (
 )
 from service.errors import ConfigurationError
 from testkit.rig import Rig
-from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, run_sql
+from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, run_cli, run_sql
 
 
 def _listening(port: int) -> bool:
@@ -111,14 +111,7 @@ def test_taken_embedded_port_is_one_clear_line(tmp_path: Path) -> None:
             BOXOFFICE_DATA_DIR=str(tmp_path),
             BOXOFFICE_EMBEDDED_REDIS_PORT=str(port),
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_cli(env, "serve", "--port", str(free_port()), timeout=60)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert f"Port {port} is taken" in done.stderr
@@ -130,14 +123,7 @@ def test_taken_embedded_port_is_one_clear_line(tmp_path: Path) -> None:
     [("BOXOFFICE_PARTITIONS", "0"), ("BOXOFFICE_WORKERS", "many"), ("BOXOFFICE_KEY_PREFIX", "a b")],
 )
 def test_bad_setting_is_named_in_one_line(name: str, value: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=child_env(**{name: value}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(child_env(**{name: value}), "serve", timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith(f"boxoffice: {name}=")
     assert done.stderr.count("\n") == 1
@@ -323,15 +309,7 @@ def test_serve_refuses_a_symlinked_postgres_directory_and_stops_its_valkey(home:
     (home / "data").mkdir()
     (home / "data" / "postgres").symlink_to(victim)
     env = embedded_env(home)
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
-        env=env,
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_cli(env, "serve", "--port", str(free_port()), cwd=home)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "is a symbolic link" in done.stderr
     assert done.stderr.count("\n") == 1

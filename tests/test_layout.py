@@ -5,8 +5,6 @@ keyspace of another layout refuses with one line; a keyspace made before the rec
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import redis
@@ -16,7 +14,7 @@ from service.http import create_app
 from service.keys import Keyspace
 from service.layout import LAYOUT
 from service.settings import Settings
-from testkit.support import boxoffice, child_env
+from testkit.support import boxoffice, child_env, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -127,14 +125,7 @@ def test_every_command_refuses_another_layout_with_one_line(
         BOXOFFICE_ADMIN_TOKEN=None,
         BOXOFFICE_WRITER="false",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_cli(env, *command)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -23,7 +23,7 @@ from service.errors import ConfigurationError
 from service.keys import Keyspace
 from service.settings import Settings
 from testkit.app import app_client, assert_problem
-from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, redis_at
+from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, redis_at, run_cli
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,12 +208,10 @@ def test_restore_refuses_to_rebuild_into_a_store_that_may_evict(
 ) -> None:
     """The sibling: restore writes all booking state back; into an evicting store it would be
     dropped again at maxmemory."""
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "restore"],
-        env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", REDIS_URL=own_valkey.url,
-                      DATABASE_URL=database_url),
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    env = child_env(
+        BOXOFFICE_ENV_FILE="/nonexistent", REDIS_URL=own_valkey.url, DATABASE_URL=database_url
+    )
+    done = run_cli(env, "restore", cwd=ROOT, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout == ""
     assert done.stderr.splitlines() == [done.stderr.strip()]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -46,17 +45,9 @@ def test_urls_are_masked_by_parsing_them(url: str, shown: str, hidden: list[str]
 
 
 def _boxoffice(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    from testkit.support import child_env
+    from testkit.support import child_env, run_cli
 
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", **env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(child_env(BOXOFFICE_ENV_FILE="/nonexistent", **env), *args, cwd=ROOT, timeout=60)
 
 
 def test_config_shows_no_password_of_any_form() -> None:

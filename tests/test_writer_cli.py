@@ -3,14 +3,11 @@ starts."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from ledger.writer import WriterConfig
 from service.cli import parser
-from testkit.support import child_env
+from testkit.support import child_env, run_cli
 
 
 @pytest.mark.parametrize(
@@ -20,14 +17,7 @@ from testkit.support import child_env
 def test_writer_refuses_a_lease_or_batch_size_of_zero_or_less(option: str, value: str) -> None:
     # No stores are given: a refusal must come before any connection is tried.
     env = child_env(REDIS_URL="redis://127.0.0.1:1/0", DATABASE_URL="postgresql://x@127.0.0.1:1/x")
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "writer", f"{option}={value}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(env, "writer", f"{option}={value}", timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
