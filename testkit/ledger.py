@@ -11,9 +11,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+from redis.asyncio import Redis
 
 from ledger.database import connect_pool
-from ledger.reconcile import wait_for_drain
+from ledger.reconcile import Report, reconcile, wait_for_drain
 from ledger.writer import Writer, WriterConfig
 from service.keys import Keyspace
 from service.settings import Settings
@@ -21,6 +22,15 @@ from service.stores import connect_redis
 from testkit.support import child_env
 
 FAST = WriterConfig(batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2)
+
+
+async def reconciled(redis: Redis, database_url: str, keyspace: Keyspace) -> Report:
+    """`reconcile` of the whole keyspace, on a ledger connection of its own."""
+    database = await asyncpg.connect(database_url)
+    try:
+        return await reconcile(redis, database, keyspace)
+    finally:
+        await database.close()
 
 
 @asynccontextmanager

@@ -9,13 +9,12 @@ import pytest
 import redis
 
 from ledger.batch import apply_records
-from ledger.reconcile import reconcile
 from ledger.records import Record
 from service.booking import BookingEngine
 from service.keys import Keyspace
 from service.outbox import GROUP, ensure_groups, ledger_lag
 from service.stores import connect_redis
-from testkit.ledger import drained, fetch, running_writer
+from testkit.ledger import drained, fetch, reconciled, running_writer
 from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
@@ -23,11 +22,9 @@ pytestmark = pytest.mark.anyio
 
 async def assert_consistent(redis_url: str, database_url: str, keyspace: Keyspace) -> None:
     connection = await connect_redis(redis_url, 2)
-    database = await asyncpg.connect(database_url)
     try:
-        report = await reconcile(connection, database, keyspace)
+        report = await reconciled(connection, database_url, keyspace)
     finally:
-        await database.close()
         await connection.aclose()
     assert [(e.event_id, e.differences) for e in report.drifted] == []
     assert report.events, "nothing was compared"

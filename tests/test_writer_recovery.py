@@ -7,11 +7,10 @@ import asyncio
 import signal
 from pathlib import Path
 
-import asyncpg
 import pytest
 import redis
 
-from ledger.reconcile import reconcile, wait_for_drain
+from ledger.reconcile import wait_for_drain
 from ledger.writer import WriterConfig
 from service.booking import BookingEngine
 from service.keys import Keyspace
@@ -20,7 +19,7 @@ from service.scripts import read_all
 from service.settings import Settings
 from service.stores import connect_redis
 from testkit.app import app_client
-from testkit.ledger import FAST, count_rows, fetch, running_writer, start_writer
+from testkit.ledger import FAST, count_rows, fetch, reconciled, running_writer, start_writer
 from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
@@ -112,11 +111,7 @@ async def test_a_consumer_that_reads_a_record_and_never_acknowledges_it_does_not
 
             await eventually(ghost_forgotten, 10, "the ghost consumer to be retired")
             assert [c["name"] for c in redis_client.xinfo_consumers(stream, GROUP)] == ["w"]
-            database = await asyncpg.connect(database_url)
-            try:
-                report = await reconcile(connection, database, keyspace)
-            finally:
-                await database.close()
+            report = await reconciled(connection, database_url, keyspace)
         finally:
             await connection.aclose()
     assert report.ok, [e.differences for e in report.drifted]
@@ -174,11 +169,7 @@ async def test_a_writer_paused_past_its_lease_then_resumed_and_killed_leaves_a_c
         connection = await connect_redis(redis_url, 2)
         try:
             assert await wait_for_drain(connection, keyspace, 30) == 0, log.read_text()
-            database = await asyncpg.connect(database_url)
-            try:
-                report = await reconcile(connection, database, keyspace)
-            finally:
-                await database.close()
+            report = await reconciled(connection, database_url, keyspace)
         finally:
             await connection.aclose()
     finally:
