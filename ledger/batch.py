@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from ledger.database import Connection
 from ledger.queries import query
 from ledger.records import Record
 
@@ -35,6 +36,15 @@ def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
     )
 
 
+async def apply_on(
+    connection: Connection, records: Sequence[Record], within: float | None = None
+) -> dict[str, str]:
+    """Apply records in one statement on `connection` (in its transaction, if it is in one);
+    their outcomes by stream id. `within` bounds the statement (seconds)."""
+    rows = await connection.fetch(query("apply_batch"), *apply_arguments(records), timeout=within)
+    return {row["stream_id"]: row["outcome"] for row in rows}
+
+
 async def apply_records(
     pool: asyncpg.Pool, records: Sequence[Record], within: float | None = None
 ) -> dict[str, str]:
@@ -43,7 +53,4 @@ async def apply_records(
     if not records:
         return {}
     async with pool.acquire(timeout=within) as connection:
-        rows = await connection.fetch(
-            query("apply_batch"), *apply_arguments(records), timeout=within
-        )
-    return {row["stream_id"]: row["outcome"] for row in rows}
+        return await apply_on(connection, records, within)

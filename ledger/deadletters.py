@@ -29,7 +29,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from ledger.batch import REJECTED, apply_arguments
+from ledger.batch import REJECTED, apply_on
 from ledger.database import Connection
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
@@ -262,16 +262,14 @@ async def _offer(connection: Connection, records: Sequence[Record]) -> dict[str,
         return {}
     try:
         async with connection.transaction():
-            rows = await connection.fetch(query("apply_batch"), *apply_arguments(records))
-        return {r["stream_id"]: r["outcome"] for r in rows}
+            return await apply_on(connection, records)
     except REJECTED:
         pass
     outcomes: dict[str, str] = {}
     for record in records:
         try:
             async with connection.transaction():
-                rows = await connection.fetch(query("apply_batch"), *apply_arguments([record]))
-            outcomes.update({r["stream_id"]: r["outcome"] for r in rows})
+                outcomes.update(await apply_on(connection, [record]))
         except REJECTED:
             outcomes[record.stream_id] = "rejected"
     return outcomes

@@ -34,7 +34,7 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from ledger.batch import ACKABLE, REJECTED, apply_arguments, apply_records
+from ledger.batch import ACKABLE, REJECTED, apply_on, apply_records
 from ledger.deadletters import (
     UNSUPPORTED,
     DeadLetter,
@@ -46,7 +46,6 @@ from ledger.deadletters import (
     stream_order,
     waits,
 )
-from ledger.queries import query
 from ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
 from service.keys import Keyspace
 from service.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
@@ -474,10 +473,7 @@ class Writer:
                 self.pool.acquire(timeout=within) as connection,
                 connection.transaction(),
             ):
-                rows = await connection.fetch(
-                    query("apply_batch"), *apply_arguments(records), timeout=within
-                )
-                outcomes = {row["stream_id"]: row["outcome"] for row in rows}
+                outcomes = await apply_on(connection, records, within)
                 conflicts = [r for r in records if outcomes[r.stream_id] == "conflict"]
                 if conflicts:
                     raise _Undo(conflicts)
