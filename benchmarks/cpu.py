@@ -16,6 +16,7 @@ Parts, by process (on this machine; a `--target` elsewhere is not measured):
 
 from __future__ import annotations
 
+import re
 import resource
 
 import psutil
@@ -35,7 +36,7 @@ def _part(process: psutil.Process, ours: set[int]) -> str | None:
         command = " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
-    if "service.cli writer" in command or command.endswith(" writer"):
+    if command.endswith(" writer") or re.search(r"service(\.run)?\.cli writer", command):
         return "writer"
     if "python" in name or "uvicorn" in command or "boxoffice" in command:
         return "api"

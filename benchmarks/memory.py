@@ -8,11 +8,11 @@ import asyncio
 import uuid
 
 from benchmarks.stores import BenchStores
-from service import epoch
-from service.booking import BookingEngine
-from service.keys import Keyspace
-from service.scripts import Scripts
-from service.transport import PipelinedRedis
+from service.booking.engine import BookingEngine
+from service.store import epoch
+from service.store.keys import Keyspace
+from service.store.scripts import Scripts
+from service.store.transport import PipelinedRedis
 from testkit.support import delete_keyspace, redis_at, wait_for
 
 

@@ -23,7 +23,7 @@ from statistics import median
 
 import redis
 
-from service.embedded import EmbeddedValkey
+from service.run.embedded import EmbeddedValkey
 from testkit.support import free_port
 
 KEYS = [f"b:{{p01}}:ev:e:{name}" for name in ("meta", "holders", "waitlist")]

@@ -48,6 +48,7 @@ from benchmarks.book import answers, wrk
 from benchmarks.stores import BenchStores, served
 from testkit.support import (
     ServedBoxoffice,
+    boxoffice_command,
     child_env,
     database_url_for,
     free_port,
@@ -285,7 +286,7 @@ class Boxoffice:
     """How the suite runs one of its `boxoffice serve` systems."""
 
     python: str
-    """The interpreter whose `service.cli` serves: this one, or a baseline's venv."""
+    """The interpreter whose `boxoffice` serves: this one, or a baseline's venv."""
     settings: dict[str, str | None]
     """BOXOFFICE_* variables on top of the stores' (None removes one)."""
     paused_writer: bool
@@ -366,7 +367,7 @@ def _writer(server: ServedBoxoffice, start: bool) -> Iterator[None]:
         yield
         return
     writer = subprocess.Popen(
-        [server.python, "-m", "service.cli", "writer"], env=server.env, cwd=server.cwd
+        [*boxoffice_command(server.python), "writer"], env=server.env, cwd=server.cwd
     )
     try:
         yield
@@ -382,8 +383,8 @@ def _writer(server: ServedBoxoffice, start: bool) -> Iterator[None]:
 def _mark_new(redis_url: str, prefix: str) -> None:
     import redis
 
-    from service import epoch
-    from service.keys import Keyspace
+    from service.store import epoch
+    from service.store.keys import Keyspace
 
     client = redis.Redis.from_url(redis_url)
     epoch.mark_blocking(client, Keyspace(prefix, 16))
@@ -392,7 +393,7 @@ def _mark_new(redis_url: str, prefix: str) -> None:
 
 def _delete_prefix(redis_url: str, prefix: str) -> None:
 
-    from service.keys import Keyspace
+    from service.store.keys import Keyspace
     from testkit.support import delete_keyspace, redis_at
 
     client = redis_at(redis_url)

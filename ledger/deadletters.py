@@ -33,7 +33,7 @@ from ledger.batch import REJECTED, apply_on
 from ledger.database import Connection
 from ledger.queries import query
 from ledger.records import MalformedRecord, Record, parse
-from service.keys import Keyspace
+from service.store.keys import Keyspace
 
 QUARANTINED = ("conflict", "malformed", "unsupported-version", "rejected")
 HELD = "held"

@@ -34,8 +34,8 @@ from ledger.state import (
     snapshot,
 )
 from ledger.state import redis_state as read_redis_state
-from service.keys import Keyspace
-from service.outbox import GROUP, ledger_lag, read_range
+from service.store.keys import Keyspace
+from service.store.outbox import GROUP, ledger_lag, read_range
 
 _SHOWN = 5  # examples named per difference
 

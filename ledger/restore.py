@@ -19,11 +19,11 @@ from redis.asyncio import Redis
 
 from ledger.database import Connection
 from ledger.state import CHUNK, PAGES_PER_TRIP, EventState, ledger_events, redis_event_ids, snapshot
-from service import epoch
 from service.errors import BoxofficeError
-from service.keys import Keyspace
-from service.layout import claim_layout
-from service.outbox import ensure_groups
+from service.store import epoch
+from service.store.keys import Keyspace
+from service.store.layout import claim_layout
+from service.store.outbox import ensure_groups
 
 
 class LiveState(BoxofficeError):

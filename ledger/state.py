@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 from ledger.database import Connection
 from ledger.queries import query
 from service.errors import BoxofficeError
-from service.keys import Keyspace
 from service.settings import DEFAULTS
+from service.store.keys import Keyspace
 
 CHUNK = DEFAULTS.chunk_size
 """Entries per Redis command and rows per PostgreSQL fetch, by default (BOXOFFICE_CHUNK_SIZE):

@@ -47,11 +47,11 @@ from ledger.deadletters import (
     waits,
 )
 from ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
-from service.keys import Keyspace
-from service.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
-from service.scripts import Scripts
 from service.settings import DEFAULTS
-from service.transport import PipelinedRedis
+from service.store.keys import Keyspace
+from service.store.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
+from service.store.scripts import Scripts
+from service.store.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.writer")
 

@@ -42,5 +42,9 @@ class EventFrozen(BoxofficeError):
     was changed."""
 
 
+class LedgerBehind(BoxofficeError):
+    """The ledger trails the store by more than its bound; retry shortly."""
+
+
 class BackendUnavailable(BoxofficeError):
     """The booking store cannot be reached right now; retry shortly."""

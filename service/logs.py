@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line, carrying the id of the request being handled.
 
-Kept apart from the metrics (`service.observability`): `serve` configures logging before it
+Kept apart from the metrics (`service.api.observability`): `serve` configures logging before it
 points prometheus-client at its multiprocess directory, and importing prometheus-client earlier
 would fix its value storage to the single-process kind.
 """

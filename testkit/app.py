@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from service.http import create_app
+from service.api.asgi import Receive, Scope, Send
+from service.run.app import create_app
 from service.settings import Settings
 
 
@@ -19,8 +20,13 @@ async def app_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket)."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    async with app.router.lifespan_context(app) as state:
+
+        async def served(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = dict(state or {})  # as uvicorn hands the lifespan's state on
+            await app(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=served, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
             yield http
 

@@ -19,8 +19,8 @@ import psutil
 import pytest
 import redis
 
-from service.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.keys import Keyspace
+from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.store.keys import Keyspace
 from testkit.support import (
     ServedBoxoffice,
     check_invariants,

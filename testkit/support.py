@@ -20,8 +20,8 @@ import httpx
 import redis
 
 from service.address import RedisAddress
-from service.keys import EventKeys, Keyspace
 from service.settings import Settings
+from service.store.keys import EventKeys, Keyspace
 
 
 def open_directory() -> Path:
@@ -98,7 +98,7 @@ class ServedBoxoffice:
     ) -> None:
         self.keyspace = keyspace
         self.python = python
-        """The interpreter whose `service.cli` runs (another commit's venv in benchmarks)."""
+        """The interpreter whose `boxoffice` runs (another commit's venv in benchmarks)."""
         self.database_url = database_url
         self.env = dict(env)
         self.cwd = cwd
@@ -106,7 +106,7 @@ class ServedBoxoffice:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (cwd or Path.cwd()) / f"serve-{self.port}.log"
         command = [
-            python, "-m", "service.cli", "serve",
+            *boxoffice_command(python), "serve",
             "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
         with self.log.open("wb") as log:
@@ -201,6 +201,17 @@ def child_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+CLI = "service.run.cli"
+
+
+def boxoffice_command(python: str) -> list[str]:
+    """How `python` runs `boxoffice`: this tree's CLI module, or, for another commit's
+    virtualenv (a benchmark baseline, where the module may sit elsewhere), its console script."""
+    if python == sys.executable:
+        return [python, "-m", CLI]
+    return [str(Path(python).parent / "boxoffice")]
+
+
 def run_cli(
     env: Mapping[str, str],
     *args: str,
@@ -210,7 +221,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """`boxoffice <args>` in a child process with `env`, its output captured as text."""
     return subprocess.run(
-        [python, "-m", "service.cli", *args],
+        [*boxoffice_command(python), *args],
         env=dict(env),
         cwd=cwd,
         capture_output=True,

@@ -29,13 +29,13 @@ import pytest
 import redis
 
 from ledger.migrate import migrate
-from service import epoch
-from service.booking import BookingEngine
-from service.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.keys import Keyspace
-from service.scripts import Scripts
+from service.booking.engine import BookingEngine
+from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.settings import Settings
-from service.stores import connect_redis
+from service.store import epoch
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.scripts import Scripts
 from testkit.app import app_client
 from testkit.ledger import ledger_pool as open_ledger_pool
 from testkit.support import (
@@ -229,7 +229,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def _new_keyspace(redis_client: redis.Redis) -> Iterator[Keyspace]:
-    """A new keyspace, marked as a new deployment's (`service.epoch`): its ledger is empty."""
+    """A new keyspace, marked as a new deployment's (`service.store.epoch`): its ledger is empty."""
     keyspace = Keyspace(f"t-{uuid.uuid4().hex[:12]}", 16)
     epoch.mark_blocking(redis_client, keyspace)
     yield keyspace

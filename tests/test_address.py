@@ -12,14 +12,14 @@ import asyncpg
 import pytest
 import redis
 
-from service import epoch
 from service.address import TLS, RedisAddress
-from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
-from service.keys import Keyspace
+from service.run.embedded import EmbeddedValkey
 from service.settings import Settings
-from service.stores import connect_redis
-from service.transport import PipelinedRedis
+from service.store import epoch
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.transport import PipelinedRedis
 from testkit.app import app_client
 from testkit.ledger import running_writer
 from testkit.support import child_env, delete_keyspace, free_port, run_cli

@@ -11,12 +11,12 @@ import httpx
 import pytest
 import redis
 
-from service import epoch
-from service.embedded import EmbeddedValkey
 from service.errors import ConfigurationError
-from service.http import create_app
-from service.keys import Keyspace
+from service.run.app import create_app
+from service.run.embedded import EmbeddedValkey
 from service.settings import Settings
+from service.store import epoch
+from service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import free_port
 

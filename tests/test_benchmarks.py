@@ -223,7 +223,7 @@ FAKE_CLI = "import time\ntime.sleep(30)\n"
 def test_meter_finds_a_baseline_serve_and_writer_run_by_another_interpreter(
     tmp_path: Path,
 ) -> None:
-    # A baseline's processes are `<its venv>/bin/python -m service.cli serve|writer`.
+    # An old baseline's processes are `<its venv>/bin/python -m service.cli serve|writer`.
     (tmp_path / "venv" / "bin").mkdir(parents=True)
     python = tmp_path / "venv" / "bin" / "python"
     python.symlink_to(sys.executable)

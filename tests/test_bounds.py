@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service import problems
+from service.api import problems
+from service.api.openapi import document
 from service.bounds import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_HEADER_FIELDS, kib
-from service.openapi import document
 from service.settings import Settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

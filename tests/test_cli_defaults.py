@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from ledger.writer import WriterConfig
-from service.cli import main, parser, writer_config, writer_settings
+from service.run.cli import main, parser, writer_config, writer_settings
 from service.settings import Settings
 from testkit.support import child_env, run_cli
 

@@ -23,12 +23,13 @@ import psutil
 import pytest
 import redis
 
-from service import epoch, problems
-from service.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.api import problems
 from service.errors import ConfigurationError, UnknownEvent
-from service.keys import Keyspace
 from service.logs import JsonFormatter
+from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.settings import Settings
+from service.store import epoch
+from service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import (
     ServedBoxoffice,
@@ -565,12 +566,12 @@ def test_an_unmapped_domain_error_is_answered_generically_and_logged(log_lines: 
 async def test_a_crash_answers_500_and_logs_the_traceback_with_the_request_id(
     settings: Settings, log_lines: _Lines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.http import Api
+    from service.api.handlers import Handlers
 
-    async def crash(self: Api, request: object) -> None:
+    async def crash(self: Handlers, request: object) -> None:
         raise RuntimeError("secret internals: /etc/passwd at 0x7f")
 
-    monkeypatch.setattr(Api, "healthz", crash)
+    monkeypatch.setattr(Handlers, "healthz", crash)
     async with app_client(settings, raise_app_exceptions=False) as http:
         answer = await http.get("/healthz")
     problem = assert_problem(answer, 500, "internal-error")

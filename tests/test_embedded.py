@@ -22,14 +22,14 @@ import psutil
 import pytest
 import redis
 
-from service.embedded import (
+from service.errors import ConfigurationError
+from service.run.embedded import (
     MARKER,
     OUTSIDE,
     EmbeddedPostgres,
     EmbeddedValkey,
     installed_package,
 )
-from service.errors import ConfigurationError
 from testkit.rig import Rig
 from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, run_cli, run_sql
 
@@ -342,7 +342,7 @@ def test_a_rig_whose_postgres_fails_stops_the_valkey_it_started(home: Path) -> N
 _OWNER = """
 import sys, time
 from pathlib import Path
-from service.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from testkit.support import free_port
 home = Path(sys.argv[1])
 servers = [EmbeddedValkey(home / "valkey", free_port()), EmbeddedPostgres(home / "pg", free_port())]

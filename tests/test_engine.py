@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from ledger.records import Record, parse
-from service.booking import (
+from service.booking.engine import (
     Booked,
     BookingEngine,
     Cancelled,
@@ -22,10 +22,10 @@ from service.booking import (
     Waitlisted,
 )
 from service.errors import EventConflict, NotBooked, UnknownEvent
-from service.keys import Keyspace
-from service.scripts import NAMES, Scripts
-from service.stores import connect_redis
-from service.transport import Arg
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.scripts import NAMES, Scripts
+from service.store.transport import Arg
 from testkit.support import check_invariants
 
 pytestmark = pytest.mark.anyio

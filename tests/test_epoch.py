@@ -19,13 +19,14 @@ import httpx
 import pytest
 import redis
 
-from service import cli, epoch
-from service.booking import Booked, BookingEngine, Cancelled, Promotion, Waitlisted
+from service.booking.engine import Booked, BookingEngine, Cancelled, Promotion, Waitlisted
 from service.errors import StoreReset
-from service.keys import Keyspace
-from service.scripts import Scripts
+from service.run import cli
 from service.settings import Settings
-from service.stores import connect_redis
+from service.store import epoch
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.scripts import Scripts
 from testkit.ledger import drained, writer_of
 from testkit.rig import EVENTS, Rig, assert_nothing_lost, get, load, rig
 from testkit.state import populate, snapshot

@@ -12,9 +12,16 @@ import httpx
 import pytest
 import redis
 
-from service.booking import Booked, BookingEngine, Cancelled, EventStatus, Promotion, Waitlisted
+from service.booking.engine import (
+    Booked,
+    BookingEngine,
+    Cancelled,
+    EventStatus,
+    Promotion,
+    Waitlisted,
+)
 from service.errors import EventFrozen
-from service.keys import Keyspace
+from service.store.keys import Keyspace
 from testkit.state import snapshot
 
 pytestmark = pytest.mark.anyio

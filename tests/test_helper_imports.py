@@ -58,7 +58,7 @@ def test_the_rule_sees_each_kind_of_import(tmp_path: Path) -> None:
     (tmp_path / "tests" / "conftest.py").write_text("import tests.support\n")
     (tmp_path / "benchmarks" / "run.py").write_text("from tests import support\n")
     (tmp_path / "testkit" / "kit.py").write_text("from benchmarks.book import wrk\n")
-    (tmp_path / "testkit" / "fine.py").write_text("from service.keys import Keyspace\n")
+    (tmp_path / "testkit" / "fine.py").write_text("from service.store.keys import Keyspace\n")
     assert violations(tmp_path) == [
         "tests/conftest.py imports tests.support",
         "tests/test_a.py imports tests.test_b",

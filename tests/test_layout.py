@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from service.errors import ConfigurationError
-from service.http import create_app
-from service.keys import Keyspace
-from service.layout import LAYOUT
+from service.run.app import create_app
 from service.settings import Settings
+from service.store.keys import Keyspace
+from service.store.layout import LAYOUT
 from testkit.support import boxoffice, child_env, run_cli
 
 pytestmark = pytest.mark.anyio

@@ -10,10 +10,10 @@ import redis
 
 from ledger.batch import apply_records
 from ledger.records import Record
-from service.booking import BookingEngine
-from service.keys import Keyspace
-from service.outbox import GROUP, ensure_groups, ledger_lag
-from service.stores import connect_redis
+from service.booking.engine import BookingEngine
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.outbox import GROUP, ensure_groups, ledger_lag
 from testkit.ledger import drained, fetch, reconciled, running_writer
 from testkit.support import eventually
 

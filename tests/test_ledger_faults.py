@@ -15,10 +15,10 @@ import redis
 from ledger.database import connect_pool
 from ledger.reconcile import reconcile, wait_for_drain
 from ledger.writer import Writer, WriterConfig
-from service.booking import BookingEngine
-from service.keys import Keyspace
+from service.booking.engine import BookingEngine
 from service.settings import Settings
-from service.stores import connect_redis
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.ledger import count_rows, start_writer
 from testkit.support import PausableProxy, database_url_for, eventually

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from ledger.records import parse
-from service import epoch
-from service.booking import (
+from service.booking.engine import (
     Booked,
     BookingEngine,
     Cancelled,
@@ -27,9 +26,10 @@ from service.booking import (
     Waitlisted,
 )
 from service.errors import EventConflict, NotBooked, UnknownEvent
-from service.keys import Keyspace
-from service.scripts import Scripts
-from service.stores import connect_redis
+from service.store import epoch
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.scripts import Scripts
 from testkit.model import Model
 from testkit.support import ServedBoxoffice, check_invariants, delete_keyspace, redis_at
 

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 import redis
 
-from service.booking import BookingEngine
-from service.keys import Keyspace
+from service.booking.engine import BookingEngine
 from service.settings import Settings
+from service.store.keys import Keyspace
 from testkit.app import app_client
 from testkit.ledger import drained, writer_of
 from testkit.state import populate

@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from service.scripts import NAMES
+from service.store.scripts import NAMES
 
 ROOT = Path(__file__).parent.parent
 
@@ -24,7 +24,7 @@ def test_wheel_ships_lua_scripts_and_the_boxoffice_command(tmp_path: Path) -> No
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "boxoffice = service.cli:main" in archive.read(entry_points).decode()
+        assert "boxoffice = service.run.cli:main" in archive.read(entry_points).decode()
     assert {f"lua/{name}.lua" for name in NAMES} <= names
-    assert {"service/http.py", "ledger/records.py", "lua/__init__.py"} <= names
+    assert {"service/run/app.py", "ledger/records.py", "lua/__init__.py"} <= names
     assert not any(n.startswith(("tests/", "testkit/", "benchmarks/")) for n in names)

@@ -9,10 +9,10 @@ import redis
 
 from ledger.records import VERSION, MalformedRecord, UnsupportedVersion, parse
 from ledger.writer import WriterConfig
-from service.booking import BookingEngine
-from service.keys import Keyspace
-from service.outbox import GROUP
+from service.booking.engine import BookingEngine
 from service.settings import Settings
+from service.store.keys import Keyspace
+from service.store.outbox import GROUP
 from testkit.ledger import fetch, running_writer
 from testkit.support import boxoffice, eventually
 

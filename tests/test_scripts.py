@@ -18,11 +18,12 @@ import pytest
 import redis
 
 from ledger.records import parse
-from service.booking import ID_PATTERN, MAX_TICKETS
-from service.keys import EventKeys, Keyspace
-from service.scripts import Scripts
-from service.stores import connect_redis
-from service.transport import Arg, ReplyError
+from service.booking.engine import MAX_TICKETS
+from service.ids import ID_PATTERN
+from service.store.clients import connect_redis
+from service.store.keys import EventKeys, Keyspace
+from service.store.scripts import Scripts
+from service.store.transport import Arg, ReplyError
 from testkit.state import snapshot
 
 pytestmark = pytest.mark.anyio
@@ -272,7 +273,7 @@ async def test_user_state_refuses_bad_arguments(
 async def test_the_scripts_take_exactly_the_ids_the_api_takes(
     scripts: Scripts, keyspace: Keyspace
 ) -> None:
-    """The scripts' alphabet and length bound are the API's (`service.booking.ID_PATTERN`)."""
+    """The scripts' alphabet and length bound are the API's (`service.ids.ID_PATTERN`)."""
     keys = keyspace.event(EVENT)
     await opened(scripts, keys, 1)
     pattern = re.compile(ID_PATTERN)

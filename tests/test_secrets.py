@@ -109,8 +109,8 @@ def test_errors_printed_by_commands_have_passwords_redacted() -> None:
 
 
 def test_the_start_banner_shows_no_password() -> None:
-    from service.cli import banner
-    from service.stores import Stores
+    from service.run.cli import banner
+    from service.run.stores import Stores
 
     settings = Settings(
         redis_url="redis://:r3d9@cache/0?password=q9r",

@@ -22,9 +22,9 @@ import trustme
 from ledger.database import connect_pool
 from service.address import RedisAddress
 from service.errors import BackendUnavailable, ConfigurationError
-from service.keys import Keyspace
-from service.stores import connect_redis
-from service.transport import PipelinedRedis
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.transport import PipelinedRedis
 from testkit.support import child_env, open_directory
 from testkit.terminator import TLSTerminator
 
@@ -223,7 +223,7 @@ async def test_boxoffice_commands_use_verified_tls_and_say_why_they_refuse(
 ) -> None:
     async def migrate(database_url: str) -> tuple[int, str, str]:
         command = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.cli", "migrate",
+            sys.executable, "-m", "service.run.cli", "migrate",
             env=child_env(REDIS_URL=redis_url, DATABASE_URL=database_url),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ledger.writer import WriterConfig
-from service.cli import parser
+from service.run.cli import parser
 from testkit.support import child_env, run_cli
 
 

@@ -12,12 +12,12 @@ import redis
 
 from ledger.reconcile import wait_for_drain
 from ledger.writer import WriterConfig
-from service.booking import BookingEngine
-from service.keys import Keyspace
-from service.outbox import GROUP
-from service.scripts import read_all
+from service.booking.engine import BookingEngine
 from service.settings import Settings
-from service.stores import connect_redis
+from service.store.clients import connect_redis
+from service.store.keys import Keyspace
+from service.store.outbox import GROUP
+from service.store.scripts import read_all
 from testkit.app import app_client
 from testkit.ledger import FAST, count_rows, fetch, reconciled, running_writer, start_writer
 from testkit.support import eventually

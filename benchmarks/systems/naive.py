@@ -20,10 +20,10 @@ from starlette.routing import Route
 
 from benchmarks.systems import Booking, Initialize
 from service.address import RedisAddress
-from service.booking import Booked, BookingEngine
+from service.booking.engine import Booked, BookingEngine
 from service.errors import BoxofficeError
-from service.keys import Keyspace
-from service.scripts import Scripts
+from service.store.keys import Keyspace
+from service.store.scripts import Scripts
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -31,13 +31,6 @@ class Readiness(msgspec.Struct, frozen=True, rename="camel"):
     """Events frozen by those records (at most 20 named): writes to them answer 503."""
 
 
-class ProblemDescription(msgspec.Struct, frozen=True):
-    type: str
-    title: str
-    status: int
-    description: str
-
-
 class Probe:
     """A readiness check asked at most once per `cache_s`, every check bounded by
     `timeout_s`: however many readiness calls come in, concurrent ones share one check."""

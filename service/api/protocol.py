@@ -46,8 +46,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service import observability, problems
-from service.asgi import Receive, Scope, Send
+from service.api import asgi, observability, problems
+from service.api.asgi import Receive, Scope, Send
 from service.settings import Settings
 
 log = logging.getLogger("boxoffice.http")
@@ -279,15 +279,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             client,
             extra={"fields": {"requestId": request_id.decode()}},
         )
-        body = kind.render(detail)
+        answer = problems.answer(kind, detail, headers={"X-Request-ID": request_id.decode()})
+        head = b"".join(b"%s: %s\r\n" % header for header in answer.headers)
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\n" % (kind.status, kind.title.encode())
-            + b"content-type: application/problem+json\r\n"
-            + b"content-length: %d\r\n" % len(body)
-            + b"x-request-id: " + request_id + b"\r\n"
+            b"HTTP/1.1 %d %s\r\n" % (answer.status, kind.title.encode())
+            + head
             + b"connection: close\r\n\r\n"
-            + body
-        )  # fmt: skip
+            + answer.body
+        )
         observability.STATS.request("unmatched", "-", kind.status, 0.0)
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -295,24 +294,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
-    kind = problems.UNAVAILABLE
-    body = kind.render(
+    await asgi.problem(
+        send,
+        problems.UNAVAILABLE,
         "This server has too many open connections; retry after Retry-After seconds.",
         scope["path"],
+        {"Connection": "close"},
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": kind.status,
-            "headers": [
-                (b"content-type", problems.MEDIA_TYPE.encode()),
-                (b"content-length", b"%d" % len(body)),
-                (b"retry-after", problems.RETRY_AFTER_SECONDS.encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def uvicorn_protocol(settings: Settings) -> Any:

@@ -19,11 +19,11 @@ import json
 from redis.asyncio import Redis
 
 from service.errors import ConfigurationError
-from service.keys import Keyspace
+from service.store.keys import Keyspace
 
 LAYOUT = 1
 """The layout this code reads and writes: `<prefix>:{pNN}:ev:<id>:<part>` and
-`<prefix>:{pNN}:outbox`, with the partition of an event from `service.keys`."""
+`<prefix>:{pNN}:outbox`, with the partition of an event from `service.store.keys`."""
 
 
 async def claim_layout(redis: Redis, keyspace: Keyspace) -> None:

@@ -19,9 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.types import Message, Receive, Scope
 
-from service.booking import MAX_TICKETS, EventId, TicketCount, UserId
-from service.bounds import MAX_BODY_BYTES
-from service.problems import (
+from service.api.problems import (
     MALFORMED,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
@@ -29,6 +27,8 @@ from service.problems import (
     FieldError,
     ProblemRaised,
 )
+from service.booking.engine import MAX_TICKETS, EventId, TicketCount, UserId
+from service.bounds import MAX_BODY_BYTES
 
 log = logging.getLogger("boxoffice.bodies")
 

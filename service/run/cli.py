@@ -32,10 +32,11 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from service.errors import BoxofficeError, ConfigurationError
-from service.keys import Keyspace
-from service.layout import claim_layout
+from service.run.stores import Stores, open_stores
 from service.settings import Settings, mask_url
-from service.stores import Stores, check_eviction, connect_redis, open_stores
+from service.store.clients import check_eviction, connect_redis
+from service.store.keys import Keyspace
+from service.store.layout import claim_layout
 
 if TYPE_CHECKING:
     from ledger.writer import WriterConfig
@@ -107,13 +108,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ[MULTIPROCESS_ENV] = metrics_dir
         # Only now: prometheus-client (imported with the protocol's observability) decides at
         # import whether metrics go to those files, and a single worker runs in this process.
-        from service.protocol import uvicorn_protocol
+        from service.api.protocol import uvicorn_protocol
 
         warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
         applied, _ = asyncio.run(_prepare(settings, stores))
         writer = None
         if settings.run_writer:
-            writer = subprocess.Popen([sys.executable, "-m", "service.cli", "writer"])
+            writer = subprocess.Popen([sys.executable, "-m", "service.run.cli", "writer"])
         base = f"http://{host}:{port}"
         print(
             banner(settings, stores, applied, writer is not None, base, workers, admin, warnings),
@@ -121,7 +122,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         try:
             uvicorn.run(
-                "service.http:app_from_env",
+                "service.run.app:app_from_env",
                 factory=True,
                 host=host,
                 port=port,
@@ -251,12 +252,12 @@ async def _migrate_url(url: str) -> list[str]:
 
 
 async def _prepare(settings: Settings, stores: Stores) -> tuple[list[str], int]:
-    """Check the keyspace's layout (`service.layout`), migrate the ledger, then mark a new
-    deployment's store (`service.epoch`): only when the ledger holds no entry at all, since a
+    """Check the keyspace's layout (`service.store.layout`), migrate the ledger, then mark a new
+    deployment's store (`service.store.epoch`): only when the ledger holds no entry at all, since a
     store that lost its data looks new from Redis.
     Returns the migrations applied now and how many epoch markers were set."""
     from ledger.queries import query
-    from service import epoch
+    from service.store import epoch
 
     keyspace = Keyspace(settings.key_prefix, settings.partitions)
     redis = await connect_redis(stores.redis_url, 2)
@@ -436,7 +437,7 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
             if args.force:
                 # The live state is about to be replaced: no process may write into it meanwhile.
                 # restore() sets the markers again once the state is rebuilt.
-                from service import epoch
+                from service.store import epoch
 
                 await epoch.clear(c.redis, c.keyspace)
             return await restore(

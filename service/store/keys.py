@@ -9,14 +9,14 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:{pNN}:restoring:<eventId>:*   the same three, staged by `boxoffice restore`
     <prefix>:{pNN}:outbox                  stream  state changes of the partition's events
     <prefix>:{pNN}:lease                   string  the ledger writer draining the partition
-    <prefix>:{pNN}:epoch                   string  the keyspace epoch marker (`service.epoch`):
+    <prefix>:{pNN}:epoch                   string  the keyspace epoch marker (`service.store.epoch`):
                                                    every script refuses to run without it
     <prefix>:writers                       zset    live ledger writers, scored by expiry (ms)
     <prefix>:partitions                    string  the partition count this keyspace was made with
     <prefix>:quarantine                    hash    "<stream>/<stream id>" -> eventId ("" for none)
                                                    of records the ledger quarantined, unreleased
 
-Event ids never contain braces (see `service.booking.ID_PATTERN`), so the first `{...}` of a
+Event ids never contain braces (see `service.ids.ID_PATTERN`), so the first `{...}` of a
 key is always the partition tag.
 """
 
@@ -81,7 +81,7 @@ class Keyspace:
         return f"{self.prefix}:{self.tag(partition)}:lease"
 
     def epoch(self, partition: int) -> str:
-        """The partition's epoch marker (`service.epoch`)."""
+        """The partition's epoch marker (`service.store.epoch`)."""
         return f"{self.prefix}:{self.tag(partition)}:epoch"
 
     def epochs(self) -> list[str]:
@@ -125,7 +125,7 @@ class Keyspace:
 
     @property
     def layout_key(self) -> str:
-        """The keyspace's layout record (`service.layout`)."""
+        """The keyspace's layout record (`service.store.layout`)."""
         return f"{self.prefix}:layout"
 
     @property

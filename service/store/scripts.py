@@ -2,7 +2,7 @@
 
 Everything above this module calls `Scripts.call(name, keys, args)`; which client and transport
 carry the call is decided by the `Runner` it was built with: the auto-pipelined connection
-(`service.transport`) on the API's hot path, redis-py (`RedisPyRunner`) everywhere else.
+(`service.store.transport`) on the API's hot path, redis-py (`RedisPyRunner`) everywhere else.
 Scripts are read from the `lua` package (shipped inside the wheel), loaded once at start-up,
 and called by SHA. A server that lost its script cache (restart, SCRIPT FLUSH, failover)
 answers NOSCRIPT; the script is then loaded again and the call retried once.
@@ -23,7 +23,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from service.errors import BackendUnavailable
-from service.transport import Arg, ReplyError
+from service.store.transport import Arg, ReplyError
 
 NAMES = ("initialize", "book", "cancel", "status", "user_state", "lease", "retire")
 

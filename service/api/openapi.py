@@ -14,19 +14,18 @@ from typing import Any
 import msgspec
 from apispec import APISpec
 
-from service import problems
-from service.bodies import BookingRequest, InitializeRequest
-from service.booking import (
-    ID_DESCRIPTION,
-    ID_PATTERN,
+from service.api import problems
+from service.api.bodies import BookingRequest, InitializeRequest
+from service.api.probes import Health, Readiness
+from service.api.problems import Problem, ProblemDescription
+from service.booking.engine import (
     BookResult,
     CancelResult,
     EventStatus,
     UserState,
 )
 from service.bounds import MAX_BODY_BYTES
-from service.probes import Health, ProblemDescription, Readiness
-from service.problems import Problem
+from service.ids import ID_DESCRIPTION, ID_PATTERN
 from service.settings import Settings
 
 _REF = "#/components/schemas/{name}"

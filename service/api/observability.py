@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -34,15 +33,14 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from service import asgi, problems
-from service.asgi import ASGIApp, Message, Receive, Scope, Send
+from service.api import asgi, problems
+from service.api.asgi import ASGIApp, Message, Receive, Scope, Send
 from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from service.ids import is_id_bytes
 from service.logs import MULTIPROCESS_ENV, REQUEST_ID
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 
-
-_SANE_ID = re.compile(rb"[A-Za-z0-9._:@-]{1,64}")
 
 REQUESTS = Counter(
     "boxoffice_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
@@ -227,7 +225,7 @@ class RequestObserver:
     yet), and refuses header abuse (more than `max_header_fields` fields or `max_header_bytes`
     of them) with a 431 problem.
 
-    Under `boxoffice serve` the HTTP protocol (`service.protocol`) enforces the same bounds
+    Under `boxoffice serve` the HTTP protocol (`service.api.protocol`) enforces the same bounds
     before the head is buffered; this check holds them under any other server too."""
 
     def __init__(
@@ -252,7 +250,7 @@ class RequestObserver:
         size = 0
         for name, value in headers:
             size += len(name) + len(value)
-            if name == b"x-request-id" and _SANE_ID.fullmatch(value):
+            if name == b"x-request-id" and is_id_bytes(value):
                 incoming = value
         request_id = incoming or next(_IDS)
         token = REQUEST_ID.set(request_id.decode())
@@ -317,6 +315,4 @@ class RequestObserver:
             f"At most {self.max_header_fields} header fields and {self.max_header_bytes} bytes "
             "of them."
         )
-        await asgi.problem(
-            send, problems.HEADERS_TOO_LARGE, detail, path, [(b"connection", b"close")]
-        )
+        await asgi.problem(send, problems.HEADERS_TOO_LARGE, detail, path, {"Connection": "close"})

@@ -7,6 +7,7 @@ service answers it with a short description of the problem type.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -17,6 +18,7 @@ from service.errors import (
     BoxofficeError,
     EventConflict,
     EventFrozen,
+    LedgerBehind,
     NotBooked,
     StoreReset,
     UnknownEvent,
@@ -30,6 +32,8 @@ RETRY_AFTER_SECONDS = "1"
 RETRY_AFTER_REPAIR_SECONDS = "10"
 """What 503 answers that wait for an operator (a restore, a repair) ask clients to wait."""
 _encode = msgspec.json.Encoder().encode
+_MEDIA_TYPE = MEDIA_TYPE.encode()
+_RETRY_AFTER = RETRY_AFTER_SECONDS.encode()
 
 
 class FieldError(msgspec.Struct, frozen=True):
@@ -49,6 +53,15 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     detail: str
     instance: str | None = None
     errors: list[FieldError] | None = None
+
+
+class ProblemDescription(msgspec.Struct, frozen=True):
+    """What `/problems/<slug>` answers: a problem type, described."""
+
+    type: str
+    title: str
+    status: int
+    description: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +85,40 @@ class ProblemType:
     ) -> bytes:
         """The problem document as the body of a response."""
         return _encode(self.problem(detail, instance, errors))
+
+    def described(self) -> ProblemDescription:
+        return ProblemDescription(self.uri, self.title, self.status, self.description)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole problem response, as every layer sends it (raw ASGI, Starlette, the protocol)."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    """Content-Type, Content-Length, then Retry-After (every 503 has one) and the caller's."""
+
+
+def answer(
+    kind: ProblemType,
+    detail: str,
+    instance: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
+    """The one problem writer: `kind`'s document and its headers. A 503 without a Retry-After
+    of the caller's gets `RETRY_AFTER_SECONDS`."""
+    body = kind.render(detail, instance, errors)
+    raw = [(b"content-type", _MEDIA_TYPE), (b"content-length", b"%d" % len(body))]
+    retry_after = False
+    for name, value in (headers or {}).items():
+        lower = name.lower()
+        retry_after = retry_after or lower == "retry-after"
+        raw.append((lower.encode("latin-1"), value.encode("latin-1")))
+    if kind.status == 503 and not retry_after:
+        raw.append((b"retry-after", _RETRY_AFTER))
+    return Answer(kind.status, body, raw)
 
 
 MALFORMED = ProblemType(
@@ -276,6 +323,7 @@ _DOMAIN: dict[type, ProblemType] = {
     BackendUnavailable: UNAVAILABLE,
     StoreReset: STORE_RESET,
     EventFrozen: EVENT_FROZEN,
+    LedgerBehind: LEDGER_BEHIND,
 }
 _HEADERS: dict[ProblemType, dict[str, str]] = {
     STORE_RESET: {"Retry-After": RETRY_AFTER_REPAIR_SECONDS},

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from service import problems
+from service.api import problems
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -14,7 +14,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
-PROBLEM = problems.MEDIA_TYPE.encode()
 
 
 async def respond(
@@ -38,7 +37,11 @@ async def problem(
     kind: problems.ProblemType,
     detail: str,
     path: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    errors: list[problems.FieldError] | None = None,
+    head_only: bool = False,
 ) -> None:
-    """A problem document as the whole response."""
-    await respond(send, kind.status, kind.render(detail, path), PROBLEM, headers)
+    """A problem document as the whole response (`problems.answer` writes it)."""
+    answer = problems.answer(kind, detail, path, errors, headers)
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+    await send({"type": "http.response.body", "body": b"" if head_only else answer.body})

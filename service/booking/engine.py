@@ -11,13 +11,10 @@ from typing import Annotated, Any
 import msgspec
 
 from service.errors import EventConflict, EventFrozen, NotBooked, StoreReset, UnknownEvent
-from service.keys import Keyspace
-from service.scripts import Scripts
+from service.ids import ID_DESCRIPTION, ID_PATTERN
+from service.store.keys import Keyspace
+from service.store.scripts import Scripts
 
-# `$` alone would also accept one trailing newline (Python's `re.search`); the lookahead
-# refuses it and keeps the pattern valid ECMAScript for the OpenAPI document.
-ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,64}(?!\n)$"
-ID_DESCRIPTION = "1-64 characters of A-Z a-z 0-9 . _ : @ -"
 MAX_TICKETS = 10_000_000
 
 EventId = Annotated[

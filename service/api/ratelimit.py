@@ -35,10 +35,10 @@ from limits.aio.strategies import (
 )
 from redis.asyncio import ConnectionPool
 
-from service import asgi, problems
-from service.asgi import ASGIApp, Message, Receive, Scope, Send
-from service.scripts import Runner, Script, evaluate
+from service.api import asgi, problems
+from service.api.asgi import ASGIApp, Message, Receive, Scope, Send
 from service.settings import Settings
+from service.store.scripts import Runner, Script, evaluate
 
 log = logging.getLogger("boxoffice.ratelimit")
 
@@ -172,16 +172,16 @@ class RateLimits:
 
 
 class RateLimitMiddleware:
-    """Pure ASGI: refuses over-limit requests before any route runs. `current()` gives the
-    limits in force (None while the lifespan has not connected, or when limits are off)."""
+    """Pure ASGI: refuses over-limit requests before any route runs. `current(scope)` gives
+    the limits in force (None while the lifespan has not connected, or when limits are off)."""
 
-    def __init__(self, app: ASGIApp, current: Callable[[], RateLimits | None]) -> None:
+    def __init__(self, app: ASGIApp, current: Callable[[Scope], RateLimits | None]) -> None:
         self.app = app
         self.current = current
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limits = self.current()
-        if scope["type"] != "http" or limits is None:
+        limits = self.current(scope) if scope["type"] == "http" else None
+        if limits is None:
             await self.app(scope, receive, send)
             return
         policy = limits.policy_for(scope["method"])
@@ -209,9 +209,9 @@ async def _refuse(send: Send, path: str, policy: Policy, remaining: int, reset: 
         f"Over the {policy.name} limit of {policy.item.amount} per {policy.window_s} s; "
         f"retry in {reset} s."
     )
-    headers = [
-        (b"retry-after", str(reset).encode()),
-        (b"ratelimit-policy", policy.header),
-        (b"ratelimit", f'"{policy.name}";r={remaining};t={reset}'.encode()),
-    ]
+    headers = {
+        "Retry-After": str(reset),
+        "RateLimit-Policy": policy.header.decode(),
+        "RateLimit": f'"{policy.name}";r={remaining};t={reset}',
+    }
     await asgi.problem(send, problems.RATE_LIMITED, detail, path, headers)

@@ -1,0 +1,49 @@
+"""What the handlers work with, built by the composition root (`service.run.app`) when a worker
+starts and handed to every request in its ASGI scope (`scope["state"]`, the lifespan state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.api.asgi import Scope
+from service.api.probes import Probe
+from service.api.ratelimit import RateLimits
+from service.booking.admission import LedgerWatch
+from service.booking.engine import BookingEngine
+from service.errors import BackendUnavailable
+
+KEY = "boxoffice"
+"""The lifespan state's key for the `Services`."""
+
+
+@dataclass(slots=True)
+class Services:
+    booking: BookingEngine
+    ledger: LedgerWatch
+    redis_probe: Probe
+    ledger_probe: Probe | None
+    """None when no ledger is configured."""
+    rate_limits: RateLimits | None
+    """None when no limit is set."""
+    open: bool = True
+    """False once the worker stops: what is still running is answered 503."""
+
+    @property
+    def engine(self) -> BookingEngine:
+        if not self.open:
+            raise BackendUnavailable("The service is starting or stopping.")
+        return self.booking
+
+
+def of(scope: Scope) -> Services:
+    """The worker's services, from the request's scope."""
+    services: Services | None = scope.get("state", {}).get(KEY)
+    if services is None:
+        raise BackendUnavailable("The service is starting or stopping.")
+    return services
+
+
+def maybe(scope: Scope) -> Services | None:
+    """The worker's services, or None before the lifespan has built them."""
+    services: Services | None = scope.get("state", {}).get(KEY)
+    return services
