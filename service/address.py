@@ -4,8 +4,9 @@ The hot path's pipelined transport and redis-py (partition claims, consumer grou
 rate limits) must reach the same server, as the same user, in the same database, over the same
 TLS: a URL read two ways (`?db=3` honoured by one and ignored by the other) sends the scripts'
 outbox to one database and the ledger's consumer groups to another. So the URL is parsed here,
-once, into a `RedisAddress`; `PipelinedRedis` and `service.store.clients.connect_redis` take that value,
-and what this module cannot express is refused with one line instead of being read differently.
+once, into a `RedisAddress`; `PipelinedRedis` and `service.store.clients.connect_redis` take
+that value, and what this module cannot express is refused with one line instead of being read
+differently.
 
 Accepted:
     redis://[[username]:password@]host[:port][/db][?db=N]      (also valkey://)

@@ -9,7 +9,7 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:{pNN}:restoring:<eventId>:*   the same three, staged by `boxoffice restore`
     <prefix>:{pNN}:outbox                  stream  state changes of the partition's events
     <prefix>:{pNN}:lease                   string  the ledger writer draining the partition
-    <prefix>:{pNN}:epoch                   string  the keyspace epoch marker (`service.store.epoch`):
+    <prefix>:{pNN}:epoch                   string  the keyspace epoch marker (`store.epoch`):
                                                    every script refuses to run without it
     <prefix>:writers                       zset    live ledger writers, scored by expiry (ms)
     <prefix>:partitions                    string  the partition count this keyspace was made with
