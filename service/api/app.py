@@ -19,6 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.api import handlers, observability, routes, services
 from service.api.asgi import Scope
+from service.api.headers import HeaderBounds
 from service.api.hot import HotRoute, HotRoutes
 from service.api.problems import ProblemRaised
 from service.api.ratelimit import RateLimitMiddleware, RateLimits
@@ -60,8 +61,8 @@ def build(settings: Settings, lifespan: Any) -> Starlette:
     }
 
     def outer(app: ASGIApp) -> ASGIApp:
-        # Outermost first: proxies' client address, request id and metrics, rate limits,
-        # CORS, then the hot routes, then Starlette for everything else.
+        # Outermost first: proxies' client address, request id and metrics, header bounds,
+        # rate limits, CORS, then the hot routes, then Starlette for everything else.
         app = HotRoutes(hot, app)
         if settings.cors_origins:
             app = CORSMiddleware(
@@ -75,9 +76,8 @@ def build(settings: Settings, lifespan: Any) -> Starlette:
             )  # fmt: skip
         if settings.rate_limit or settings.write_rate_limit:
             app = RateLimitMiddleware(app, current=_rate_limits)
-        app = observability.RequestObserver(
-            app, settings.access_log, settings.max_header_fields, settings.max_header_bytes
-        )
+        app = HeaderBounds(app, settings.max_header_fields, settings.max_header_bytes)
+        app = observability.RequestObserver(app, settings.access_log)
         if settings.trusted_proxies:
             trusted = [str(network) for network in settings.trusted_proxies]
             # uvicorn types ASGI more narrowly than Starlette; the protocol is the same.

@@ -35,7 +35,6 @@ from prometheus_client.utils import floatToGoString
 
 from service.api import asgi, problems
 from service.api.asgi import ASGIApp, Message, Receive, Scope, Send
-from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from service.ids import is_id_bytes
 from service.logs import MULTIPROCESS_ENV, REQUEST_ID
 
@@ -221,35 +220,19 @@ _log = logging.getLogger("boxoffice.http")
 
 class RequestObserver:
     """Pure ASGI, outermost: gives each request its id, counts and times it, (when asked) logs
-    it, logs what the app raised with the request's id (answering 500 when nothing was sent
-    yet), and refuses header abuse (more than `max_header_fields` fields or `max_header_bytes`
-    of them) with a 431 problem.
+    it, and logs what the app raised with the request's id (answering 500 when nothing was sent
+    yet)."""
 
-    Under `boxoffice serve` the HTTP protocol (`service.api.protocol`) enforces the same bounds
-    before the head is buffered; this check holds them under any other server too."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        access_log: bool,
-        max_header_fields: int = MAX_HEADER_FIELDS,
-        max_header_bytes: int = MAX_HEADER_BYTES,
-    ) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool) -> None:
         self.app = app
         self.access_log = access_log
-        self.max_header_fields = max_header_fields
-        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # One pass over the headers: the client's request id, and how much there is of them.
-        headers = scope["headers"]
         incoming = None
-        size = 0
-        for name, value in headers:
-            size += len(name) + len(value)
+        for name, value in scope["headers"]:
             if name == b"x-request-id" and is_id_bytes(value):
                 incoming = value
         request_id = incoming or next(_IDS)
@@ -271,10 +254,7 @@ class RequestObserver:
             return send(message)
 
         try:
-            if size > self.max_header_bytes or len(headers) > self.max_header_fields:
-                await self._refuse_headers(send_with_id, scope["path"])
-            else:
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         except Exception:
             # Logged here, while the request's id is current (the server would log it without);
             # the client learns nothing of it.
@@ -309,10 +289,3 @@ class RequestObserver:
                     },
                 )
             REQUEST_ID.reset(token)
-
-    async def _refuse_headers(self, send: Send, path: str) -> None:
-        detail = (
-            f"At most {self.max_header_fields} header fields and {self.max_header_bytes} bytes "
-            "of them."
-        )
-        await asgi.problem(send, problems.HEADERS_TOO_LARGE, detail, path, {"Connection": "close"})
