@@ -26,9 +26,9 @@ import httpx
 
 from benchmarks.book import HERE, wrk
 from benchmarks.stores import BenchStores, bench_stores, need_wrk, served
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.outbox import ledger_lag
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.outbox import ledger_lag
 
 
 def lag_now(redis_url: str, keyspace: Keyspace) -> int:
@@ -89,7 +89,7 @@ def writer_vs_booking(
 
         # 2. the writer alone, timed from its first acknowledged record (not its start-up)
         writer = subprocess.Popen(
-            [sys.executable, "-m", "service.run.cli", "writer"], env=server.env, cwd=stores.home
+            [sys.executable, "-m", "boxoffice", "writer"], env=server.env, cwd=stores.home
         )
         try:
             deadline = time.monotonic() + 60

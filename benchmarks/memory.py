@@ -8,11 +8,11 @@ import asyncio
 import uuid
 
 from benchmarks.stores import BenchStores
-from service.booking.engine import BookingEngine
-from service.store import epoch
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
-from service.store.transport import PipelinedRedis
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.store import epoch
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.transport import PipelinedRedis
 from testkit.support import delete_keyspace, redis_at, wait_for
 
 

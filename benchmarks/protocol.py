@@ -20,8 +20,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.api.protocol import BoundedHttpToolsProtocol, Bounds
-from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from boxoffice.service.api.protocol import BoundedHttpToolsProtocol, Bounds
+from boxoffice.service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 
 _BODY = b'{"userId":"u123456","eventId":"bench-ev"}'
 REQUEST = (

@@ -23,7 +23,7 @@ from statistics import median
 
 import redis
 
-from service.run.embedded import EmbeddedValkey
+from boxoffice.service.run.embedded import EmbeddedValkey
 from testkit.support import free_port
 
 KEYS = [f"b:{{p01}}:ev:e:{name}" for name in ("meta", "holders", "waitlist")]
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("redis-benchmark") is None:
         print("redis-benchmark is missing: apt-get install redis-tools", file=sys.stderr)
         return 2
-    versions = {"current": resources.files("lua").joinpath("book.lua").read_text()}
+    versions = {"current": resources.files("boxoffice.lua").joinpath("book.lua").read_text()}
     if args.against:
         versions[args.against] = subprocess.run(
             ["git", "show", f"{args.against}:lua/book.lua"],

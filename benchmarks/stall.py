@@ -44,9 +44,9 @@ import psutil
 import redis
 
 from benchmarks.book import HERE
-from ledger.migrate import migrate
-from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.store.keys import Keyspace
+from boxoffice.ledger.migrate import migrate
+from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
+from boxoffice.service.store.keys import Keyspace
 from testkit.support import child_env, free_port
 
 ROOT = HERE.parent
@@ -236,7 +236,7 @@ def run_step(code: str, code_dir: Path, env: dict[str, str], *args: str) -> Step
     server.execute_command("LATENCY", "RESET")  # type: ignore[no-untyped-call]
     with Pinger(env["REDIS_URL"]) as pinger:
         start = time.perf_counter()
-        command = [sys.executable, "-m", "service.run.cli", *args] if args else ["sleep", "10"]
+        command = [sys.executable, "-m", "boxoffice", *args] if args else ["sleep", "10"]
         child = subprocess.Popen(
             command,
             cwd=code_dir,

@@ -17,8 +17,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.store.keys import Keyspace
+from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
+from boxoffice.service.store.keys import Keyspace
 from testkit.support import (
     ServedBoxoffice,
     child_env,

@@ -383,8 +383,8 @@ def _writer(server: ServedBoxoffice, start: bool) -> Iterator[None]:
 def _mark_new(redis_url: str, prefix: str) -> None:
     import redis
 
-    from service.store import epoch
-    from service.store.keys import Keyspace
+    from boxoffice.service.store import epoch
+    from boxoffice.service.store.keys import Keyspace
 
     client = redis.Redis.from_url(redis_url)
     epoch.mark_blocking(client, Keyspace(prefix, 16))
@@ -393,7 +393,7 @@ def _mark_new(redis_url: str, prefix: str) -> None:
 
 def _delete_prefix(redis_url: str, prefix: str) -> None:
 
-    from service.store.keys import Keyspace
+    from boxoffice.service.store.keys import Keyspace
     from testkit.support import delete_keyspace, redis_at
 
     client = redis_at(redis_url)

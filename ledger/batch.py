@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from ledger.database import Connection
-from ledger.queries import query
-from ledger.records import Record
+from boxoffice.ledger.database import Connection
+from boxoffice.ledger.queries import query
+from boxoffice.ledger.records import Record
 
 ACKABLE = frozenset({"applied", "duplicate"})
 """Outcomes of records that are in the ledger now: their outbox entries may be acknowledged."""

@@ -29,11 +29,11 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from ledger.batch import REJECTED, apply_on
-from ledger.database import Connection
-from ledger.queries import query
-from ledger.records import MalformedRecord, Record, parse
-from service.store.keys import Keyspace
+from boxoffice.ledger.batch import REJECTED, apply_on
+from boxoffice.ledger.database import Connection
+from boxoffice.ledger.queries import query
+from boxoffice.ledger.records import MalformedRecord, Record, parse
+from boxoffice.service.store.keys import Keyspace
 
 QUARANTINED = ("conflict", "malformed", "unsupported-version", "rejected")
 HELD = "held"

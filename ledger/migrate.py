@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from ledger.database import Connection
+from boxoffice.ledger.database import Connection
 
 # Any constant works as long as nothing else in the database uses it: "boxoffice" in ASCII.
 _LOCK_KEY = 0x626F786F6666

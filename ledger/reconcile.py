@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import asyncpg
 from redis.asyncio import Redis
 
-from ledger.batch import ACKABLE, apply_records
-from ledger.database import Connection
-from ledger.queries import query
-from ledger.records import MalformedRecord, Record, parse
-from ledger.state import (
+from boxoffice.ledger.batch import ACKABLE, apply_records
+from boxoffice.ledger.database import Connection
+from boxoffice.ledger.queries import query
+from boxoffice.ledger.records import MalformedRecord, Record, parse
+from boxoffice.ledger.state import (
     CHUNK,
     TRIES,
     Continuity,
@@ -33,9 +33,9 @@ from ledger.state import (
     redis_event_ids,
     snapshot,
 )
-from ledger.state import redis_state as read_redis_state
-from service.store.keys import Keyspace
-from service.store.outbox import GROUP, ledger_lag, read_range
+from boxoffice.ledger.state import redis_state as read_redis_state
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.outbox import GROUP, ledger_lag, read_range
 
 _SHOWN = 5  # examples named per difference
 

@@ -17,13 +17,20 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from ledger.database import Connection
-from ledger.state import CHUNK, PAGES_PER_TRIP, EventState, ledger_events, redis_event_ids, snapshot
-from service.errors import BoxofficeError
-from service.store import epoch
-from service.store.keys import Keyspace
-from service.store.layout import claim_layout
-from service.store.outbox import ensure_groups
+from boxoffice.ledger.database import Connection
+from boxoffice.ledger.state import (
+    CHUNK,
+    PAGES_PER_TRIP,
+    EventState,
+    ledger_events,
+    redis_event_ids,
+    snapshot,
+)
+from boxoffice.service.errors import BoxofficeError
+from boxoffice.service.store import epoch
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.layout import claim_layout
+from boxoffice.service.store.outbox import ensure_groups
 
 
 class LiveState(BoxofficeError):

@@ -19,11 +19,11 @@ from typing import Any
 from asyncpg.transaction import Transaction
 from redis.asyncio import Redis
 
-from ledger.database import Connection
-from ledger.queries import query
-from service.errors import BoxofficeError
-from service.settings import DEFAULTS
-from service.store.keys import Keyspace
+from boxoffice.ledger.database import Connection
+from boxoffice.ledger.queries import query
+from boxoffice.service.errors import BoxofficeError
+from boxoffice.service.settings import DEFAULTS
+from boxoffice.service.store.keys import Keyspace
 
 CHUNK = DEFAULTS.chunk_size
 """Entries per Redis command and rows per PostgreSQL fetch, by default (BOXOFFICE_CHUNK_SIZE):

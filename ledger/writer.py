@@ -34,8 +34,8 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from ledger.batch import ACKABLE, REJECTED, apply_on, apply_records
-from ledger.deadletters import (
+from boxoffice.ledger.batch import ACKABLE, REJECTED, apply_on, apply_records
+from boxoffice.ledger.deadletters import (
     UNSUPPORTED,
     DeadLetter,
     Frozen,
@@ -46,12 +46,12 @@ from ledger.deadletters import (
     stream_order,
     waits,
 )
-from ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
-from service.settings import DEFAULTS
-from service.store.keys import Keyspace
-from service.store.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
-from service.store.scripts import Scripts
-from service.store.transport import PipelinedRedis
+from boxoffice.ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
+from boxoffice.service.settings import DEFAULTS
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
+from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.writer")
 

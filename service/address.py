@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from service.errors import ConfigurationError
+from boxoffice.service.errors import ConfigurationError
 
 SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 """Scheme: whether it means TLS."""

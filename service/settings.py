@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
 
-from service.address import RedisAddress
-from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
-from service.errors import ConfigurationError
+from boxoffice.service.address import RedisAddress
+from boxoffice.service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from boxoffice.service.errors import ConfigurationError
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

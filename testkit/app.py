@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from service.api.asgi import Receive, Scope, Send
-from service.run.app import create_app
-from service.settings import Settings
+from boxoffice.service.api.asgi import Receive, Scope, Send
+from boxoffice.service.run.app import create_app
+from boxoffice.service.settings import Settings
 
 
 @asynccontextmanager

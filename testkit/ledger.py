@@ -13,13 +13,13 @@ from pathlib import Path
 import asyncpg
 from redis.asyncio import Redis
 
-from ledger.database import connect_pool
-from ledger.reconcile import Report, reconcile, wait_for_drain
-from ledger.writer import Writer, WriterConfig
-from service.settings import Settings
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from testkit.support import child_env
+from boxoffice.ledger.database import connect_pool
+from boxoffice.ledger.reconcile import Report, reconcile, wait_for_drain
+from boxoffice.ledger.writer import Writer, WriterConfig
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from testkit.support import boxoffice_command, child_env
 
 FAST = WriterConfig(batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2)
 
@@ -103,15 +103,6 @@ def start_writer(
         BOXOFFICE_KEY_PREFIX=keyspace.prefix,
         BOXOFFICE_LOG_LEVEL="info",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "service.run.cli",
-        "writer",
-        "--batch-size",
-        "200",
-        "--lease",
-        "1",
-    ]
+    command = [*boxoffice_command(sys.executable), "writer", "--batch-size", "200", "--lease", "1"]
     with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)

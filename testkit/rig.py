@@ -19,8 +19,8 @@ import psutil
 import pytest
 import redis
 
-from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.store.keys import Keyspace
+from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
+from boxoffice.service.store.keys import Keyspace
 from testkit.support import (
     ServedBoxoffice,
     check_invariants,

@@ -7,8 +7,8 @@ from typing import Any
 
 import redis
 
-from service.booking.engine import BookingEngine
-from service.store.keys import Keyspace
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.store.keys import Keyspace
 
 
 def snapshot(client: redis.Redis, keyspace: Keyspace) -> dict[str, Any]:

@@ -19,9 +19,9 @@ import asyncpg
 import httpx
 import redis
 
-from service.address import RedisAddress
-from service.settings import Settings
-from service.store.keys import EventKeys, Keyspace
+from boxoffice.service.address import RedisAddress
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.keys import EventKeys, Keyspace
 
 
 def open_directory() -> Path:
@@ -201,7 +201,7 @@ def child_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
-CLI = "service.run.cli"
+CLI = "boxoffice"
 
 
 def boxoffice_command(python: str) -> list[str]:

@@ -28,14 +28,14 @@ import httpx
 import pytest
 import redis
 
-from ledger.migrate import migrate
-from service.booking.engine import BookingEngine
-from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.settings import Settings
-from service.store import epoch
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
+from boxoffice.ledger.migrate import migrate
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
+from boxoffice.service.settings import Settings
+from boxoffice.service.store import epoch
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
 from testkit.app import app_client
 from testkit.ledger import ledger_pool as open_ledger_pool
 from testkit.support import (

@@ -12,14 +12,14 @@ import asyncpg
 import pytest
 import redis
 
-from service.address import TLS, RedisAddress
-from service.errors import ConfigurationError
-from service.run.embedded import EmbeddedValkey
-from service.settings import Settings
-from service.store import epoch
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.transport import PipelinedRedis
+from boxoffice.service.address import TLS, RedisAddress
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.run.embedded import EmbeddedValkey
+from boxoffice.service.settings import Settings
+from boxoffice.service.store import epoch
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.transport import PipelinedRedis
 from testkit.app import app_client
 from testkit.ledger import running_writer
 from testkit.support import child_env, delete_keyspace, free_port, run_cli

@@ -11,12 +11,12 @@ import httpx
 import pytest
 import redis
 
-from service.errors import ConfigurationError
-from service.run.app import create_app
-from service.run.embedded import EmbeddedValkey
-from service.settings import Settings
-from service.store import epoch
-from service.store.keys import Keyspace
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.run.app import create_app
+from boxoffice.service.run.embedded import EmbeddedValkey
+from boxoffice.service.settings import Settings
+from boxoffice.service.store import epoch
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import free_port
 

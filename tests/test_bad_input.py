@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from service.store.keys import Keyspace
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import assert_problem
 from testkit.support import ServedBoxoffice, wait_for
 

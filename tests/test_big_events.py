@@ -20,17 +20,17 @@ import pytest
 import redis
 from redis.asyncio import ConnectionPool, Redis
 
-from ledger.database import connect_pool
-from ledger.reconcile import reconcile, repair
-from ledger.restore import restore
-from ledger.state import EventChanging, EventState, ledger_state, redis_state
-from service.booking.engine import BookingEngine
-from service.run.embedded import EmbeddedValkey
-from service.settings import Settings
-from service.store import epoch
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
+from boxoffice.ledger.database import connect_pool
+from boxoffice.ledger.reconcile import reconcile, repair
+from boxoffice.ledger.restore import restore
+from boxoffice.ledger.state import EventChanging, EventState, ledger_state, redis_state
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.run.embedded import EmbeddedValkey
+from boxoffice.service.settings import Settings
+from boxoffice.service.store import epoch
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
 from testkit.ledger import drained, running_writer
 from testkit.support import child_env, delete_keyspace, free_port, open_directory, run_cli
 
@@ -272,7 +272,7 @@ async def _run_while(settings: Settings, args: list[str], work: Any) -> tuple[in
         BOXOFFICE_KEY_PREFIX=settings.key_prefix,
     )
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.run.cli", *args,
+        sys.executable, "-m", "boxoffice", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     output = asyncio.ensure_future(child.communicate())

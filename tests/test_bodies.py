@@ -14,10 +14,10 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.api.bodies import whole_tickets
-from service.api.openapi import document
-from service.settings import Settings
-from service.store.keys import Keyspace
+from boxoffice.service.api.bodies import whole_tickets
+from boxoffice.service.api.openapi import document
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import assert_problem
 
 pytestmark = pytest.mark.anyio

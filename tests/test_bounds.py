@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.api import problems
-from service.api.openapi import document
-from service.bounds import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_HEADER_FIELDS, kib
-from service.settings import Settings
+from boxoffice.service.api import problems
+from boxoffice.service.api.openapi import document
+from boxoffice.service.bounds import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_HEADER_FIELDS, kib
+from boxoffice.service.settings import Settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from ledger.writer import WriterConfig
-from service.run.cli import main, parser, writer_config, writer_settings
-from service.settings import Settings
+from boxoffice.ledger.writer import WriterConfig
+from boxoffice.service.run.cli import main, parser, writer_config, writer_settings
+from boxoffice.service.settings import Settings
 from testkit.support import child_env, run_cli
 
 # (command line, the flag's dest, the setting it defaults to, how the setting reads as the flag)

@@ -23,13 +23,13 @@ import psutil
 import pytest
 import redis
 
-from service.api import problems
-from service.errors import ConfigurationError, UnknownEvent
-from service.logs import JsonFormatter
-from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
-from service.settings import Settings
-from service.store import epoch
-from service.store.keys import Keyspace
+from boxoffice.service.api import problems
+from boxoffice.service.errors import ConfigurationError, UnknownEvent
+from boxoffice.service.logs import JsonFormatter
+from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
+from boxoffice.service.settings import Settings
+from boxoffice.service.store import epoch
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import (
     ServedBoxoffice,
@@ -566,7 +566,7 @@ def test_an_unmapped_domain_error_is_answered_generically_and_logged(log_lines: 
 async def test_a_crash_answers_500_and_logs_the_traceback_with_the_request_id(
     settings: Settings, log_lines: _Lines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.api.handlers import Handlers
+    from boxoffice.service.api.handlers import Handlers
 
     async def crash(self: Handlers, request: object) -> None:
         raise RuntimeError("secret internals: /etc/passwd at 0x7f")

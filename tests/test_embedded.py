@@ -22,8 +22,8 @@ import psutil
 import pytest
 import redis
 
-from service.errors import ConfigurationError
-from service.run.embedded import (
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.run.embedded import (
     MARKER,
     OUTSIDE,
     EmbeddedPostgres,
@@ -342,7 +342,7 @@ def test_a_rig_whose_postgres_fails_stops_the_valkey_it_started(home: Path) -> N
 _OWNER = """
 import sys, time
 from pathlib import Path
-from service.run.embedded import EmbeddedPostgres, EmbeddedValkey
+from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from testkit.support import free_port
 home = Path(sys.argv[1])
 servers = [EmbeddedValkey(home / "valkey", free_port()), EmbeddedPostgres(home / "pg", free_port())]

@@ -10,8 +10,8 @@ import redis
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from ledger.records import Record, parse
-from service.booking.engine import (
+from boxoffice.ledger.records import Record, parse
+from boxoffice.service.booking.engine import (
     Booked,
     BookingEngine,
     Cancelled,
@@ -21,11 +21,11 @@ from service.booking.engine import (
     Promotion,
     Waitlisted,
 )
-from service.errors import EventConflict, NotBooked, UnknownEvent
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.scripts import NAMES, Scripts
-from service.store.transport import Arg
+from boxoffice.service.errors import EventConflict, NotBooked, UnknownEvent
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import NAMES, Scripts
+from boxoffice.service.store.transport import Arg
 from testkit.support import check_invariants
 
 pytestmark = pytest.mark.anyio

@@ -19,14 +19,14 @@ import httpx
 import pytest
 import redis
 
-from service.booking.engine import Booked, BookingEngine, Cancelled, Promotion, Waitlisted
-from service.errors import StoreReset
-from service.run import cli
-from service.settings import Settings
-from service.store import epoch
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
+from boxoffice.service.booking.engine import Booked, BookingEngine, Cancelled, Promotion, Waitlisted
+from boxoffice.service.errors import StoreReset
+from boxoffice.service.run import cli
+from boxoffice.service.settings import Settings
+from boxoffice.service.store import epoch
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
 from testkit.ledger import drained, writer_of
 from testkit.rig import EVENTS, Rig, assert_nothing_lost, get, load, rig
 from testkit.state import populate, snapshot
@@ -200,7 +200,7 @@ def test_a_forced_restore_that_fails_leaves_the_store_refusing(
     def unreachable(*args: object) -> None:
         raise OSError("the ledger went away")
 
-    monkeypatch.setattr("ledger.restore.ledger_events", unreachable)
+    monkeypatch.setattr("boxoffice.ledger.restore.ledger_events", unreachable)
     assert cli.main(["restore", "--force"]) == cli.EXIT_ERROR
     assert redis_client.exists(*keyspace.epochs()) == 0
 

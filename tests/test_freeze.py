@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from service.booking.engine import (
+from boxoffice.service.booking.engine import (
     Booked,
     BookingEngine,
     Cancelled,
@@ -20,8 +20,8 @@ from service.booking.engine import (
     Promotion,
     Waitlisted,
 )
-from service.errors import EventFrozen
-from service.store.keys import Keyspace
+from boxoffice.service.errors import EventFrozen
+from boxoffice.service.store.keys import Keyspace
 from testkit.state import snapshot
 
 pytestmark = pytest.mark.anyio

@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 PACKAGES = ("service", "ledger", "lua")
+PREFIX = "boxoffice."
+"""What every import of them starts with (the installed name, `boxoffice/__init__.py`)."""
 
 BOTTOM = "service"
 """The modules directly in `service/` (settings, errors, ids, …): every layer may read them."""
@@ -59,8 +61,9 @@ def imports(module: str, path: Path, known: set[str]) -> set[str]:
             source = ".".join([*base, *(node.module or "").split(".")]).strip(".")
             for alias in node.names:  # `from service.api import hot` imports service.api.hot
                 name = f"{source}.{alias.name}"
-                found.add(name if name in known else source)
-    return {name for name in found if name in known}
+                found.add(name if name.removeprefix(PREFIX) in known else source)
+    ours = {name.removeprefix(PREFIX) for name in found}
+    return {name for name in ours if name in known}
 
 
 def violations(root: Path) -> list[str]:
@@ -97,16 +100,52 @@ def test_the_rule_sees_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
     (tmp_path / "service" / "__init__.py").write_text("")
     (tmp_path / "service" / "errors.py").write_text("")
     (tmp_path / "service" / "store" / "keys.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from service.api import app\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from boxoffice.service.api import app\n"
     )
     (tmp_path / "service" / "api" / "app.py").write_text("from . import hot\n")
     (tmp_path / "service" / "api" / "hot.py").write_text(
-        "def f():\n    from service.api.app import x\n"
+        "def f():\n    from boxoffice.service.api.app import x\n"
     )
-    (tmp_path / "service" / "booking" / "engine.py").write_text("import ledger.writer\n")
-    (tmp_path / "ledger" / "writer.py").write_text("from service import errors\n")
+    (tmp_path / "service" / "booking" / "engine.py").write_text("import boxoffice.ledger.writer\n")
+    (tmp_path / "ledger" / "writer.py").write_text("from boxoffice.service import errors\n")
     found = violations(tmp_path)
     assert "service.store.keys (service.store) imports service.api.app (service.api)" in found
     assert "service.booking.engine (service.booking) imports ledger.writer (ledger)" in found
     assert len(found) == 3, found
     assert found[-1].startswith("import cycle: service.api.")
+
+
+def bare_imports(root: Path) -> list[str]:
+    """Imports of `service`, `ledger` or `lua` without `boxoffice.`: they work in a checkout
+    (its root is on the path) and fail where the wheel is installed."""
+    found = []
+    for folder in (*PACKAGES, "tests", "testkit", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                else:
+                    continue
+                found += [
+                    f"{path.relative_to(root)}: {name}"
+                    for name in names
+                    if name.split(".")[0] in PACKAGES
+                ]
+    return found
+
+
+def test_every_import_says_boxoffice(tmp_path: Path) -> None:
+    assert bare_imports(ROOT) == []
+    for folder in (*PACKAGES, "tests", "testkit", "benchmarks"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("from service.api import hot\n")
+    (tmp_path / "benchmarks" / "b.py").write_text("def f():\n    import ledger.writer\n")
+    (tmp_path / "ledger" / "c.py").write_text("from boxoffice.lua import x\nfrom . import y\n")
+    assert bare_imports(tmp_path) == [
+        "tests/test_a.py: service.api",
+        "benchmarks/b.py: ledger.writer",
+    ]

@@ -9,11 +9,11 @@ import json
 import pytest
 import redis
 
-from service.errors import ConfigurationError
-from service.run.app import create_app
-from service.settings import Settings
-from service.store.keys import Keyspace
-from service.store.layout import LAYOUT
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.run.app import create_app
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.layout import LAYOUT
 from testkit.support import boxoffice, child_env, run_cli
 
 pytestmark = pytest.mark.anyio

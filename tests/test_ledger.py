@@ -8,12 +8,12 @@ import asyncpg
 import pytest
 import redis
 
-from ledger.batch import apply_records
-from ledger.records import Record
-from service.booking.engine import BookingEngine
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.outbox import GROUP, ensure_groups, ledger_lag
+from boxoffice.ledger.batch import apply_records
+from boxoffice.ledger.records import Record
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.outbox import GROUP, ensure_groups, ledger_lag
 from testkit.ledger import drained, fetch, reconciled, running_writer
 from testkit.support import eventually
 
@@ -74,7 +74,7 @@ async def test_writer_journals_every_change_and_keeps_the_projections(
 
 
 def _records(entries: list[tuple[str, dict[str, str]]]) -> list[Record]:
-    from ledger.records import parse
+    from boxoffice.ledger.records import parse
 
     return [parse(stream_id, fields) for stream_id, fields in entries]
 

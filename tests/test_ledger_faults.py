@@ -12,13 +12,13 @@ import httpx
 import pytest
 import redis
 
-from ledger.database import connect_pool
-from ledger.reconcile import reconcile, wait_for_drain
-from ledger.writer import Writer, WriterConfig
-from service.booking.engine import BookingEngine
-from service.settings import Settings
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
+from boxoffice.ledger.database import connect_pool
+from boxoffice.ledger.reconcile import reconcile, wait_for_drain
+from boxoffice.ledger.writer import Writer, WriterConfig
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.ledger import count_rows, start_writer
 from testkit.support import PausableProxy, database_url_for, eventually

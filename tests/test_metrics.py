@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.api.observability import LATENCY_NAME, LatencyCollector, RequestStats
-from service.store.keys import Keyspace
+from boxoffice.service.api.observability import LATENCY_NAME, LatencyCollector, RequestStats
+from boxoffice.service.store.keys import Keyspace
 from testkit.support import ServedBoxoffice, child_env, wait_for
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ledger.migrate import migrate, migrations, pending
+from boxoffice.ledger.migrate import migrate, migrations, pending
 
 pytestmark = pytest.mark.anyio
 ALL = [

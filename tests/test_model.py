@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from ledger.records import parse
-from service.booking.engine import (
+from boxoffice.ledger.records import parse
+from boxoffice.service.booking.engine import (
     Booked,
     BookingEngine,
     Cancelled,
@@ -25,11 +25,11 @@ from service.booking.engine import (
     Promotion,
     Waitlisted,
 )
-from service.errors import EventConflict, NotBooked, UnknownEvent
-from service.store import epoch
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
+from boxoffice.service.errors import EventConflict, NotBooked, UnknownEvent
+from boxoffice.service.store import epoch
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
 from testkit.model import Model
 from testkit.support import ServedBoxoffice, check_invariants, delete_keyspace, redis_at
 

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from openapi_spec_validator import validate
 
-from service.api import routes
-from service.api.bodies import BookingRequest, InitializeRequest
-from service.api.openapi import document
-from service.settings import Settings
+from boxoffice.service.api import routes
+from boxoffice.service.api.bodies import BookingRequest, InitializeRequest
+from boxoffice.service.api.openapi import document
+from boxoffice.service.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 import redis
 
-from service.booking.engine import BookingEngine
-from service.settings import Settings
-from service.store.keys import Keyspace
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client
 from testkit.ledger import drained, writer_of
 from testkit.state import populate

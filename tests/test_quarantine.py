@@ -9,14 +9,14 @@ import json
 import pytest
 import redis
 
-from ledger.reconcile import wait_for_drain
-from ledger.writer import WriterConfig
-from service.booking.engine import BookingEngine
-from service.settings import Settings
-from service.store.clients import connect_redis
-from service.store.keys import EventKeys, Keyspace
-from service.store.outbox import GROUP
-from service.store.scripts import read_all
+from boxoffice.ledger.reconcile import wait_for_drain
+from boxoffice.ledger.writer import WriterConfig
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import EventKeys, Keyspace
+from boxoffice.service.store.outbox import GROUP
+from boxoffice.service.store.scripts import read_all
 from testkit.app import app_client
 from testkit.ledger import fetch, running_writer
 from testkit.support import boxoffice, eventually

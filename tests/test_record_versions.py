@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import redis
 
-from ledger.records import VERSION, MalformedRecord, UnsupportedVersion, parse
-from ledger.writer import WriterConfig
-from service.booking.engine import BookingEngine
-from service.settings import Settings
-from service.store.keys import Keyspace
-from service.store.outbox import GROUP
+from boxoffice.ledger.records import VERSION, MalformedRecord, UnsupportedVersion, parse
+from boxoffice.ledger.writer import WriterConfig
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.outbox import GROUP
 from testkit.ledger import fetch, running_writer
 from testkit.support import boxoffice, eventually
 

@@ -17,11 +17,11 @@ import httpx
 import pytest
 import yaml
 
-from service.errors import ConfigurationError
-from service.run.embedded import EmbeddedValkey
-from service.settings import Settings
-from service.store import epoch
-from service.store.keys import Keyspace
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.run.embedded import EmbeddedValkey
+from boxoffice.service.settings import Settings
+from boxoffice.service.store import epoch
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, redis_at, run_cli
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _serve(*args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
     """`boxoffice serve` that is expected to refuse: it must exit on its own, quickly. If it
     starts instead, its whole process group (workers, writer) is stopped."""
-    command = [sys.executable, "-m", "service.run.cli", "serve", "--port", str(free_port()), *args]
+    command = [sys.executable, "-m", "boxoffice", "serve", "--port", str(free_port()), *args]
     process = subprocess.Popen(
         command,
         env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", **env),
@@ -98,14 +98,14 @@ def test_serve_refuses_open_admin_beyond_loopback(
     ],
 )  # fmt: skip
 def test_the_banner_says_who_may_create_events(settings: Settings, host: str, says: str) -> None:
-    from service.run.cli import admin_line
+    from boxoffice.service.run.cli import admin_line
 
     assert says in admin_line(settings, host)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.org", ""])
 def test_admin_line_refuses_every_bind_beyond_loopback(host: str) -> None:
-    from service.run.cli import admin_line
+    from boxoffice.service.run.cli import admin_line
 
     with pytest.raises(ConfigurationError, match="BOXOFFICE_ADMIN_TOKEN="):
         admin_line(Settings(), host)

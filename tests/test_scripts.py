@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import redis
 
-from ledger.records import parse
-from service.booking.engine import MAX_TICKETS
-from service.ids import ID_PATTERN
-from service.store.clients import connect_redis
-from service.store.keys import EventKeys, Keyspace
-from service.store.scripts import Scripts
-from service.store.transport import Arg, ReplyError
+from boxoffice.ledger.records import parse
+from boxoffice.service.booking.engine import MAX_TICKETS
+from boxoffice.service.ids import ID_PATTERN
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import EventKeys, Keyspace
+from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.transport import Arg, ReplyError
 from testkit.state import snapshot
 
 pytestmark = pytest.mark.anyio

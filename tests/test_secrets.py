@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ConfigurationError
-from service.settings import Settings, mask_url
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.settings import Settings, mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,8 +109,8 @@ def test_errors_printed_by_commands_have_passwords_redacted() -> None:
 
 
 def test_the_start_banner_shows_no_password() -> None:
-    from service.run.cli import banner
-    from service.run.stores import Stores
+    from boxoffice.service.run.cli import banner
+    from boxoffice.service.run.stores import Stores
 
     settings = Settings(
         redis_url="redis://:r3d9@cache/0?password=q9r",

@@ -15,9 +15,9 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.logs import JsonFormatter
-from service.settings import Settings
-from service.store.keys import Keyspace
+from boxoffice.service.logs import JsonFormatter
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import ServedBoxoffice, child_env, wait_for
 

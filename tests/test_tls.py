@@ -19,12 +19,12 @@ import pytest
 import redis.exceptions
 import trustme
 
-from ledger.database import connect_pool
-from service.address import RedisAddress
-from service.errors import BackendUnavailable, ConfigurationError
-from service.store.clients import connect_redis
-from service.store.keys import Keyspace
-from service.store.transport import PipelinedRedis
+from boxoffice.ledger.database import connect_pool
+from boxoffice.service.address import RedisAddress
+from boxoffice.service.errors import BackendUnavailable, ConfigurationError
+from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.transport import PipelinedRedis
 from testkit.support import child_env, open_directory
 from testkit.terminator import TLSTerminator
 
@@ -223,7 +223,7 @@ async def test_boxoffice_commands_use_verified_tls_and_say_why_they_refuse(
 ) -> None:
     async def migrate(database_url: str) -> tuple[int, str, str]:
         command = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.run.cli", "migrate",
+            sys.executable, "-m", "boxoffice", "migrate",
             env=child_env(REDIS_URL=redis_url, DATABASE_URL=database_url),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.errors import BackendUnavailable, ConfigurationError
-from service.run.embedded import EmbeddedValkey
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
-from service.store.transport import PipelinedRedis, ReplyError
+from boxoffice.service.errors import BackendUnavailable, ConfigurationError
+from boxoffice.service.run.embedded import EmbeddedValkey
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.transport import PipelinedRedis, ReplyError
 from testkit.support import eventually, free_port
 
 pytestmark = pytest.mark.anyio

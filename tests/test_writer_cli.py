@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.writer import WriterConfig
-from service.run.cli import parser
+from boxoffice.ledger.writer import WriterConfig
+from boxoffice.service.run.cli import parser
 from testkit.support import child_env, run_cli
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 
 from benchmarks.systems import Booking, Initialize
-from service.api.asgi import Message, Receive, Scope, Send
-from service.booking.engine import Booked, BookingEngine
-from service.errors import BoxofficeError
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
-from service.store.transport import PipelinedRedis
+from boxoffice.service.api.asgi import Message, Receive, Scope, Send
+from boxoffice.service.booking.engine import Booked, BookingEngine
+from boxoffice.service.errors import BoxofficeError
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.transport import PipelinedRedis
 
 _initialize = msgspec.json.Decoder(Initialize).decode
 _booking = msgspec.json.Decoder(Booking).decode

@@ -19,11 +19,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from benchmarks.systems import Booking, Initialize
-from service.address import RedisAddress
-from service.booking.engine import Booked, BookingEngine
-from service.errors import BoxofficeError
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
+from boxoffice.service.address import RedisAddress
+from boxoffice.service.booking.engine import Booked, BookingEngine
+from boxoffice.service.errors import BoxofficeError
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
 
 
 def _json(body: Any, status: int = 200) -> Response:

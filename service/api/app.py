@@ -17,14 +17,14 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service.api import handlers, observability, routes, services
-from service.api.asgi import Scope
-from service.api.headers import HeaderBounds
-from service.api.hot import HotRoute, HotRoutes
-from service.api.problems import ProblemRaised
-from service.api.ratelimit import RateLimitMiddleware, RateLimits
-from service.errors import BoxofficeError
-from service.settings import Settings
+from boxoffice.service.api import handlers, observability, routes, services
+from boxoffice.service.api.asgi import Scope
+from boxoffice.service.api.headers import HeaderBounds
+from boxoffice.service.api.hot import HotRoute, HotRoutes
+from boxoffice.service.api.problems import ProblemRaised
+from boxoffice.service.api.ratelimit import RateLimitMiddleware, RateLimits
+from boxoffice.service.errors import BoxofficeError
+from boxoffice.service.settings import Settings
 
 Lifespan = Callable[[Starlette], AsyncIterator[dict[str, Any]]]
 """An async context manager factory (`contextlib.asynccontextmanager`) yielding the lifespan

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from service.api import problems
+from boxoffice.service.api import problems
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.types import Message, Receive, Scope
 
-from service.api.problems import (
+from boxoffice.service.api.problems import (
     MALFORMED,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
@@ -27,8 +27,8 @@ from service.api.problems import (
     FieldError,
     ProblemRaised,
 )
-from service.booking.engine import MAX_TICKETS, EventId, TicketCount, UserId
-from service.bounds import MAX_BODY_BYTES
+from boxoffice.service.booking.engine import MAX_TICKETS, EventId, TicketCount, UserId
+from boxoffice.service.bounds import MAX_BODY_BYTES
 
 log = logging.getLogger("boxoffice.bodies")
 

@@ -14,12 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from service.api import observability, openapi, problems, services
-from service.api.bodies import BodyReader, InitializeRequest
-from service.api.probes import Health, Probe, Readiness
-from service.api.problems import FieldError, ProblemRaised
-from service.errors import BoxofficeError
-from service.settings import Settings
+from boxoffice.service.api import observability, openapi, problems, services
+from boxoffice.service.api.bodies import BodyReader, InitializeRequest
+from boxoffice.service.api.probes import Health, Probe, Readiness
+from boxoffice.service.api.problems import FieldError, ProblemRaised
+from boxoffice.service.errors import BoxofficeError
+from boxoffice.service.settings import Settings
 
 log = logging.getLogger("boxoffice.http")
 

@@ -7,9 +7,9 @@ before the head is buffered; this check holds them under any other server too (p
 
 from __future__ import annotations
 
-from service.api import asgi, problems
-from service.api.asgi import ASGIApp, Receive, Scope, Send
-from service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from boxoffice.service.api import asgi, problems
+from boxoffice.service.api.asgi import ASGIApp, Receive, Scope, Send
+from boxoffice.service.bounds import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 
 
 class HeaderBounds:

@@ -16,14 +16,14 @@ from typing import Any
 
 import msgspec
 
-from service.api import asgi, observability, problems, services
-from service.api.asgi import ASGIApp, Receive, Scope, Send, respond
-from service.api.bodies import BodyReader, BookingRequest
-from service.api.problems import FieldError, ProblemRaised
-from service.api.services import Services
-from service.booking.engine import Booked, Cancelled
-from service.errors import BoxofficeError
-from service.ids import ID_DESCRIPTION, is_id
+from boxoffice.service.api import asgi, observability, problems, services
+from boxoffice.service.api.asgi import ASGIApp, Receive, Scope, Send, respond
+from boxoffice.service.api.bodies import BodyReader, BookingRequest
+from boxoffice.service.api.problems import FieldError, ProblemRaised
+from boxoffice.service.api.services import Services
+from boxoffice.service.booking.engine import Booked, Cancelled
+from boxoffice.service.errors import BoxofficeError
+from boxoffice.service.ids import ID_DESCRIPTION, is_id
 
 log = logging.getLogger("boxoffice.http")
 

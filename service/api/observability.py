@@ -33,10 +33,10 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from service.api import asgi, problems
-from service.api.asgi import ASGIApp, Message, Receive, Scope, Send
-from service.ids import is_id_bytes
-from service.logs import MULTIPROCESS_ENV, REQUEST_ID
+from boxoffice.service.api import asgi, problems
+from boxoffice.service.api.asgi import ASGIApp, Message, Receive, Scope, Send
+from boxoffice.service.ids import is_id_bytes
+from boxoffice.service.logs import MULTIPROCESS_ENV, REQUEST_ID
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 

@@ -14,19 +14,19 @@ from typing import Any
 import msgspec
 from apispec import APISpec
 
-from service.api import problems
-from service.api.bodies import BookingRequest, InitializeRequest
-from service.api.probes import Health, Readiness
-from service.api.problems import Problem, ProblemDescription
-from service.booking.engine import (
+from boxoffice.service.api import problems
+from boxoffice.service.api.bodies import BookingRequest, InitializeRequest
+from boxoffice.service.api.probes import Health, Readiness
+from boxoffice.service.api.problems import Problem, ProblemDescription
+from boxoffice.service.booking.engine import (
     BookResult,
     CancelResult,
     EventStatus,
     UserState,
 )
-from service.bounds import MAX_BODY_BYTES
-from service.ids import ID_DESCRIPTION, ID_PATTERN
-from service.settings import Settings
+from boxoffice.service.bounds import MAX_BODY_BYTES
+from boxoffice.service.ids import ID_DESCRIPTION, ID_PATTERN
+from boxoffice.service.settings import Settings
 
 _REF = "#/components/schemas/{name}"
 PROBLEM = problems.MEDIA_TYPE

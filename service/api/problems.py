@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from service.bounds import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_HEADER_FIELDS, kib
-from service.errors import (
+from boxoffice.service.bounds import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_HEADER_FIELDS, kib
+from boxoffice.service.errors import (
     BackendUnavailable,
     BoxofficeError,
     EventConflict,

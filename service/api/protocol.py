@@ -46,9 +46,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.api import asgi, observability, problems
-from service.api.asgi import Receive, Scope, Send
-from service.settings import Settings
+from boxoffice.service.api import asgi, observability, problems
+from boxoffice.service.api.asgi import Receive, Scope, Send
+from boxoffice.service.settings import Settings
 
 log = logging.getLogger("boxoffice.http")
 

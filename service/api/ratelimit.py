@@ -35,10 +35,10 @@ from limits.aio.strategies import (
 )
 from redis.asyncio import ConnectionPool
 
-from service.api import asgi, problems
-from service.api.asgi import ASGIApp, Message, Receive, Scope, Send
-from service.settings import Settings
-from service.store.scripts import Runner, Script, evaluate
+from boxoffice.service.api import asgi, problems
+from boxoffice.service.api.asgi import ASGIApp, Message, Receive, Scope, Send
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.scripts import Runner, Script, evaluate
 
 log = logging.getLogger("boxoffice.ratelimit")
 

@@ -8,10 +8,10 @@ from openapi_ui_bundles import swagger_ui
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from service.api import hot
-from service.api.handlers import Handlers
-from service.api.hot import HotRoute
-from service.settings import Settings
+from boxoffice.service.api import hot
+from boxoffice.service.api.handlers import Handlers
+from boxoffice.service.api.hot import HotRoute
+from boxoffice.service.settings import Settings
 
 
 def table(settings: Settings) -> list[HotRoute | BaseRoute]:

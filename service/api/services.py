@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.api.asgi import Scope
-from service.api.probes import Probe
-from service.api.ratelimit import RateLimits
-from service.booking.admission import LedgerWatch
-from service.booking.engine import BookingEngine
-from service.errors import BackendUnavailable
+from boxoffice.service.api.asgi import Scope
+from boxoffice.service.api.probes import Probe
+from boxoffice.service.api.ratelimit import RateLimits
+from boxoffice.service.booking.admission import LedgerWatch
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.errors import BackendUnavailable
 
 KEY = "boxoffice"
 """The lifespan state's key for the `Services`."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from service.errors import LedgerBehind
-from service.store import epoch
-from service.store.keys import Keyspace
-from service.store.outbox import ledger_lag
+from boxoffice.service.errors import LedgerBehind
+from boxoffice.service.store import epoch
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.outbox import ledger_lag
 
 
 class LedgerWatch:

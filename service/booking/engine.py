@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from service.errors import EventConflict, EventFrozen, NotBooked, StoreReset, UnknownEvent
-from service.ids import ID_DESCRIPTION, ID_PATTERN
-from service.store.keys import Keyspace
-from service.store.scripts import Scripts
+from boxoffice.service.errors import EventConflict, EventFrozen, NotBooked, StoreReset, UnknownEvent
+from boxoffice.service.ids import ID_DESCRIPTION, ID_PATTERN
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.scripts import Scripts
 
 MAX_TICKETS = 10_000_000
 

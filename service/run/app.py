@@ -19,22 +19,22 @@ from typing import Any
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-from service.address import RedisAddress
-from service.api import app as api_app
-from service.api import observability
-from service.api.probes import PostgresProbe, RedisProbe
-from service.api.ratelimit import RateLimits
-from service.api.services import KEY, Services
-from service.booking.admission import LedgerWatch
-from service.booking.engine import BookingEngine
-from service.errors import ConfigurationError
-from service.settings import Settings
-from service.store.clients import check_eviction, connect_redis
-from service.store.keys import Keyspace
-from service.store.layout import claim_layout
-from service.store.outbox import ensure_groups
-from service.store.scripts import Scripts
-from service.store.transport import PipelinedRedis
+from boxoffice.service.address import RedisAddress
+from boxoffice.service.api import app as api_app
+from boxoffice.service.api import observability
+from boxoffice.service.api.probes import PostgresProbe, RedisProbe
+from boxoffice.service.api.ratelimit import RateLimits
+from boxoffice.service.api.services import KEY, Services
+from boxoffice.service.booking.admission import LedgerWatch
+from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.settings import Settings
+from boxoffice.service.store.clients import check_eviction, connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.layout import claim_layout
+from boxoffice.service.store.outbox import ensure_groups
+from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.http")
 

@@ -31,15 +31,15 @@ import asyncpg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from service.errors import BoxofficeError, ConfigurationError
-from service.run.stores import Stores, open_stores
-from service.settings import Settings, mask_url
-from service.store.clients import check_eviction, connect_redis
-from service.store.keys import Keyspace
-from service.store.layout import claim_layout
+from boxoffice.service.errors import BoxofficeError, ConfigurationError
+from boxoffice.service.run.stores import Stores, open_stores
+from boxoffice.service.settings import Settings, mask_url
+from boxoffice.service.store.clients import check_eviction, connect_redis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.layout import claim_layout
 
 if TYPE_CHECKING:
-    from ledger.writer import WriterConfig
+    from boxoffice.ledger.writer import WriterConfig
 
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -55,7 +55,7 @@ class Connections:
 async def connections(
     settings: Settings, stores: Stores, command_timeout: float | None = None
 ) -> AsyncIterator[Connections]:
-    from ledger.database import COMMAND_TIMEOUT_S, connect_pool
+    from boxoffice.ledger.database import COMMAND_TIMEOUT_S, connect_pool
 
     redis = await connect_redis(stores.redis_url, 32)
     try:
@@ -74,7 +74,7 @@ async def connections(
 
 
 def _log_setup(settings: Settings) -> None:
-    from service.logs import log_config
+    from boxoffice.service.logs import log_config
 
     logging.config.dictConfig(log_config(settings.log_level))
 
@@ -95,7 +95,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _exit)
 
-    from service.logs import MULTIPROCESS_ENV, log_config
+    from boxoffice.service.logs import MULTIPROCESS_ENV, log_config
 
     with (
         open_stores(settings, share_running=False) as stores,
@@ -108,13 +108,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ[MULTIPROCESS_ENV] = metrics_dir
         # Only now: prometheus-client (imported with the protocol's observability) decides at
         # import whether metrics go to those files, and a single worker runs in this process.
-        from service.api.protocol import uvicorn_protocol
+        from boxoffice.service.api.protocol import uvicorn_protocol
 
         warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
         applied, _ = asyncio.run(_prepare(settings, stores))
         writer = None
         if settings.run_writer:
-            writer = subprocess.Popen([sys.executable, "-m", "service.run.cli", "writer"])
+            writer = subprocess.Popen([sys.executable, "-m", "boxoffice", "writer"])
         base = f"http://{host}:{port}"
         print(
             banner(settings, stores, applied, writer is not None, base, workers, admin, warnings),
@@ -122,7 +122,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         try:
             uvicorn.run(
-                "service.run.app:app_from_env",
+                "boxoffice.service.run.app:app_from_env",
                 factory=True,
                 host=host,
                 port=port,
@@ -242,7 +242,7 @@ async def _check_store(url: str) -> str | None:
 
 
 async def _migrate_url(url: str) -> list[str]:
-    from ledger.migrate import migrate
+    from boxoffice.ledger.migrate import migrate
 
     connection = await asyncpg.connect(url)
     try:
@@ -256,8 +256,8 @@ async def _prepare(settings: Settings, stores: Stores) -> tuple[list[str], int]:
     deployment's store (`service.store.epoch`): only when the ledger holds no entry at all, since a
     store that lost its data looks new from Redis.
     Returns the migrations applied now and how many epoch markers were set."""
-    from ledger.queries import query
-    from service.store import epoch
+    from boxoffice.ledger.queries import query
+    from boxoffice.service.store import epoch
 
     keyspace = Keyspace(settings.key_prefix, settings.partitions)
     redis = await connect_redis(stores.redis_url, 2)
@@ -288,7 +288,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def writer_config(settings: Settings) -> WriterConfig:
     """The writer's configuration from the effective settings: the one place it is built."""
-    from ledger.writer import WriterConfig
+    from boxoffice.ledger.writer import WriterConfig
 
     try:
         return WriterConfig(
@@ -315,7 +315,7 @@ def writer_settings(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def _writer(settings: Settings, args: argparse.Namespace) -> int:
-    from ledger.writer import Writer
+    from boxoffice.ledger.writer import Writer
 
     settings = writer_settings(settings, args)
     config = writer_config(settings)
@@ -342,7 +342,7 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from ledger.reconcile import Report, reconcile, repair, wait_for_drain
+    from boxoffice.ledger.reconcile import Report, reconcile, repair, wait_for_drain
 
     async def run(stores: Stores) -> Report:
         async with connections(settings, stores) as c:
@@ -370,7 +370,7 @@ def _print_report(report: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ledger.reconcile import Report
+    from boxoffice.ledger.reconcile import Report
 
     assert isinstance(report, Report)
     console = Console()
@@ -395,7 +395,7 @@ def _print_report(report: object) -> None:
 
 
 def _release(settings: Settings, args: argparse.Namespace) -> int:
-    from ledger.deadletters import Released, release_or_refuse
+    from boxoffice.ledger.deadletters import Released, release_or_refuse
 
     if (args.event is None) == (args.record is None):
         raise ConfigurationError("release takes an event id or --record STREAM_ID, not both.")
@@ -427,7 +427,7 @@ def _release(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _restore(settings: Settings, args: argparse.Namespace) -> int:
-    from ledger.restore import Restored, restore
+    from boxoffice.ledger.restore import Restored, restore
 
     async def run(stores: Stores) -> Restored:
         async with connections(settings, stores) as c, c.pool.acquire() as connection:
@@ -437,7 +437,7 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
             if args.force:
                 # The live state is about to be replaced: no process may write into it meanwhile.
                 # restore() sets the markers again once the state is rebuilt.
-                from service.store import epoch
+                from boxoffice.service.store import epoch
 
                 await epoch.clear(c.redis, c.keyspace)
             return await restore(

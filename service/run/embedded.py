@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigurationError
+from boxoffice.service.errors import ConfigurationError
 
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 30.0

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from service.run.embedded import (
+from boxoffice.service.run.embedded import (
     EmbeddedPostgres,
     EmbeddedValkey,
     answers_ping,
     port_open,
 )
-from service.settings import Settings
+from boxoffice.service.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

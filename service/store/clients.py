@@ -6,8 +6,8 @@ from __future__ import annotations
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 
-from service.address import RedisAddress
-from service.errors import ConfigurationError
+from boxoffice.service.address import RedisAddress
+from boxoffice.service.errors import ConfigurationError
 
 
 async def connect_redis(address: RedisAddress | str, max_connections: int) -> Redis:

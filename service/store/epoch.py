@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import redis
 from redis.asyncio import Redis
 
-from service.store.keys import Keyspace
+from boxoffice.service.store.keys import Keyspace
 
 NEW = "new"
 """Set on a new deployment (the ledger holds nothing)."""

@@ -18,8 +18,8 @@ import json
 
 from redis.asyncio import Redis
 
-from service.errors import ConfigurationError
-from service.store.keys import Keyspace
+from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.store.keys import Keyspace
 
 LAYOUT = 1
 """The layout this code reads and writes: `<prefix>:{pNN}:ev:<id>:<part>` and

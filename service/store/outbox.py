@@ -12,8 +12,8 @@ from typing import cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from service.store.keys import Keyspace
-from service.store.transport import PipelinedRedis
+from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.transport import PipelinedRedis
 
 GROUP = "ledger"
 

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from service.errors import BackendUnavailable
-from service.store.transport import Arg, ReplyError
+from boxoffice.service.errors import BackendUnavailable
+from boxoffice.service.store.transport import Arg, ReplyError
 
 NAMES = ("initialize", "book", "cancel", "status", "user_state", "lease", "retire")
 
@@ -40,7 +40,7 @@ class Script:
     read_only: bool
 
     @classmethod
-    def read(cls, name: str, package: str = "lua", folder: str = "") -> Script:
+    def read(cls, name: str, package: str = "boxoffice.lua", folder: str = "") -> Script:
         """`<name>.lua` of a package's resources (boxoffice's own `lua/` by default)."""
         files = resources.files(package)
         if folder:

@@ -43,8 +43,8 @@ from typing import Any, cast
 
 import hiredis
 
-from service.address import RedisAddress
-from service.errors import BackendUnavailable, ConfigurationError
+from boxoffice.service.address import RedisAddress
+from boxoffice.service.errors import BackendUnavailable, ConfigurationError
 
 log = logging.getLogger("boxoffice.transport")
 
