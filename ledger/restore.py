@@ -50,15 +50,15 @@ async def _wipe(redis: Redis, keyspace: Keyspace) -> int:
     deleted."""
     events = 0
     patterns = [
-        f"{keyspace.prefix}:{{p*}}:ev:*",
+        keyspace.event_pattern(),
         keyspace.staged_pattern(),
-        f"{keyspace.prefix}:{{p*}}:outbox",
-        f"{keyspace.prefix}:{{p*}}:lease",
+        keyspace.outbox_pattern(),
+        keyspace.lease_pattern(),
     ]
     for pattern in patterns:
         found: list[str] = []
         async for key in redis.scan_iter(match=pattern, count=1000):
-            events += ":ev:" in pattern and key.endswith(":meta")
+            events += pattern == patterns[0] and key.endswith(":meta")
             found.append(key)
             if len(found) == 1000:
                 await _unlink(redis, found)

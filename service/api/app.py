@@ -6,7 +6,7 @@ the handlers work with; nothing here connects to anything.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -25,10 +25,6 @@ from boxoffice.service.api.problems import ProblemRaised
 from boxoffice.service.api.ratelimit import RateLimitMiddleware, RateLimits
 from boxoffice.service.errors import BoxofficeError
 from boxoffice.service.settings import Settings
-
-Lifespan = Callable[[Starlette], AsyncIterator[dict[str, Any]]]
-"""An async context manager factory (`contextlib.asynccontextmanager`) yielding the lifespan
-state, which holds the `Services` under `services.KEY`."""
 
 
 class BoxofficeApp(Starlette):
@@ -49,7 +45,9 @@ def _rate_limits(scope: Scope) -> RateLimits | None:
 
 
 def build(settings: Settings, lifespan: Any) -> Starlette:
-    """The app: every route of `routes.table`, the hot ones in front of Starlette."""
+    """The app: every route of `routes.table`, the hot ones in front of Starlette. `lifespan`
+    (Starlette's: app -> async context manager) yields the lifespan state, holding the
+    `Services` under `services.KEY`."""
     table = routes.table(settings)
     hot = [route for route in table if isinstance(route, HotRoute)]
     rest = [route for route in table if not isinstance(route, HotRoute)]

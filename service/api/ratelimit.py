@@ -38,6 +38,7 @@ from redis.asyncio import ConnectionPool
 from boxoffice.service.api import asgi, problems
 from boxoffice.service.api.asgi import ASGIApp, Message, Receive, Scope, Send
 from boxoffice.service.settings import Settings
+from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Runner, Script, evaluate
 
 log = logging.getLogger("boxoffice.ratelimit")
@@ -74,14 +75,14 @@ class PipelinedStorage(RedisStorage):
     then costs one more command in a shared write, not a second slow client round trip.
     Maintenance calls (reset, check) stay on redis-py."""
 
-    def __init__(self, hot: Runner, pool: ConnectionPool, key_prefix: str) -> None:
+    def __init__(self, runner: Runner, pool: ConnectionPool, key_prefix: str) -> None:
         super().__init__(
             "async+redis://",
             implementation="redispy",
             key_prefix=key_prefix,
             connection_pool=pool,  # type: ignore[arg-type]  # limits types its options loosely
         )
-        self._hot = hot
+        self._runner = runner
         self._prefix = key_prefix
         self._incr = _limits_script("incr_expire")
         self._acquire_sliding = _limits_script("acquire_sliding_window")
@@ -93,23 +94,25 @@ class PipelinedStorage(RedisStorage):
         return f"{self._prefix}:{key}"
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        return int(await evaluate(self._hot, self._incr, [self._key(key)], [expiry, amount]))
+        return int(await evaluate(self._runner, self._incr, [self._key(key)], [expiry, amount]))
 
     async def get(self, key: str) -> int:
-        return int(await self._hot.send("GET", self._key(key)) or 0)
+        return int(await self._runner.send("GET", self._key(key)) or 0)
 
     async def get_expiry(self, key: str) -> float:
-        return max(int(await self._hot.send("TTL", self._key(key))), 0) + time.time()
+        return max(int(await self._runner.send("TTL", self._key(key))), 0) + time.time()
 
     async def acquire_sliding_window_entry(
         self, key: str, limit: int, expiry: int, amount: int = 1
     ) -> bool:
         keys = [self._key(self._previous_window_key(key)), self._key(self._current_window_key(key))]
-        return bool(await evaluate(self._hot, self._acquire_sliding, keys, [limit, expiry, amount]))
+        return bool(
+            await evaluate(self._runner, self._acquire_sliding, keys, [limit, expiry, amount])
+        )
 
     async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
         keys = [self._key(self._previous_window_key(key)), self._key(self._current_window_key(key))]
-        window = await evaluate(self._hot, self._sliding, keys, [expiry])
+        window = await evaluate(self._runner, self._sliding, keys, [expiry])
         if not window:
             return 0, 0.0, 0, 0.0
         return (
@@ -121,11 +124,11 @@ class PipelinedStorage(RedisStorage):
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         args = [time.time(), limit, expiry, amount]
-        return bool(await evaluate(self._hot, self._acquire_moving, [self._key(key)], args))
+        return bool(await evaluate(self._runner, self._acquire_moving, [self._key(key)], args))
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         now = time.time()
-        window = await evaluate(self._hot, self._moving, [self._key(key)], [now - expiry, limit])
+        window = await evaluate(self._runner, self._moving, [self._key(key)], [now - expiry, limit])
         if window:
             return float(window[0]), int(window[1])
         return now, 0
@@ -134,14 +137,15 @@ class PipelinedStorage(RedisStorage):
 class RateLimits:
     """The two budgets and the strategy counting them."""
 
-    def __init__(self, settings: Settings, pool: ConnectionPool, hot: Runner) -> None:
+    def __init__(self, settings: Settings, pool: ConnectionPool, runner: Runner) -> None:
         self.reads = Policy("reads", parse(settings.rate_limit)) if settings.rate_limit else None
         self.writes = (
             Policy("writes", parse(settings.write_rate_limit))
             if settings.write_rate_limit
             else None
         )
-        self._storage = PipelinedStorage(hot, pool, f"{settings.key_prefix}:rl")
+        keyspace = Keyspace(settings.key_prefix, settings.partitions)
+        self._storage = PipelinedStorage(runner, pool, keyspace.rate_limits)
         self.strategy = STRATEGIES[settings.rate_limit_strategy](self._storage)
         self.on_error: Callable[[], None] = lambda: None
         self.on_limited: Callable[[str], None] = lambda policy: None

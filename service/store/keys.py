@@ -95,6 +95,23 @@ class Keyspace:
         """Glob matching the meta key of every event (for SCAN)."""
         return f"{self.prefix}:{{p*}}:ev:*:meta"
 
+    def event_pattern(self) -> str:
+        """Glob matching every key of every event (for SCAN)."""
+        return f"{self.prefix}:{{p*}}:ev:*"
+
+    def outbox_pattern(self) -> str:
+        """Glob matching every partition's outbox stream (for SCAN)."""
+        return f"{self.prefix}:{{p*}}:outbox"
+
+    def lease_pattern(self) -> str:
+        """Glob matching every partition's writer lease (for SCAN)."""
+        return f"{self.prefix}:{{p*}}:lease"
+
+    @property
+    def rate_limits(self) -> str:
+        """The prefix of the rate limiter's counters (`limits` appends its own keys)."""
+        return f"{self.prefix}:rl"
+
     def event_id_of(self, meta_key: str) -> str:
         """The event id inside a meta key."""
         return meta_key.split(":ev:", 1)[1].removesuffix(":meta")
