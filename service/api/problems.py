@@ -55,9 +55,8 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     errors: list[FieldError] | None = None
 
 
+# What `/problems/<slug>` answers (no docstring: it would enter the OpenAPI document).
 class ProblemDescription(msgspec.Struct, frozen=True):
-    """What `/problems/<slug>` answers: a problem type, described."""
-
     type: str
     title: str
     status: int
