@@ -1,0 +1,2 @@
+"""The processes: the CLI, the API worker's composition root, embedded servers. The one layer
+that wires service and ledger together."""
