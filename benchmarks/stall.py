@@ -47,7 +47,7 @@ from benchmarks.book import HERE
 from boxoffice.ledger.migrate import migrate
 from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from boxoffice.service.store.keys import Keyspace
-from testkit.support import child_env, free_port
+from testkit.support import free_port, stores_env
 
 ROOT = HERE.parent
 EVENT = "big"
@@ -353,10 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"both stores in {time.perf_counter() - started:.1f} s",
                 flush=True,
             )
-            env = child_env(
-                REDIS_URL=valkey.url,
-                DATABASE_URL=postgres.url,
-                BOXOFFICE_KEY_PREFIX=KEYSPACE.prefix,
+            env = stores_env(
+                valkey.url,
+                postgres.url,
+                KEYSPACE.prefix,
                 BOXOFFICE_PARTITIONS=str(KEYSPACE.partitions),
                 BOXOFFICE_LOG_LEVEL="warning",
             )

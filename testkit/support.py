@@ -201,6 +201,15 @@ def child_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+def stores_env(
+    redis_url: str | None, database_url: str | None, key_prefix: str | None, **overrides: str | None
+) -> dict[str, str]:
+    """`child_env` for a `boxoffice` child on these stores and key prefix, `overrides` on top."""
+    return child_env(
+        REDIS_URL=redis_url, DATABASE_URL=database_url, BOXOFFICE_KEY_PREFIX=key_prefix, **overrides
+    )
+
+
 CLI = "boxoffice"
 
 
@@ -233,11 +242,7 @@ def run_cli(
 
 def boxoffice(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """A `boxoffice` command in a child process, on the stores and keyspace of `settings`."""
-    env = child_env(
-        REDIS_URL=settings.redis_url,
-        DATABASE_URL=settings.database_url,
-        BOXOFFICE_KEY_PREFIX=settings.key_prefix,
-    )
+    env = stores_env(settings.redis_url, settings.database_url, settings.key_prefix)
     return run_cli(env, *args)
 
 

@@ -40,13 +40,13 @@ from testkit.app import app_client
 from testkit.ledger import ledger_pool as open_ledger_pool
 from testkit.support import (
     ServedBoxoffice,
-    child_env,
     database_url_for,
     delete_keyspace,
     free_port,
     open_directory,
     redis_at,
     run_sql,
+    stores_env,
     wait_for,
 )
 
@@ -278,10 +278,10 @@ def served(
         database_iter = _new_database(postgres_url, template_database)
         database = next(database_iter)
         made.callback(next, database_iter, None)
-        env = child_env(
-            REDIS_URL=redis_url,
-            DATABASE_URL=database,
-            BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+        env = stores_env(
+            redis_url,
+            database,
+            keyspace.prefix,
             BOXOFFICE_ADMIN_TOKEN=None,
             BOXOFFICE_LOG_LEVEL="warning",
         )
