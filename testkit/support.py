@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -20,6 +22,7 @@ import httpx
 import redis
 
 from boxoffice.service.address import RedisAddress
+from boxoffice.service.run.embedded import ChildServer
 from boxoffice.service.settings import Settings
 from boxoffice.service.store.keys import EventKeys, Keyspace
 
@@ -33,6 +36,25 @@ def open_directory() -> Path:
     home = Path(tempfile.mkdtemp(prefix="boxoffice-test-")).resolve()
     home.chmod(0o755)
     return home
+
+
+Server = TypeVar("Server", bound=ChildServer)
+
+
+@contextmanager
+def own_server(make: Callable[[Path], Server]) -> Iterator[Server]:
+    """An embedded server of the caller's own, made by `make` in a new directory
+    (`open_directory`) and started; stopped and its directory removed when the context ends."""
+    home = open_directory()
+    try:
+        server = make(home)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -44,6 +44,7 @@ from testkit.support import (
     delete_keyspace,
     free_port,
     open_directory,
+    own_server,
     redis_at,
     run_sql,
     stores_env,
@@ -154,12 +155,8 @@ def postgres_url() -> Iterator[str]:
             POSTGRES_HOST_AUTH_METHOD="trust",
         )
     else:
-        home = open_directory()
-        try:
-            with EmbeddedPostgres(home / "data", free_port()) as server:
-                yield server.url
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
+        with own_server(lambda home: EmbeddedPostgres(home / "data", free_port())) as server:
+            yield server.url
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -32,7 +31,7 @@ from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Scripts
 from testkit.ledger import drained, running_writer
-from testkit.support import delete_keyspace, free_port, open_directory, run_cli, stores_env
+from testkit.support import delete_keyspace, free_port, own_server, run_cli, stores_env
 
 pytestmark = pytest.mark.anyio
 
@@ -56,13 +55,11 @@ async def populate(engine: BookingEngine, event_id: str) -> None:
 def slow_logged_valkey() -> Iterator[str]:
     """A Valkey of this test's own that logs every command it runs (SLOWLOG with a threshold
     of 0): what the shared server must not be configured for."""
-    home = open_directory()
-    try:
-        options = ("--slowlog-log-slower-than", "0", "--slowlog-max-len", "1000000")
-        with EmbeddedValkey(home / "valkey", free_port(), extra_args=options) as server:
-            yield server.url
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    options = ("--slowlog-log-slower-than", "0", "--slowlog-max-len", "1000000")
+    with own_server(
+        lambda home: EmbeddedValkey(home / "valkey", free_port(), extra_args=options)
+    ) as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import logging
 import re
 import select
-import shutil
 import socket
 import time
 import uuid
@@ -36,7 +35,7 @@ from testkit.support import (
     database_url_for,
     delete_keyspace,
     free_port,
-    open_directory,
+    own_server,
     redis_at,
     run_sql,
     stores_env,
@@ -400,14 +399,8 @@ def log_lines() -> Iterator[_Lines]:
 @pytest.fixture
 def own_postgres() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of this test's own, to stop and start."""
-    home = open_directory()
-    server = EmbeddedPostgres(home / "data", free_port())
-    try:
-        server.start()
+    with own_server(lambda home: EmbeddedPostgres(home / "data", free_port())) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _service_connections(monitor: asyncpg.Connection, database: str) -> int:
