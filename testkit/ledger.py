@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -22,6 +23,9 @@ from boxoffice.service.store.keys import Keyspace
 from testkit.support import boxoffice_command, stores_env
 
 FAST = WriterConfig(batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2)
+QUARANTINING = replace(FAST, retry_blocked_s=0.5)
+"""FAST, with records held behind an earlier one tried again every half second (the writer's
+quarantine: held, parked and released records)."""
 
 
 async def reconciled(redis: Redis, database_url: str, keyspace: Keyspace) -> Report:
