@@ -11,8 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -20,11 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.run.embedded import ChildServer
 from boxoffice.service.settings import Settings
+from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import EventKeys, Keyspace
+from boxoffice.service.store.transport import PipelinedRedis
 
 
 def open_directory() -> Path:
@@ -266,6 +269,21 @@ def boxoffice(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
     """A `boxoffice` command in a child process, on the stores and keyspace of `settings`."""
     env = stores_env(settings.redis_url, settings.database_url, settings.key_prefix)
     return run_cli(env, *args)
+
+
+@asynccontextmanager
+async def both_clients(url: str, key: str) -> AsyncIterator[tuple[PipelinedRedis, AsyncRedis]]:
+    """The hot path's pipelined transport (connected) and a redis-py client, both on `url`;
+    when the context ends `key` is deleted and both are closed."""
+    hot = PipelinedRedis(url)
+    await hot.connect()
+    client = await connect_redis(url, 2)
+    try:
+        yield hot, client
+    finally:
+        await client.delete(key)
+        await client.aclose()
+        await hot.close()
 
 
 def check_invariants(client: redis.Redis, keys: EventKeys) -> None:
