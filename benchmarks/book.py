@@ -67,6 +67,16 @@ def wrk(
     return rps, p50, p99, errors
 
 
+def book_one_event(url: str, duration: int, connections: int) -> tuple[float, float, float, int]:
+    """`/book` on one event (`bench`, ten million tickets, made first), after 2 s of warm-up:
+    what `wrk` measured."""
+    httpx.post(
+        f"{url}/initialize", json={"eventId": "bench", "totalTickets": 10_000_000}
+    ).raise_for_status()
+    wrk(url, 2, connections, "book", "bench", "warmup")
+    return wrk(url, duration, connections, "book", "bench", "run")
+
+
 def ceiling(workers: int, duration: int, connections: int) -> Run:
     port = free_port()
     command = [
@@ -102,11 +112,7 @@ def boxoffice(stores: BenchStores, workers: int, duration: int, connections: int
         server,
         _,
     ):
-        httpx.post(
-            f"{server.url}/initialize", json={"eventId": "bench", "totalTickets": 10_000_000}
-        ).raise_for_status()
-        wrk(server.url, 2, connections, "book", "bench", "warmup")
-        rps, p50, p99, errors = wrk(server.url, duration, connections, "book", "bench", "run")
+        rps, p50, p99, errors = book_one_event(server.url, duration, connections)
         status = httpx.get(f"{server.url}/status/bench").json()
         assert status["bookedCount"] + status["availableTickets"] == status["totalTickets"]
     return Run("boxoffice", workers, rps, p50, p99, errors)

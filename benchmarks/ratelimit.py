@@ -13,9 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-import httpx
-
-from benchmarks.book import HERE, wrk
+from benchmarks.book import HERE, book_one_event
 from benchmarks.stores import bench_stores, need_wrk, served
 
 VARIANTS = ["off", "fixed-window", "sliding-window-counter", "moving-window"]
@@ -41,14 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                 limits["BOXOFFICE_WRITE_RATE_LIMIT"] = "1000000/second"
                 limits["BOXOFFICE_RATE_LIMIT_STRATEGY"] = variant
             with served(stores, 2, limits) as (server, _):
-                httpx.post(
-                    f"{server.url}/initialize",
-                    json={"eventId": "bench", "totalTickets": 10_000_000},
-                ).raise_for_status()
-                wrk(server.url, 2, args.connections, "book", "bench", "warmup")
-                rps, p50, p99, errors = wrk(
-                    server.url, args.duration, args.connections, "book", "bench", "run"
-                )
+                rps, p50, p99, errors = book_one_event(server.url, args.duration, args.connections)
             rows.append(
                 {"limiter": variant, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
             )

@@ -35,9 +35,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 import psutil
@@ -47,7 +47,7 @@ from benchmarks.book import HERE
 from boxoffice.ledger.migrate import migrate
 from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from boxoffice.service.store.keys import Keyspace
-from testkit.support import child_env, free_port
+from testkit.support import free_port, stores_env
 
 ROOT = HERE.parent
 EVENT = "big"
@@ -61,26 +61,34 @@ VALKEY_OPTIONS = (
 )  # fmt: skip
 
 
-@dataclass
-class Pinger:
-    """PING once a millisecond on a connection of its own, keeping the slowest answers."""
+class Sampler:
+    """`_run` on a thread of its own while the context lasts; it returns once `_stop` is set."""
 
-    url: str
-    worst_ms: float = 0.0
-    pings: int = 0
-    over_10ms: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _stop: threading.Event
+    _thread: threading.Thread
 
-    def __enter__(self) -> Pinger:
+    def __enter__(self) -> Self:
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        assert self._thread is not None
         self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Pinger(Sampler):
+    """PING once a millisecond on a connection of its own, keeping the slowest answers."""
+
+    url: str
+    worst_ms: float = 0.0
+    pings: int = 0
+    over_10ms: int = 0
 
     def _run(self) -> None:
         client = redis.Redis.from_url(self.url, socket_timeout=120)
@@ -99,23 +107,11 @@ class Pinger:
 
 
 @dataclass
-class Peak:
+class Peak(Sampler):
     """The highest resident memory of a process, sampled every 20 ms while the context lasts."""
 
     process: psutil.Process
     rss: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Peak:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
@@ -357,10 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"both stores in {time.perf_counter() - started:.1f} s",
                 flush=True,
             )
-            env = child_env(
-                REDIS_URL=valkey.url,
-                DATABASE_URL=postgres.url,
-                BOXOFFICE_KEY_PREFIX=KEYSPACE.prefix,
+            env = stores_env(
+                valkey.url,
+                postgres.url,
+                KEYSPACE.prefix,
                 BOXOFFICE_PARTITIONS=str(KEYSPACE.partitions),
                 BOXOFFICE_LOG_LEVEL="warning",
             )

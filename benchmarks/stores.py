@@ -21,12 +21,12 @@ from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from boxoffice.service.store.keys import Keyspace
 from testkit.support import (
     ServedBoxoffice,
-    child_env,
     database_url_for,
     delete_keyspace,
     free_port,
     redis_at,
     run_sql,
+    stores_env,
 )
 
 
@@ -88,10 +88,10 @@ def served(
     keyspace = Keyspace(f"bench-{uuid.uuid4().hex[:8]}", 16)
     database = f"bo_bench_{uuid.uuid4().hex[:8]}"
     run_sql(stores.postgres_url, f'CREATE DATABASE "{database}"')
-    env = child_env(
-        REDIS_URL=stores.redis_url,
-        DATABASE_URL=database_url_for(stores.postgres_url, database),
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+    env = stores_env(
+        stores.redis_url,
+        database_url_for(stores.postgres_url, database),
+        keyspace.prefix,
         BOXOFFICE_LOG_LEVEL="warning",
         **(settings or {}),
     )

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -19,9 +20,12 @@ from boxoffice.ledger.writer import Writer, WriterConfig
 from boxoffice.service.settings import Settings
 from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
-from testkit.support import boxoffice_command, child_env
+from testkit.support import boxoffice_command, stores_env
 
 FAST = WriterConfig(batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2)
+QUARANTINING = replace(FAST, retry_blocked_s=0.5)
+"""FAST, with records held behind an earlier one tried again every half second (the writer's
+quarantine: held, parked and released records)."""
 
 
 async def reconciled(redis: Redis, database_url: str, keyspace: Keyspace) -> Report:
@@ -97,12 +101,7 @@ async def count_rows(database_url: str) -> int:
 def start_writer(
     redis_url: str, database_url: str, keyspace: Keyspace, log: Path
 ) -> subprocess.Popen[bytes]:
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
-        BOXOFFICE_LOG_LEVEL="info",
-    )
+    env = stores_env(redis_url, database_url, keyspace.prefix, BOXOFFICE_LOG_LEVEL="info")
     command = [*boxoffice_command(sys.executable), "writer", "--batch-size", "200", "--lease", "1"]
     with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)

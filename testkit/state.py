@@ -1,5 +1,5 @@
-"""Booking state for tests: a keyspace read back whole, and an event taken through every
-operation."""
+"""Booking state for tests: a keyspace read back whole, an event's outbox records, an event
+taken through every operation, and events made in bulk."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 
+from boxoffice.ledger.records import Record, parse
 from boxoffice.service.booking.engine import BookingEngine
 from boxoffice.service.store.keys import Keyspace
 
@@ -31,9 +32,25 @@ def snapshot(client: redis.Redis, keyspace: Keyspace) -> dict[str, Any]:
     return state
 
 
+def outbox_records(client: redis.Redis, keyspace: Keyspace, event_id: str) -> list[Record]:
+    """The records of the event in its outbox, parsed as the ledger writer reads them."""
+    entries: list[tuple[str, dict[str, str]]] = client.xrange(keyspace.event(event_id).outbox)  # type: ignore[assignment]
+    return [parse(entry_id, fields) for entry_id, fields in entries if fields["event"] == event_id]
+
+
 async def populate(engine: BookingEngine, event_id: str) -> None:
     await engine.initialize(event_id, 3)
     for user in ("a", "b", "c", "d", "e", "f"):
         await engine.book(event_id, user)
     await engine.cancel(event_id, "b")  # d promoted
     await engine.cancel(event_id, "f")  # leaves
+
+
+async def initialize_events(
+    engine: BookingEngine, prefix: str, count: int, total: int
+) -> list[str]:
+    """`count` events, `prefix-0` to `prefix-<count - 1>`, each with `total` tickets."""
+    events = [f"{prefix}-{n}" for n in range(count)]
+    for event in events:
+        await engine.initialize(event, total)
+    return events

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from boxoffice.service.address import RedisAddress
+from boxoffice.service.run.embedded import ChildServer
 from boxoffice.service.settings import Settings
+from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import EventKeys, Keyspace
+from boxoffice.service.store.transport import PipelinedRedis
 
 
 def open_directory() -> Path:
@@ -33,6 +39,25 @@ def open_directory() -> Path:
     home = Path(tempfile.mkdtemp(prefix="boxoffice-test-")).resolve()
     home.chmod(0o755)
     return home
+
+
+Server = TypeVar("Server", bound=ChildServer)
+
+
+@contextmanager
+def own_server(make: Callable[[Path], Server]) -> Iterator[Server]:
+    """An embedded server of the caller's own, made by `make` in a new directory
+    (`open_directory`) and started; stopped and its directory removed when the context ends."""
+    home = open_directory()
+    try:
+        server = make(home)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -201,6 +226,15 @@ def child_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+def stores_env(
+    redis_url: str | None, database_url: str | None, key_prefix: str | None, **overrides: str | None
+) -> dict[str, str]:
+    """`child_env` for a `boxoffice` child on these stores and key prefix, `overrides` on top."""
+    return child_env(
+        REDIS_URL=redis_url, DATABASE_URL=database_url, BOXOFFICE_KEY_PREFIX=key_prefix, **overrides
+    )
+
+
 CLI = "boxoffice"
 
 
@@ -233,12 +267,23 @@ def run_cli(
 
 def boxoffice(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """A `boxoffice` command in a child process, on the stores and keyspace of `settings`."""
-    env = child_env(
-        REDIS_URL=settings.redis_url,
-        DATABASE_URL=settings.database_url,
-        BOXOFFICE_KEY_PREFIX=settings.key_prefix,
-    )
+    env = stores_env(settings.redis_url, settings.database_url, settings.key_prefix)
     return run_cli(env, *args)
+
+
+@asynccontextmanager
+async def both_clients(url: str, key: str) -> AsyncIterator[tuple[PipelinedRedis, AsyncRedis]]:
+    """The hot path's pipelined transport (connected) and a redis-py client, both on `url`;
+    when the context ends `key` is deleted and both are closed."""
+    hot = PipelinedRedis(url)
+    await hot.connect()
+    client = await connect_redis(url, 2)
+    try:
+        yield hot, client
+    finally:
+        await client.delete(key)
+        await client.aclose()
+        await hot.close()
 
 
 def check_invariants(client: redis.Redis, keys: EventKeys) -> None:

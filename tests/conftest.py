@@ -40,13 +40,14 @@ from testkit.app import app_client
 from testkit.ledger import ledger_pool as open_ledger_pool
 from testkit.support import (
     ServedBoxoffice,
-    child_env,
     database_url_for,
     delete_keyspace,
     free_port,
     open_directory,
+    own_server,
     redis_at,
     run_sql,
+    stores_env,
     wait_for,
 )
 
@@ -154,12 +155,8 @@ def postgres_url() -> Iterator[str]:
             POSTGRES_HOST_AUTH_METHOD="trust",
         )
     else:
-        home = open_directory()
-        try:
-            with EmbeddedPostgres(home / "data", free_port()) as server:
-                yield server.url
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
+        with own_server(lambda home: EmbeddedPostgres(home / "data", free_port())) as server:
+            yield server.url
 
 
 @pytest.fixture
@@ -278,10 +275,10 @@ def served(
         database_iter = _new_database(postgres_url, template_database)
         database = next(database_iter)
         made.callback(next, database_iter, None)
-        env = child_env(
-            REDIS_URL=redis_url,
-            DATABASE_URL=database,
-            BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+        env = stores_env(
+            redis_url,
+            database,
+            keyspace.prefix,
             BOXOFFICE_ADMIN_TOKEN=None,
             BOXOFFICE_LOG_LEVEL="warning",
         )

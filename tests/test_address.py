@@ -22,7 +22,7 @@ from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.transport import PipelinedRedis
 from testkit.app import app_client
 from testkit.ledger import running_writer
-from testkit.support import child_env, delete_keyspace, free_port, run_cli
+from testkit.support import both_clients, child_env, delete_keyspace, free_port, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -44,19 +44,12 @@ async def test_both_clients_use_the_database_the_url_names(
     redis_url: str, keyspace: Keyspace, form: str
 ) -> None:
     url, db = another_database(redis_url, form)
-    hot = PipelinedRedis(url)
-    await hot.connect()
-    client = await connect_redis(url, 2)
     key = f"{keyspace.prefix}:where"
-    try:
+    async with both_clients(url, key) as (hot, client):
         await hot.send("SET", key, "written by the hot path")
         assert await client.get(key) == "written by the hot path"
         assert f"db={db}" in (await hot.send("CLIENT", "INFO")).split()
         assert (await client.client_info())["db"] == db
-    finally:
-        await client.delete(key)
-        await client.aclose()
-        await hot.close()
 
 
 async def test_the_service_and_its_ledger_writer_use_the_database_of_the_query_string(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -32,7 +31,7 @@ from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Scripts
 from testkit.ledger import drained, running_writer
-from testkit.support import child_env, delete_keyspace, free_port, open_directory, run_cli
+from testkit.support import delete_keyspace, free_port, own_server, run_cli, stores_env
 
 pytestmark = pytest.mark.anyio
 
@@ -56,13 +55,11 @@ async def populate(engine: BookingEngine, event_id: str) -> None:
 def slow_logged_valkey() -> Iterator[str]:
     """A Valkey of this test's own that logs every command it runs (SLOWLOG with a threshold
     of 0): what the shared server must not be configured for."""
-    home = open_directory()
-    try:
-        options = ("--slowlog-log-slower-than", "0", "--slowlog-max-len", "1000000")
-        with EmbeddedValkey(home / "valkey", free_port(), extra_args=options) as server:
-            yield server.url
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    options = ("--slowlog-log-slower-than", "0", "--slowlog-max-len", "1000000")
+    with own_server(
+        lambda home: EmbeddedValkey(home / "valkey", free_port(), extra_args=options)
+    ) as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -266,11 +263,7 @@ async def test_a_read_gives_up_on_an_event_that_keeps_changing(
 async def _run_while(settings: Settings, args: list[str], work: Any) -> tuple[int, str, str, int]:
     """`boxoffice *args` in a child process while `work()` runs over and over in this one;
     returns its exit code, stdout, stderr and how many times `work` ran."""
-    env = child_env(
-        REDIS_URL=settings.redis_url,
-        DATABASE_URL=settings.database_url,
-        BOXOFFICE_KEY_PREFIX=settings.key_prefix,
-    )
+    env = stores_env(settings.redis_url, settings.database_url, settings.key_prefix)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "boxoffice", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -362,10 +355,8 @@ async def test_restore_makes_a_big_event_visible_all_at_once(
 
 
 def test_a_chunk_size_or_tries_below_1_is_refused(ledger_settings: Settings) -> None:
-    env = child_env(
-        REDIS_URL=ledger_settings.redis_url,
-        DATABASE_URL=ledger_settings.database_url,
-        BOXOFFICE_KEY_PREFIX=ledger_settings.key_prefix,
+    env = stores_env(
+        ledger_settings.redis_url, ledger_settings.database_url, ledger_settings.key_prefix
     )
     for args in (
         ["reconcile", "--chunk-size", "0"],

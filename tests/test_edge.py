@@ -9,7 +9,6 @@ import json
 import logging
 import re
 import select
-import shutil
 import socket
 import time
 import uuid
@@ -33,13 +32,13 @@ from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import (
     ServedBoxoffice,
-    child_env,
     database_url_for,
     delete_keyspace,
     free_port,
-    open_directory,
+    own_server,
     redis_at,
     run_sql,
+    stores_env,
     wait_for,
 )
 
@@ -67,10 +66,10 @@ def edge(
 ) -> Iterator[ServedBoxoffice]:
     """One worker (the serve process itself, whose memory we watch), short timeouts."""
     keyspace = Keyspace(f"edge-{uuid.uuid4().hex[:8]}", 16)
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=edge_database,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+    env = stores_env(
+        redis_url,
+        edge_database,
+        keyspace.prefix,
         BOXOFFICE_WRITER="false",
         BOXOFFICE_LOG_LEVEL="warning",
         BOXOFFICE_HEADER_TIMEOUT=str(TIMEOUT_S),
@@ -333,10 +332,10 @@ def test_a_body_trickling_in_is_timed_out_while_others_are_served(
 def test_connections_over_the_cap_get_503_and_those_within_are_served(
     redis_url: str, edge_database: str, keyspace: Keyspace, tmp_path: Path
 ) -> None:
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=edge_database,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+    env = stores_env(
+        redis_url,
+        edge_database,
+        keyspace.prefix,
         BOXOFFICE_WRITER="false",
         BOXOFFICE_LOG_LEVEL="warning",
         BOXOFFICE_MAX_CONNECTIONS="4",
@@ -400,14 +399,8 @@ def log_lines() -> Iterator[_Lines]:
 @pytest.fixture
 def own_postgres() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of this test's own, to stop and start."""
-    home = open_directory()
-    server = EmbeddedPostgres(home / "data", free_port())
-    try:
-        server.start()
+    with own_server(lambda home: EmbeddedPostgres(home / "data", free_port())) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _service_connections(monitor: asyncpg.Connection, database: str) -> int:

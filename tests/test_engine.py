@@ -10,7 +10,6 @@ import redis
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from boxoffice.ledger.records import Record, parse
 from boxoffice.service.booking.engine import (
     Booked,
     BookingEngine,
@@ -26,14 +25,10 @@ from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import NAMES, Scripts
 from boxoffice.service.store.transport import Arg
+from testkit.state import outbox_records
 from testkit.support import check_invariants
 
 pytestmark = pytest.mark.anyio
-
-
-def outbox(client: redis.Redis, keyspace: Keyspace, event_id: str) -> list[Record]:
-    entries: list[tuple[str, dict[str, str]]] = client.xrange(keyspace.event(event_id).outbox)  # type: ignore[assignment]
-    return [parse(entry_id, fields) for entry_id, fields in entries if fields["event"] == event_id]
 
 
 async def test_initialize_creates_once_and_refuses_another_total(
@@ -50,7 +45,7 @@ async def test_initialize_creates_once_and_refuses_another_total(
     with pytest.raises(EventConflict, match="already exists with 3 tickets"):
         await engine.initialize(event_id, 4)
 
-    records = outbox(redis_client, keyspace, event_id)
+    records = outbox_records(redis_client, keyspace, event_id)
     assert [(r.seq, r.op, r.total) for r in records] == [(1, "init", 3)]
 
 
@@ -70,7 +65,7 @@ async def test_book_fills_then_waitlists_in_order(
     assert await engine.book(event_id, "u4") == (Waitlisted(event_id, "u4", 2), False)
     assert await engine.status(event_id) == EventStatus(event_id, 2, 0, 2, 2)
 
-    records = outbox(redis_client, keyspace, event_id)
+    records = outbox_records(redis_client, keyspace, event_id)
     assert [(r.seq, r.op, r.user, r.booking) for r in records] == [
         (1, "init", None, None),
         (2, "book", "u1", "bk-2"),
@@ -95,7 +90,7 @@ async def test_cancel_promotes_head_of_waiting_list_in_the_same_step(
     assert await engine.user_state(event_id, "holder") == NoBooking(event_id, "holder")
     assert await engine.status(event_id) == EventStatus(event_id, 1, 0, 1, 1)
 
-    records = outbox(redis_client, keyspace, event_id)
+    records = outbox_records(redis_client, keyspace, event_id)
     assert [(r.seq, r.op, r.user, r.booking) for r in records[-2:]] == [
         (5, "cancel", "holder", "bk-2"),
         (6, "promote", "w1", "bk-6"),
@@ -126,7 +121,7 @@ async def test_leaving_the_waiting_list_moves_everyone_behind_up(
     assert await engine.status(event_id) == EventStatus(event_id, 0, 0, 0, 2)
     # Rejoining puts the user at the end.
     assert await engine.book(event_id, "w2") == (Waitlisted(event_id, "w2", 3), True)
-    records = outbox(redis_client, keyspace, event_id)
+    records = outbox_records(redis_client, keyspace, event_id)
     assert [(r.seq, r.op, r.user) for r in records[-2:]] == [(5, "leave", "w2"), (6, "wait", "w2")]
 
 
@@ -136,7 +131,7 @@ async def test_cancel_of_nobody_changes_nothing(
     await engine.initialize(event_id, 1)
     with pytest.raises(NotBooked):
         await engine.cancel(event_id, "stranger")
-    assert len(outbox(redis_client, keyspace, event_id)) == 1
+    assert len(outbox_records(redis_client, keyspace, event_id)) == 1
     assert redis_client.hget(keyspace.event(event_id).meta, "seq") == "1"
 
 

@@ -14,7 +14,7 @@ from boxoffice.service.run.app import create_app
 from boxoffice.service.settings import Settings
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.layout import LAYOUT
-from testkit.support import boxoffice, child_env, run_cli
+from testkit.support import boxoffice, run_cli, stores_env
 
 pytestmark = pytest.mark.anyio
 
@@ -117,10 +117,10 @@ def test_every_command_refuses_another_layout_with_one_line(
         redis_client.set(keyspace.layout_key, json.dumps(recorded))
     meta = keyspace.event("live").meta
     redis_client.hset(meta, mapping={"total": 1, "available": 1, "seq": 1})
-    env = child_env(
-        REDIS_URL=ledger_settings.redis_url,
-        DATABASE_URL=ledger_settings.database_url,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+    env = stores_env(
+        ledger_settings.redis_url,
+        ledger_settings.database_url,
+        keyspace.prefix,
         BOXOFFICE_PARTITIONS="16",
         BOXOFFICE_ADMIN_TOKEN=None,
         BOXOFFICE_WRITER="false",

@@ -15,6 +15,7 @@ from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.outbox import GROUP, ensure_groups, ledger_lag
 from testkit.ledger import drained, fetch, reconciled, running_writer
+from testkit.state import initialize_events, outbox_records
 from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
@@ -73,12 +74,6 @@ async def test_writer_journals_every_change_and_keeps_the_projections(
     await assert_consistent(redis_url, database_url, keyspace)
 
 
-def _records(entries: list[tuple[str, dict[str, str]]]) -> list[Record]:
-    from boxoffice.ledger.records import parse
-
-    return [parse(stream_id, fields) for stream_id, fields in entries]
-
-
 async def test_redelivered_records_change_nothing(
     engine: BookingEngine,
     redis_client: redis.Redis,
@@ -92,7 +87,7 @@ async def test_redelivered_records_change_nothing(
     for user in ("a", "b", "c"):
         await engine.book(event_id, user)
     await engine.cancel(event_id, "a")
-    records = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
+    records = outbox_records(redis_client, keyspace, event_id)
     first = await apply_records(ledger_pool, records)
     assert set(first.values()) == {"applied"}
     before = await fetch(database_url, "SELECT * FROM ledger_entries ORDER BY seq")
@@ -115,7 +110,7 @@ async def test_a_record_never_overtakes_an_earlier_one(
     await engine.initialize(event_id, 1)
     await engine.book(event_id, "a")
     await engine.cancel(event_id, "a")
-    init, book, cancel = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
+    init, book, cancel = outbox_records(redis_client, keyspace, event_id)
     assert await apply_records(ledger_pool, [init]) == {init.stream_id: "applied"}
     # The cancel arrives before the booking it cancels: it must wait.
     assert await apply_records(ledger_pool, [cancel]) == {cancel.stream_id: "blocked"}
@@ -136,7 +131,7 @@ async def test_same_sequence_with_other_content_is_a_conflict(
 ) -> None:
     await engine.initialize(event_id, 1)
     await engine.book(event_id, "a")
-    init, book = _records(redis_client.xrange(keyspace.event(event_id).outbox))  # type: ignore[arg-type]
+    init, book = outbox_records(redis_client, keyspace, event_id)
     forged = Record(book.stream_id, book.event, book.seq, "book", "mallory", "bk-2")
     await apply_records(ledger_pool, [init, book])
     assert await apply_records(ledger_pool, [forged]) == {forged.stream_id: "conflict"}
@@ -185,9 +180,7 @@ async def test_writers_share_the_partitions_without_duplicates(
     database_url: str,
     keyspace: Keyspace,
 ) -> None:
-    events = [f"share-{n}" for n in range(24)]
-    for event in events:
-        await engine.initialize(event, 5)
+    events = await initialize_events(engine, "share", 24, 5)
     async with (
         running_writer(redis_url, database_url, keyspace, "w1") as first,
         running_writer(redis_url, database_url, keyspace, "w2") as second,

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from boxoffice.service.api.observability import LATENCY_NAME, LatencyCollector, RequestStats
 from boxoffice.service.store.keys import Keyspace
-from testkit.support import ServedBoxoffice, child_env, wait_for
+from testkit.support import ServedBoxoffice, stores_env, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -110,12 +110,7 @@ async def test_app_requests_reach_the_histogram(client: httpx.AsyncClient) -> No
 def test_two_workers_histogram_counts_every_request(
     redis_url: str, database_url: str, keyspace: Keyspace, tmp_path: Path
 ) -> None:
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
-        BOXOFFICE_WRITER="false",
-    )
+    env = stores_env(redis_url, database_url, keyspace.prefix, BOXOFFICE_WRITER="false")
     server = ServedBoxoffice(env, workers=2, cwd=tmp_path)
     try:
         for _ in range(30):  # a new connection each time: both workers take some

@@ -18,14 +18,10 @@ from boxoffice.service.store.keys import EventKeys, Keyspace
 from boxoffice.service.store.outbox import GROUP
 from boxoffice.service.store.scripts import read_all
 from testkit.app import app_client
-from testkit.ledger import fetch, running_writer
+from testkit.ledger import QUARANTINING, fetch, running_writer
 from testkit.support import boxoffice, eventually
 
 pytestmark = pytest.mark.anyio
-
-CONFIG = WriterConfig(
-    batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2, retry_blocked_s=0.5
-)
 
 
 def book_in_flight(client: redis.Redis, keys: EventKeys, event_id: str, user: str) -> None:
@@ -63,7 +59,7 @@ async def test_a_conflicting_record_freezes_only_its_event_until_released(
     keys = keyspace.event(event_id)
     async with (
         app_client(settings) as http,
-        running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer,
+        running_writer(redis_url, database_url, keyspace, "w", QUARANTINING) as writer,
     ):
         await engine.initialize(event_id, 10)
         await engine.initialize(other, 100)
@@ -179,8 +175,8 @@ async def test_a_malformed_or_rejected_record_is_quarantined_and_the_rest_writte
     event_id: str,
     fields: dict[str, str],
     reason: str,
+    ledger_settings: Settings,
 ) -> None:
-    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
     keys = keyspace.event(event_id)
     other = event_id + "-other"
     await engine.initialize(event_id, 10)
@@ -191,19 +187,19 @@ async def test_a_malformed_or_rejected_record_is_quarantined_and_the_rest_writte
     bad = str(redis_client.xadd(keys.outbox, entry))  # type: ignore[arg-type]
     for user in ("b", "c"):
         await engine.book(other, user)
-    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+    async with running_writer(redis_url, database_url, keyspace, "w", QUARANTINING) as writer:
         await eventually(lambda: writer.stats.malformed == 1, 20, "the record quarantined")
         await eventually(lambda: writer.stats.applied == 5, 20, "every other record")
         assert redis_client.xpending(keys.outbox, GROUP)["pending"] == 0
         assert redis_client.hget(keys.meta, "frozen") == bad
         [row] = await dead_letters(database_url)
         assert (row[0], row[2], row[3]) == (event_id, reason, None)
-        assert boxoffice(settings, "reconcile").returncode == 1
-        assert boxoffice(settings, "release", event_id).returncode == 1
-        released = boxoffice(settings, "release", event_id, "--discard")
+        assert boxoffice(ledger_settings, "reconcile").returncode == 1
+        assert boxoffice(ledger_settings, "release", event_id).returncode == 1
+        released = boxoffice(ledger_settings, "release", event_id, "--discard")
         assert released.returncode == 0, released.stderr
     assert redis_client.hget(keys.meta, "frozen") is None
-    assert boxoffice(settings, "reconcile").returncode == 0
+    assert boxoffice(ledger_settings, "reconcile").returncode == 0
 
 
 async def test_records_after_a_conflict_in_the_same_batch_are_held_not_written(
@@ -220,13 +216,13 @@ async def test_records_after_a_conflict_in_the_same_batch_are_held_not_written(
     other = event_id + "-other"
     await engine.initialize(event_id, 10)
     await engine.book(event_id, "a")
-    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+    async with running_writer(redis_url, database_url, keyspace, "w", QUARANTINING) as writer:
         await eventually(lambda: writer.stats.applied == 2, 20, "the first records")
     forged = {"event": event_id, "seq": "2", "op": "book", "user": "mallory", "booking": "bk-2"}
     redis_client.xadd(keys.outbox, forged)  # type: ignore[arg-type]
     await engine.book(event_id, "b")  # seq 3: would apply after seq 2, in the same batch
     await engine.initialize(other, 10)
-    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+    async with running_writer(redis_url, database_url, keyspace, "w", QUARANTINING) as writer:
         await eventually(lambda: writer.stats.parked == 1, 20, "seq 3 parked")
         await eventually(lambda: writer.stats.applied == 1, 20, "the other event written")
         assert writer.stats.conflict == 1
@@ -246,11 +242,11 @@ async def test_a_record_blocked_past_the_gap_bound_is_quarantined_instead_of_pin
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_settings: Settings,
 ) -> None:
     """A sequence gap (a record that never came) blocks every later record of its event forever:
     past `gap_after_ms` the first blocked one is quarantined and the rest held, so the stream
     trims and the lag drains."""
-    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
     keys = keyspace.event(event_id)
     await engine.initialize(event_id, 10)
     await engine.book(event_id, "a")
@@ -282,8 +278,8 @@ async def test_a_record_blocked_past_the_gap_bound_is_quarantined_instead_of_pin
         (event_id, 5, "held", None, None),
     ]
     assert redis_client.hget(keys.meta, "frozen") is not None
-    assert boxoffice(settings, "reconcile").returncode == 1
-    released = boxoffice(settings, "release", event_id, "--discard")
+    assert boxoffice(ledger_settings, "reconcile").returncode == 1
+    released = boxoffice(ledger_settings, "release", event_id, "--discard")
     assert released.stdout.strip() == f"released {event_id}: 2 discarded", released.stderr
 
 
@@ -294,19 +290,19 @@ async def test_reconcile_repair_does_not_write_past_a_frozen_events_quarantined_
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_settings: Settings,
 ) -> None:
-    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
     keys = keyspace.event(event_id)
     await engine.initialize(event_id, 10)
     await engine.book(event_id, "a")
     forged = {"event": event_id, "seq": "2", "op": "book", "user": "mallory", "booking": "bk-2"}
-    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+    async with running_writer(redis_url, database_url, keyspace, "w", QUARANTINING) as writer:
         await eventually(lambda: writer.stats.applied == 2, 20, "the first records")
         redis_client.xadd(keys.outbox, forged)  # type: ignore[arg-type]
         await eventually(lambda: writer.stats.conflict == 1, 20, "the conflict quarantined")
     # Written while no writer runs: still in the outbox when the operator reaches for --repair.
     book_in_flight(redis_client, keys, event_id, "b")
-    done = boxoffice(settings, "reconcile", "--repair", "--json")
+    done = boxoffice(ledger_settings, "reconcile", "--repair", "--json")
     assert done.returncode == 1, done.stdout + done.stderr
     assert json.loads(done.stdout)["repairedRecords"] == 0
     rows = await fetch(database_url, f"SELECT last_seq FROM events WHERE event_id = '{event_id}'")
@@ -320,26 +316,26 @@ async def test_a_record_naming_no_event_is_quarantined_and_released_by_its_strea
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_settings: Settings,
 ) -> None:
-    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
     keys = keyspace.event(event_id)
     await engine.initialize(event_id, 10)
     stray = str(redis_client.xadd(keys.outbox, {"seq": "1", "op": "book"}))
     await engine.book(event_id, "a")
-    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+    async with running_writer(redis_url, database_url, keyspace, "w", QUARANTINING) as writer:
         await eventually(lambda: writer.stats.malformed == 1, 20, "the record quarantined")
         await eventually(lambda: writer.stats.applied == 2, 20, "the event written on")
     assert redis_client.hget(keys.meta, "frozen") is None  # it names no event to freeze
     assert redis_client.hgetall(keyspace.quarantine) == {f"{keys.outbox}/{stray}": ""}
     assert await dead_letters(database_url) == [(None, 1, "malformed", None, None)]
-    assert boxoffice(settings, "reconcile").returncode == 1
-    both = boxoffice(settings, "release", event_id, "--record", stray)
+    assert boxoffice(ledger_settings, "reconcile").returncode == 1
+    both = boxoffice(ledger_settings, "release", event_id, "--record", stray)
     assert (both.returncode, both.stderr.count("\n")) == (2, 1)
-    refused = boxoffice(settings, "release", "--record", stray)
+    refused = boxoffice(ledger_settings, "release", "--record", stray)
     assert refused.returncode == 1
     assert "still malformed" in refused.stderr
-    released = boxoffice(settings, "release", "--record", stray, "--discard", "--by", "ops")
+    released = boxoffice(ledger_settings, "release", "--record", stray, "--discard", "--by", "ops")
     assert released.stdout.strip() == f"released record {stray}: 1 discarded", released.stderr
     assert await dead_letters(database_url) == [(None, 1, "malformed", "discarded", "ops")]
     assert redis_client.hgetall(keyspace.quarantine) == {}
-    assert boxoffice(settings, "reconcile").returncode == 0
+    assert boxoffice(ledger_settings, "reconcile").returncode == 0

@@ -8,19 +8,15 @@ import pytest
 import redis
 
 from boxoffice.ledger.records import VERSION, MalformedRecord, UnsupportedVersion, parse
-from boxoffice.ledger.writer import WriterConfig
 from boxoffice.service.booking.engine import BookingEngine
 from boxoffice.service.settings import Settings
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.outbox import GROUP
-from testkit.ledger import fetch, running_writer
+from testkit.ledger import QUARANTINING, fetch, running_writer
 from testkit.support import boxoffice, eventually
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = WriterConfig(
-    batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, trim_every_s=0.2, retry_blocked_s=0.5
-)
 BOOK = {"event": "E", "seq": "2", "op": "book", "user": "u", "booking": "bk-2"}
 
 
@@ -51,8 +47,8 @@ async def test_a_newer_record_is_quarantined_its_event_frozen_and_older_ones_app
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_settings: Settings,
 ) -> None:
-    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
     keys = keyspace.event(event_id)
     other = event_id + "-other"
     await engine.initialize(event_id, 10)  # seq 1, as the scripts write it: no `v`
@@ -67,7 +63,7 @@ async def test_a_newer_record_is_quarantined_its_event_frozen_and_older_ones_app
     await engine.initialize(other, 10)
     explicit = {"v": "1", "event": other, "seq": "2", "op": "book", "user": "b", "booking": "bk-2"}
     redis_client.xadd(keyspace.event(other).outbox, explicit)  # type: ignore[arg-type]
-    async with running_writer(redis_url, database_url, keyspace, "w", CONFIG) as writer:
+    async with running_writer(redis_url, database_url, keyspace, "w", QUARANTINING) as writer:
         await eventually(lambda: writer.stats.malformed == 1, 20, "the newer record quarantined")
         await eventually(lambda: writer.stats.parked == 1, 20, "the later record held")
         await eventually(lambda: writer.stats.applied == 4, 20, "every older record")
@@ -95,7 +91,7 @@ async def test_a_newer_record_is_quarantined_its_event_frozen_and_older_ones_app
         (other, 2, 1),
     ]
     # This release still cannot read it: release refuses, naming it, unless told to discard.
-    refused = boxoffice(settings, "release", event_id)
+    refused = boxoffice(ledger_settings, "release", event_id)
     assert refused.returncode == 1
     assert "unsupported-version" in refused.stdout + refused.stderr
     assert redis_client.hget(keys.meta, "frozen") == quarantined

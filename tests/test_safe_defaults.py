@@ -23,7 +23,7 @@ from boxoffice.service.settings import Settings
 from boxoffice.service.store import epoch
 from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
-from testkit.support import ServedBoxoffice, child_env, free_port, open_directory, redis_at, run_cli
+from testkit.support import ServedBoxoffice, child_env, free_port, own_server, redis_at, run_cli
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,14 +148,10 @@ def own_valkey(request: pytest.FixtureRequest) -> Iterator[EmbeddedValkey]:
     """A Valkey of this test's own (never CONFIG SET on the shared server), started with the
     options the test is parametrized with."""
     extra: tuple[str, ...] = getattr(request, "param", ())
-    home = open_directory()
-    server = EmbeddedValkey(home / "valkey", free_port(), extra_args=extra)
-    try:
-        server.start()
+    with own_server(
+        lambda home: EmbeddedValkey(home / "valkey", free_port(), extra_args=extra)
+    ) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @asynccontextmanager

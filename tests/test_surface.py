@@ -19,7 +19,7 @@ from boxoffice.service.logs import JsonFormatter
 from boxoffice.service.settings import Settings
 from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
-from testkit.support import ServedBoxoffice, child_env, wait_for
+from testkit.support import ServedBoxoffice, child_env, stores_env, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -41,10 +41,10 @@ def with_limits(settings: Settings, **changes: object) -> Settings:
 def test_limits_hold_across_two_workers_with_the_draft_headers(
     redis_url: str, database_url: str, keyspace: Keyspace, tmp_path: Path
 ) -> None:
-    env = child_env(
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
-        BOXOFFICE_KEY_PREFIX=keyspace.prefix,
+    env = stores_env(
+        redis_url,
+        database_url,
+        keyspace.prefix,
         BOXOFFICE_WRITER="false",
         BOXOFFICE_RATE_LIMIT="30/minute",
         BOXOFFICE_WRITE_RATE_LIMIT="20/minute",

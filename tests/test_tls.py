@@ -25,7 +25,7 @@ from boxoffice.service.errors import BackendUnavailable, ConfigurationError
 from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.transport import PipelinedRedis
-from testkit.support import child_env, open_directory
+from testkit.support import both_clients, child_env, open_directory
 from testkit.terminator import TLSTerminator
 
 pytestmark = pytest.mark.anyio
@@ -94,17 +94,10 @@ async def terminator(redis_url: str, context: ssl.SSLContext) -> AsyncIterator[T
 
 async def both_clients_work(url: str, keyspace: Keyspace) -> None:
     """The pipelined transport writes, redis-py reads it back: same server, same database."""
-    hot = PipelinedRedis(url)
-    await hot.connect()
-    client = await connect_redis(url, 2)
     key = f"{keyspace.prefix}:tls"
-    try:
+    async with both_clients(url, key) as (hot, client):
         await hot.send("SET", key, "over TLS")
         assert await client.get(key) == "over TLS"
-    finally:
-        await client.delete(key)
-        await client.aclose()
-        await hot.close()
 
 
 async def both_clients_refuse(url: str, *reasons: str) -> None:

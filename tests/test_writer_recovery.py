@@ -20,6 +20,7 @@ from boxoffice.service.store.outbox import GROUP
 from boxoffice.service.store.scripts import read_all
 from testkit.app import app_client
 from testkit.ledger import FAST, count_rows, fetch, reconciled, running_writer, start_writer
+from testkit.state import initialize_events
 from testkit.support import eventually
 
 pytestmark = pytest.mark.anyio
@@ -53,16 +54,16 @@ async def test_a_record_read_and_never_acknowledged_counts_in_the_lag_while_stuc
     database_url: str,
     keyspace: Keyspace,
     event_id: str,
+    ledger_settings: Settings,
 ) -> None:
     """The reviewer's case: a record stolen by a consumer that never acknowledges it holds its
     event's ledger behind; `/readyz` must count at least what the ledger lacks meanwhile."""
-    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=keyspace.prefix)
     # Reclaiming only after a minute: long enough to look at the stuck state.
     slow_reclaim = WriterConfig(
         batch_size=50, block_ms=100, linger_ms=10, lease_ms=2000, reclaim_idle_ms=60_000
     )
     async with (
-        app_client(settings) as http,
+        app_client(ledger_settings) as http,
         running_writer(redis_url, database_url, keyspace, "w", slow_reclaim) as writer,
     ):
         await engine.initialize(event_id, 1000)
@@ -127,9 +128,7 @@ async def test_a_writer_paused_past_its_lease_then_resumed_and_killed_leaves_a_c
     keyspace: Keyspace,
     tmp_path: Path,
 ) -> None:
-    events = [f"pause-{n}" for n in range(4)]
-    for event in events:
-        await engine.initialize(event, 100_000)
+    events = await initialize_events(engine, "pause", 4, 100_000)
     stop_load = asyncio.Event()
 
     async def load() -> None:

@@ -9,25 +9,19 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from benchmarks.systems import Booking, Initialize
+from benchmarks.systems import Booking, Initialize, json_response, routes
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.booking.engine import Booked, BookingEngine
 from boxoffice.service.errors import BoxofficeError
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Scripts
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(body), status, media_type="application/json")
 
 
 def app() -> Starlette:
@@ -53,36 +47,28 @@ def app() -> Starlette:
     async def initialize(request: Request) -> Response:
         body = msgspec.json.decode(await request.body(), type=Initialize)
         status, created = await state["engine"].initialize(body.event_id, body.total_tickets)
-        return _json(status, 201 if created else 200)
+        return json_response(status, 201 if created else 200)
 
     async def book(request: Request) -> Response:
         body = msgspec.json.decode(await request.body(), type=Booking)
         try:
             result, changed = await state["engine"].book(body.event_id, body.user_id)
         except BoxofficeError as error:
-            return _json({"detail": error.message}, 404)
+            return json_response({"detail": error.message}, 404)
         code = 200 if not changed else 201 if isinstance(result, Booked) else 202
-        return _json(result, code)
+        return json_response(result, code)
 
     async def cancel(request: Request) -> Response:
         body = msgspec.json.decode(await request.body(), type=Booking)
         try:
-            return _json(await state["engine"].cancel(body.event_id, body.user_id))
+            return json_response(await state["engine"].cancel(body.event_id, body.user_id))
         except BoxofficeError as error:
-            return _json({"detail": error.message}, 404)
+            return json_response({"detail": error.message}, 404)
 
     async def status(request: Request) -> Response:
         try:
-            return _json(await state["engine"].status(request.path_params["eventId"]))
+            return json_response(await state["engine"].status(request.path_params["eventId"]))
         except BoxofficeError as error:
-            return _json({"detail": error.message}, 404)
+            return json_response({"detail": error.message}, 404)
 
-    return Starlette(
-        routes=[
-            Route("/initialize", initialize, methods=["POST"]),
-            Route("/book", book, methods=["POST"]),
-            Route("/cancel", cancel, methods=["POST"]),
-            Route("/status/{eventId}", status, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    return routes(initialize, book, cancel, status, lifespan)

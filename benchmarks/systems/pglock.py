@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import asyncpg
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from benchmarks.systems import Booking, Initialize
+from benchmarks.systems import Booking, Initialize, json_response, routes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pl_events (
@@ -31,10 +29,6 @@ CREATE TABLE IF NOT EXISTS pl_waiting (
     event_id text, user_id text, seq bigint NOT NULL, PRIMARY KEY (event_id, user_id));
 CREATE INDEX IF NOT EXISTS pl_waiting_order ON pl_waiting (event_id, seq);
 """
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(body), status, media_type="application/json")
 
 
 def app() -> Starlette:
@@ -59,7 +53,7 @@ def app() -> Starlette:
                 body.event_id,
                 body.total_tickets,
             )
-        return _json({"eventId": body.event_id}, 201 if created else 200)
+        return json_response({"eventId": body.event_id}, 201 if created else 200)
 
     async def book(request: Request) -> Response:
         body = msgspec.json.decode(await request.body(), type=Booking)
@@ -69,14 +63,14 @@ def app() -> Starlette:
                 "SELECT available, seq FROM pl_events WHERE event_id = $1 FOR UPDATE", event
             )
             if row is None:
-                return _json({"detail": "unknown event"}, 404)
+                return json_response({"detail": "unknown event"}, 404)
             held = await connection.fetchval(
                 "SELECT booking_id FROM pl_holders WHERE event_id = $1 AND user_id = $2",
                 event,
                 user,
             )
             if held is not None:
-                return _json({"status": "booked", "bookingId": held}, 200)
+                return json_response({"status": "booked", "bookingId": held}, 200)
             seq = row["seq"] + 1
             if row["available"] > 0:
                 booking = f"bk-{seq}"
@@ -88,7 +82,7 @@ def app() -> Starlette:
                     event,
                     seq,
                 )
-                return _json({"status": "booked", "bookingId": booking}, 201)
+                return json_response({"status": "booked", "bookingId": booking}, 201)
             inserted = await connection.fetchval(
                 "INSERT INTO pl_waiting VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
                 event,
@@ -104,7 +98,9 @@ def app() -> Starlette:
                 event,
                 user,
             )
-            return _json({"status": "waitlisted", "position": position}, 202 if inserted else 200)
+            return json_response(
+                {"status": "waitlisted", "position": position}, 202 if inserted else 200
+            )
 
     async def cancel(request: Request) -> Response:
         body = msgspec.json.decode(await request.body(), type=Booking)
@@ -114,7 +110,7 @@ def app() -> Starlette:
                 "SELECT seq FROM pl_events WHERE event_id = $1 FOR UPDATE", event
             )
             if row is None:
-                return _json({"detail": "unknown event"}, 404)
+                return json_response({"detail": "unknown event"}, 404)
             booking = await connection.fetchval(
                 "DELETE FROM pl_holders WHERE event_id = $1 AND user_id = $2 RETURNING booking_id",
                 event,
@@ -127,8 +123,8 @@ def app() -> Starlette:
                     user,
                 )
                 if left is None:
-                    return _json({"detail": "no booking"}, 404)
-                return _json({"status": "left_waitlist"})
+                    return json_response({"detail": "no booking"}, 404)
+                return json_response({"status": "left_waitlist"})
             head = await connection.fetchval(
                 "DELETE FROM pl_waiting WHERE (event_id, user_id) = (SELECT event_id, user_id "
                 "FROM pl_waiting WHERE event_id = $1 ORDER BY seq LIMIT 1) RETURNING user_id",
@@ -141,7 +137,9 @@ def app() -> Starlette:
                     event,
                     seq,
                 )
-                return _json({"status": "cancelled", "bookingId": booking, "promoted": None})
+                return json_response(
+                    {"status": "cancelled", "bookingId": booking, "promoted": None}
+                )
             promoted = f"bk-{seq}"
             await connection.execute(
                 "INSERT INTO pl_holders VALUES ($1, $2, $3)", event, head, promoted
@@ -149,7 +147,7 @@ def app() -> Starlette:
             await connection.execute(
                 "UPDATE pl_events SET seq = $2 WHERE event_id = $1", event, seq
             )
-            return _json(
+            return json_response(
                 {
                     "status": "cancelled",
                     "bookingId": booking,
@@ -167,8 +165,8 @@ def app() -> Starlette:
                 event,
             )
         if row is None:
-            return _json({"detail": "unknown event"}, 404)
-        return _json(
+            return json_response({"detail": "unknown event"}, 404)
+        return json_response(
             {
                 "eventId": event,
                 "totalTickets": row["total"],
@@ -178,12 +176,4 @@ def app() -> Starlette:
             }
         )
 
-    return Starlette(
-        routes=[
-            Route("/initialize", initialize, methods=["POST"]),
-            Route("/book", book, methods=["POST"]),
-            Route("/cancel", cancel, methods=["POST"]),
-            Route("/status/{eventId}", status, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    return routes(initialize, book, cancel, status, lifespan)
