@@ -21,7 +21,6 @@ from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.ledger import count_rows, start_writer
-from testkit.state import initialize_events
 from testkit.support import PausableProxy, database_url_for, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
@@ -35,7 +34,9 @@ async def test_writer_killed_mid_batch_then_restarted_leaves_a_complete_ledger(
     keyspace: Keyspace,
     tmp_path: Path,
 ) -> None:
-    events = await initialize_events(engine, "kill", 4, 3000)
+    events = [f"kill-{n}" for n in range(4)]
+    for event in events:
+        await engine.initialize(event, 3000)
     for start in range(0, 5000, 500):
         await asyncio.gather(
             *(engine.book(events[n % 4], f"u{n}") for n in range(start, start + 500))
