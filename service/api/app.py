@@ -59,7 +59,7 @@ def build(settings: Settings, lifespan: Any) -> Starlette:
     }
 
     def outer(app: ASGIApp) -> ASGIApp:
-        # Outermost first: proxies' client address, request id and metrics, header bounds,
+        # Outermost first: proxies' client address, request id, metrics and header bounds,
         # rate limits, CORS, then the hot routes, then Starlette for everything else.
         app = HotRoutes(hot, app)
         if settings.cors_origins:
@@ -74,8 +74,8 @@ def build(settings: Settings, lifespan: Any) -> Starlette:
             )  # fmt: skip
         if settings.rate_limit or settings.write_rate_limit:
             app = RateLimitMiddleware(app, current=_rate_limits)
-        app = HeaderBounds(app, settings.max_header_fields, settings.max_header_bytes)
-        app = observability.RequestObserver(app, settings.access_log)
+        bounds = HeaderBounds(settings.max_header_fields, settings.max_header_bytes)
+        app = observability.RequestObserver(app, settings.access_log, bounds)
         if settings.trusted_proxies:
             trusted = [str(network) for network in settings.trusted_proxies]
             # uvicorn types ASGI more narrowly than Starlette; the protocol is the same.

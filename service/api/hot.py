@@ -33,28 +33,38 @@ Answer = Callable[[Services, tuple[str, ...], Scope, Receive, Send], Awaitable[N
 """A hot route's handler: the worker's services, the path parameters in order, the request."""
 
 
+_ONE_PARAMETER = (None,)
+
+
 class HotRoute:
     """A route answered over raw ASGI, before Starlette. The request observer labels metrics
     with its `path` (from `scope["route"]`), as it does Starlette's routes."""
 
-    __slots__ = ("_shape", "answer", "first", "methods", "path")
+    __slots__ = ("_tail", "answer", "methods", "path", "prefix")
 
     def __init__(self, path: str, methods: tuple[str, ...], answer: Answer) -> None:
         self.path = path
         self.methods = methods
         self.answer = answer
-        segments = path[1:].split("/")
-        self.first = segments[0]
-        self._shape = tuple(None if s.startswith("{") else s for s in segments)
-        """Each segment of the path: its text, or None for a parameter."""
+        head, brace, rest = path.partition("{")
+        self.prefix = head
+        """The path up to its first parameter (the whole path when it has none)."""
+        self._tail = tuple(None if s.startswith("{") else s for s in (brace + rest).split("/"))
+        """Each segment after the prefix: its text, or None for a parameter."""
 
-    def match(self, segments: list[str]) -> tuple[str, ...] | None:
-        """The path parameters, if the path's `segments` are this route's (no parameter
-        empty), else None."""
-        if len(segments) != len(self._shape):
+    def match(self, path: str) -> tuple[str, ...] | None:
+        """The path parameters, in order, if `path` is this route's (no parameter empty),
+        else None."""
+        if not path.startswith(self.prefix):
+            return None
+        rest = path[len(self.prefix) :]
+        if self._tail == _ONE_PARAMETER:  # `/status/{eventId}`: no split, no loop
+            return (rest,) if rest and "/" not in rest else None
+        segments = rest.split("/")
+        if len(segments) != len(self._tail):
             return None
         params = []
-        for segment, literal in zip(segments, self._shape, strict=True):
+        for segment, literal in zip(segments, self._tail, strict=True):
             if literal is None:
                 if not segment:
                     return None
@@ -69,15 +79,17 @@ class HotRoutes:
 
     def __init__(self, routes: Iterable[HotRoute], fallback: ASGIApp) -> None:
         self.fallback = fallback
-        by_first: dict[str, list[HotRoute]] = {}
-        for route in routes:
-            by_first.setdefault(route.first, []).append(route)
-        self._by_first = {first: tuple(found) for first, found in by_first.items()}
+        routes = list(routes)
+        self._exact = {route.path: route for route in routes if "{" not in route.path}
+        """Routes without parameters, by path: found with one dict lookup."""
+        self._templated = tuple(route for route in routes if "{" in route.path)
 
     def _find(self, path: str) -> tuple[HotRoute, tuple[str, ...]] | None:
-        segments = path[1:].split("/")
-        for route in self._by_first.get(segments[0], ()):
-            params = route.match(segments)
+        route = self._exact.get(path)
+        if route is not None:
+            return route, ()
+        for route in self._templated:
+            params = route.match(path)
             if params is not None:
                 return route, params
         return None

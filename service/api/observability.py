@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -221,11 +221,17 @@ _log = logging.getLogger("boxoffice.http")
 class RequestObserver:
     """Pure ASGI, outermost: gives each request its id, counts and times it, (when asked) logs
     it, and logs what the app raised with the request's id (answering 500 when nothing was sent
-    yet)."""
+    yet). A `guard` may refuse a request before the app sees it (`headers.HeaderBounds`)."""
 
-    def __init__(self, app: ASGIApp, access_log: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        access_log: bool,
+        guard: Callable[[Scope], problems.Refusal | None] | None = None,
+    ) -> None:
         self.app = app
         self.access_log = access_log
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -254,7 +260,12 @@ class RequestObserver:
             return send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            refusal = self.guard(scope) if self.guard is not None else None
+            if refusal is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                await asgi.problem(send_with_id, refusal.kind, refusal.detail, scope["path"],
+                                   refusal.headers)  # fmt: skip
         except Exception:
             # Logged here, while the request's id is current (the server would log it without);
             # the client learns nothing of it.

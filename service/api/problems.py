@@ -99,6 +99,15 @@ class Answer:
     """Content-Type, Content-Length, then Retry-After (every 503 has one) and the caller's."""
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused before any route runs: the problem it is answered with."""
+
+    kind: ProblemType
+    detail: str
+    headers: Mapping[str, str] | None = None
+
+
 def answer(
     kind: ProblemType,
     detail: str,

@@ -37,9 +37,10 @@ class Services:
 
 def of(scope: Scope) -> Services:
     """The worker's services, from the request's scope."""
-    services: Services | None = scope.get("state", {}).get(KEY)
-    if services is None:
-        raise BackendUnavailable("The service is starting or stopping.")
+    try:
+        services: Services = scope["state"][KEY]
+    except KeyError:
+        raise BackendUnavailable("The service is starting or stopping.") from None
     return services
 
 
