@@ -40,8 +40,8 @@ class BoxofficeApp(Starlette):
 
 
 def _rate_limits(scope: Scope) -> RateLimits | None:
-    running = services.maybe(scope)
-    return running.rate_limits if running is not None and running.open else None
+    live = services.running(scope)
+    return live.rate_limits if live is not None else None
 
 
 def build(settings: Settings, lifespan: Any) -> Starlette:

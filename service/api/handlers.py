@@ -44,11 +44,8 @@ class ProblemResponse(Response):
     ) -> None:
         instance = request.url.path if request is not None else None
         answer = problems.answer(kind, detail, instance, errors, headers)
-        self.status_code = answer.status
-        self.body = answer.body
-        self.media_type = problems.MEDIA_TYPE
-        self.background = None
-        self.raw_headers = list(answer.headers)
+        super().__init__(answer.body, answer.status, media_type=problems.MEDIA_TYPE)
+        self.raw_headers = list(answer.headers)  # as written, Retry-After included
 
 
 class Handlers:
@@ -88,9 +85,7 @@ class Handlers:
         """Ready when Redis answers, the ledger's PostgreSQL answers (when configured) and the
         ledger is within its lag bound. Each store is asked at most once a second per worker
         (concurrent calls share the answer), PostgreSQL over one connection of the worker's."""
-        running = services.maybe(request.scope)
-        if running is not None and not running.open:
-            running = None
+        running = services.running(request.scope)
         found: list[str] = []
         reasons: list[str] = []
         redis_probe = running.redis_probe if running is not None else None

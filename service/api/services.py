@@ -14,6 +14,7 @@ from boxoffice.service.errors import BackendUnavailable
 
 KEY = "boxoffice"
 """The lifespan state's key for the `Services`."""
+_NOT_RUNNING = "The service is starting or stopping."
 
 
 @dataclass(slots=True)
@@ -31,7 +32,7 @@ class Services:
     @property
     def engine(self) -> BookingEngine:
         if not self.open:
-            raise BackendUnavailable("The service is starting or stopping.")
+            raise BackendUnavailable(_NOT_RUNNING)
         return self.booking
 
 
@@ -40,11 +41,12 @@ def of(scope: Scope) -> Services:
     try:
         services: Services = scope["state"][KEY]
     except KeyError:
-        raise BackendUnavailable("The service is starting or stopping.") from None
+        raise BackendUnavailable(_NOT_RUNNING) from None
     return services
 
 
-def maybe(scope: Scope) -> Services | None:
-    """The worker's services, or None before the lifespan has built them."""
+def running(scope: Scope) -> Services | None:
+    """The worker's services while they are open, else None (before the lifespan has built
+    them, or once the worker stops)."""
     services: Services | None = scope.get("state", {}).get(KEY)
-    return services
+    return services if services is not None and services.open else None

@@ -47,7 +47,7 @@ class LedgerWatch:
 
     def admit_write(self) -> None:
         """Refuse writes while the ledger trails by more than its bound."""
-        if self.bound and self.lag > self.bound:  # `behind`, without a property call per write
+        if self.behind:
             raise LedgerBehind(
                 f"The ledger is {self.lag} records behind (bound {self.bound}); retry shortly."
             )
