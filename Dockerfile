@@ -7,8 +7,9 @@ COPY ledger ./ledger
 COPY lua ./lua
 RUN pip install --no-cache-dir . && useradd --system boxoffice
 USER boxoffice
-# Listening on 0.0.0.0, `serve` refuses to start without BOXOFFICE_ADMIN_TOKEN (pass it at run
-# time: docker run -e BOXOFFICE_ADMIN_TOKEN=...); none is baked into the image.
+# Listening on 0.0.0.0, `serve` refuses to start without BOXOFFICE_ADMIN_TOKEN and
+# BOXOFFICE_AUTH (pass them at run time: docker run -e BOXOFFICE_ADMIN_TOKEN=... -e
+# BOXOFFICE_AUTH=jwt ...); none is baked into the image.
 ENV BOXOFFICE_HOST=0.0.0.0 BOXOFFICE_PORT=8000
 EXPOSE 8000
 CMD ["boxoffice", "serve", "--host", "0.0.0.0"]

@@ -222,6 +222,29 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+AUTH_MODES = ("none", "jwt", "gateway")
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
+                  "PS512", "ES256", "ES384", "ES512", "EdDSA")  # fmt: skip
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    """JWT algorithms by their JOSE names; `none` is never one."""
+    named = _list(raw)
+    unknown = [name for name in named if name not in JWT_ALGORITHMS]
+    if unknown or not named:
+        raise ValueError(f"expected some of {', '.join(JWT_ALGORITHMS)} (never none)")
+    return named
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(raw: str) -> str:
+    if not _TOKEN.fullmatch(raw.strip()):
+        raise ValueError("expected an HTTP header name")
+    return raw.strip().lower()
+
+
 def _setting(
     env: str, read: Callable[[str], Any], default: Any, help: str, *, secret: bool = False
 ) -> Any:
@@ -268,6 +291,99 @@ class Settings:
         _bool,
         False,
         "without a token, let `serve` bind beyond loopback with `/initialize` open to anyone",
+    )
+    auth: str | None = _setting(
+        "BOXOFFICE_AUTH",
+        _one_of(*AUTH_MODES),
+        None,
+        "who the user is: none (the body says), jwt (a bearer token), gateway (a trusted "
+        "proxy's header); unset: none on a loopback bind, else `serve` refuses to start",
+    )
+    jwt_secret: str | None = _setting(
+        "BOXOFFICE_JWT_SECRET",
+        _optional,
+        None,
+        "shared secret of HS256 tokens (at least 32 bytes)",
+        secret=True,
+    )
+    jwt_jwks_url: str | None = _setting(
+        "BOXOFFICE_JWT_JWKS_URL",
+        _optional,
+        None,
+        "URL of the JSON Web Key Set that signs RS256/ES256/EdDSA tokens",
+    )
+    jwt_jwks_file: Path | None = _setting(  # noqa: RUF009 - _setting returns a dataclass field
+        "BOXOFFICE_JWT_JWKS_FILE",
+        Path,
+        None,
+        "file holding the JSON Web Key Set (instead of a URL); read again on an unknown kid",
+    )
+    jwt_algorithms: tuple[str, ...] = _setting(
+        "BOXOFFICE_JWT_ALGORITHMS",
+        _algorithms,
+        (),
+        "algorithms accepted (comma-separated, of " + ", ".join(JWT_ALGORITHMS) + "); unset: "
+        "HS256 with a secret, RS256,ES256,EdDSA with keys",
+    )
+    jwt_issuer: str | None = _setting(
+        "BOXOFFICE_JWT_ISSUER", _optional, None, "the `iss` every token must carry (required)"
+    )
+    jwt_audience: str | None = _setting(
+        "BOXOFFICE_JWT_AUDIENCE", _optional, None, "the `aud` every token must name (required)"
+    )
+    jwt_leeway: float = _setting(
+        "BOXOFFICE_JWT_LEEWAY",
+        _seconds_in(0, 300),
+        30.0,
+        "seconds of clock skew allowed on `exp` and `nbf`",
+    )
+    jwt_user_claim: str = _setting(
+        "BOXOFFICE_JWT_USER_CLAIM", _text, "sub", "the claim naming the user"
+    )
+    jwt_admin_claim: str = _setting(
+        "BOXOFFICE_JWT_ADMIN_CLAIM",
+        _text,
+        "scope",
+        "the claim listing scopes or roles (a space-separated string or a list)",
+    )
+    admin_role: str = _setting(
+        "BOXOFFICE_ADMIN_ROLE",
+        _text,
+        "boxoffice:admin",
+        "the scope or role (token claim, gateway roles header) that may run admin operations",
+    )
+    jwks_refresh_s: float = _setting(
+        "BOXOFFICE_JWKS_REFRESH",
+        _seconds_in(0.1, 86400),
+        30.0,
+        "at most one JWKS fetch per this many seconds for tokens of an unknown kid",
+    )
+    jwks_max_age_s: float = _setting(
+        "BOXOFFICE_JWKS_MAX_AGE",
+        _seconds_in(1, 86400),
+        300.0,
+        "seconds the key set is used before it is fetched again",
+    )
+    token_cache_size: int = _setting(
+        "BOXOFFICE_TOKEN_CACHE",
+        _int_in(0, 10_000_000),
+        100_000,
+        "verified tokens remembered per worker (each at most 60 s and never past `exp`); 0: off",
+    )
+    auth_gateways: tuple[Network, ...] = _setting(
+        "BOXOFFICE_AUTH_GATEWAYS",
+        _networks,
+        (),
+        "gateway mode: peers (IPs/CIDRs, comma-separated) whose user header is believed",
+    )
+    auth_user_header: str = _setting(
+        "BOXOFFICE_AUTH_USER_HEADER", _header_name, "x-user-id", "gateway mode: the user header"
+    )
+    auth_roles_header: str = _setting(
+        "BOXOFFICE_AUTH_ROLES_HEADER",
+        _header_name,
+        "x-user-roles",
+        "gateway mode: the header listing the user's roles (comma- or space-separated)",
     )
     host: str = _setting("BOXOFFICE_HOST", _text, "127.0.0.1", "address `serve` listens on")
     port: int = _setting("BOXOFFICE_PORT", _int_in(0, 65535), 8000, "port `serve` listens on")
@@ -411,6 +527,52 @@ class Settings:
             raise ConfigurationError(
                 f"BOXOFFICE_KEY_PREFIX={self.key_prefix!r}: expected 1-32 of [A-Za-z0-9_.-]"
             )
+        if self.auth == "jwt":
+            self._check_jwt()
+        if self.auth == "gateway" and not self.auth_gateways:
+            raise ConfigurationError(
+                "BOXOFFICE_AUTH=gateway needs BOXOFFICE_AUTH_GATEWAYS: the addresses of the "
+                "gateways whose user header is believed"
+            )
+
+    def _check_jwt(self) -> None:
+        """A jwt mode that can verify something, and nothing it should not."""
+        problem = None
+        keys = self.jwt_jwks_url or self.jwt_jwks_file
+        symmetric = [a for a in self.algorithms if a.startswith("HS")]
+        asymmetric = [a for a in self.algorithms if not a.startswith("HS")]
+        if not self.jwt_secret and not keys:
+            problem = "needs BOXOFFICE_JWT_SECRET (HS256) or BOXOFFICE_JWT_JWKS_URL/_FILE"
+        elif self.jwt_jwks_url and self.jwt_jwks_file:
+            problem = "takes BOXOFFICE_JWT_JWKS_URL or BOXOFFICE_JWT_JWKS_FILE, not both"
+        elif self.jwt_secret and len(self.jwt_secret.encode()) < 32:
+            problem = "BOXOFFICE_JWT_SECRET is shorter than 32 bytes"
+        elif symmetric and not self.jwt_secret:
+            problem = f"accepts {', '.join(symmetric)} but BOXOFFICE_JWT_SECRET is not set"
+        elif asymmetric and not keys:
+            problem = f"accepts {', '.join(asymmetric)} but no JWKS URL or file is set"
+        elif not self.jwt_issuer or not self.jwt_audience:
+            problem = "needs BOXOFFICE_JWT_ISSUER and BOXOFFICE_JWT_AUDIENCE"
+        elif self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
+            problem = "BOXOFFICE_JWT_JWKS_URL is not an http(s) URL"
+        if problem:
+            raise ConfigurationError(f"BOXOFFICE_AUTH=jwt {problem}")
+
+    @property
+    def auth_mode(self) -> str:
+        """The mode in force: BOXOFFICE_AUTH, or none when it is unset (`serve` allows that on
+        loopback binds only)."""
+        return self.auth or "none"
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The JWT algorithms accepted: as set, else what the configured keys can verify."""
+        if self.jwt_algorithms:
+            return self.jwt_algorithms
+        chosen: tuple[str, ...] = ("HS256",) if self.jwt_secret else ()
+        if self.jwt_jwks_url or self.jwt_jwks_file:
+            chosen += ("RS256", "ES256", "EdDSA")
+        return chosen
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -461,8 +623,9 @@ class Settings:
         for url in (self.redis_url, self.database_url):
             if url:
                 found |= url_secrets(url)
-        if self.admin_token:
-            found.add(self.admin_token)
+        for secret in (self.admin_token, self.jwt_secret):
+            if secret:
+                found.add(secret)
         for secret in sorted(found, key=len, reverse=True):
             text = text.replace(secret, MASK)
         return text

@@ -72,7 +72,7 @@ def test_serve_refuses_open_admin_beyond_loopback(
 ) -> None:
     done = _serve(
         *args, REDIS_URL=redis_url, DATABASE_URL=database_url, BOXOFFICE_ADMIN_TOKEN=None,
-        BOXOFFICE_ADMIN_OPEN=None, **env,
+        BOXOFFICE_ADMIN_OPEN=None, BOXOFFICE_AUTH="none", **env,
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout == ""
@@ -81,6 +81,53 @@ def test_serve_refuses_open_admin_beyond_loopback(
     assert lines[0].startswith("boxoffice: ")
     assert "BOXOFFICE_ADMIN_TOKEN=" in lines[0]
     assert "BOXOFFICE_ADMIN_OPEN=true" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--host", "0.0.0.0"), {}),
+        (("--host", "::"), {}),
+        ((), {"BOXOFFICE_HOST": "0.0.0.0"}),
+        (("--host", "boxoffice.example"), {}),
+        (("--host", "127.0.0.1"), {"BOXOFFICE_TRUSTED_PROXIES": "127.0.0.1"}),
+    ],
+    ids=["0.0.0.0", "::", "BOXOFFICE_HOST", "a host name", "loopback behind a proxy"],
+)  # fmt: skip
+def test_serve_refuses_unauthenticated_users_beyond_loopback(
+    redis_url: str, database_url: str, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """With BOXOFFICE_AUTH unset, anyone may act as any userId: that is for loopback only."""
+    done = _serve(
+        *args, REDIS_URL=redis_url, DATABASE_URL=database_url, BOXOFFICE_ADMIN_TOKEN="t" * 32,
+        BOXOFFICE_AUTH=None, **env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("boxoffice: refusing to let anyone book and cancel as any user")
+    assert "BOXOFFICE_AUTH=jwt or gateway" in lines[0]
+    assert "BOXOFFICE_AUTH=none" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "host", "says"),
+    [
+        (Settings(), "127.0.0.1", "not authenticated: the body's userId is believed"),
+        (Settings(), "::1", "not authenticated: the body's userId is believed"),
+        (Settings(auth="none"), "0.0.0.0", "NOT authenticated: anyone may book"),
+        (Settings(auth="gateway", auth_gateways=Settings.from_env(
+            {"BOXOFFICE_AUTH_GATEWAYS": "10.0.0.1"}).auth_gateways), "0.0.0.0",
+         "x-user-id from 10.0.0.1/32 only"),
+        (Settings(auth="jwt", jwt_secret="s" * 32, jwt_issuer="i", jwt_audience="a"), "0.0.0.0",
+         "bearer JWT (HS256; keys BOXOFFICE_JWT_SECRET"),
+    ],
+)  # fmt: skip
+def test_the_banner_says_who_the_users_are(settings: Settings, host: str, says: str) -> None:
+    from boxoffice.service.run.cli import auth_line
+
+    assert says in auth_line(settings, host)
 
 
 @pytest.mark.parametrize(
@@ -120,13 +167,15 @@ def test_compose_requires_the_token_and_the_image_sets_none() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     token = compose["services"]["api"]["environment"]["BOXOFFICE_ADMIN_TOKEN"]
     assert re.fullmatch(r"\$\{BOXOFFICE_ADMIN_TOKEN:\?[^}]+\}", token), token
+    mode = compose["services"]["api"]["environment"]["BOXOFFICE_AUTH"]
+    assert re.fullmatch(r"\$\{BOXOFFICE_AUTH:\?[^}]+\}", mode), mode
     for service in compose["services"].values():
         assert "BOXOFFICE_ADMIN_OPEN" not in (service.get("environment") or {})
     valkey = compose["services"]["valkey"]["command"]
     assert valkey[valkey.index("--maxmemory-policy") + 1] == "noeviction"
     dockerfile = (ROOT / "Dockerfile").read_text()
     settings = [line for line in dockerfile.splitlines() if line.startswith(("ENV", "ARG"))]
-    assert [line for line in settings if "BOXOFFICE_ADMIN" in line] == []
+    assert [line for line in settings if "BOXOFFICE_ADMIN" in line or "AUTH" in line] == []
     assert any("BOXOFFICE_HOST=0.0.0.0" in line for line in settings)  # so serve's check applies
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True,

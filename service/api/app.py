@@ -19,6 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from boxoffice.service.api import handlers, observability, routes, services
 from boxoffice.service.api.asgi import Scope
+from boxoffice.service.api.auth import Authenticator
 from boxoffice.service.api.headers import HeaderBounds
 from boxoffice.service.api.hot import HotRoute, HotRoutes
 from boxoffice.service.api.problems import ProblemRaised
@@ -59,8 +60,9 @@ def build(settings: Settings, lifespan: Any) -> Starlette:
     }
 
     def outer(app: ASGIApp) -> ASGIApp:
-        # Outermost first: proxies' client address, request id, metrics and header bounds,
-        # rate limits, CORS, then the hot routes, then Starlette for everything else.
+        # Outermost first: who is asking (auth), proxies' client address, request id, metrics
+        # and header bounds, rate limits, CORS, then the hot routes, then Starlette for the
+        # rest.
         app = HotRoutes(hot, app)
         if settings.cors_origins:
             app = CORSMiddleware(
@@ -80,6 +82,9 @@ def build(settings: Settings, lifespan: Any) -> Starlette:
             trusted = [str(network) for network in settings.trusted_proxies]
             # uvicorn types ASGI more narrowly than Starlette; the protocol is the same.
             app = cast("ASGIApp", ProxyHeadersMiddleware(cast("Any", app), trusted_hosts=trusted))
+        if settings.auth_mode != "none":
+            # Outside the proxy headers: a gateway is judged by the connection's own peer.
+            app = Authenticator(app, settings)
         return app
 
     return BoxofficeApp(outer, routes=rest, exception_handlers=on_error, lifespan=lifespan)

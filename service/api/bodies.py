@@ -101,6 +101,14 @@ class BookingRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown
     event_id: EventId
 
 
+class OwnBookingRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    """Body of `/book` and `/cancel` when users are authenticated (BOXOFFICE_AUTH=jwt or
+    gateway): `userId` may be left out (it is the authenticated user's) or repeat it."""
+
+    event_id: EventId
+    user_id: UserId | None = None
+
+
 Body = TypeVar("Body", bound=msgspec.Struct)
 
 

@@ -4,7 +4,6 @@ errors: each as a problem document written by `problems.answer`."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from boxoffice.service.api import observability, openapi, problems, services
+from boxoffice.service.api import auth, observability, openapi, problems, services
 from boxoffice.service.api.bodies import BodyReader, InitializeRequest
 from boxoffice.service.api.probes import Health, Probe, Readiness
 from boxoffice.service.api.problems import FieldError, ProblemRaised
@@ -59,22 +58,19 @@ class Handlers:
         token = settings.admin_token
         self._admin_bearer = f"Bearer {token}".encode() if token else None
 
-    def _authorize(self, request: Request) -> None:
-        if self._admin_bearer is None:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, self._admin_bearer):
-            raise ProblemRaised(
-                problems.UNAUTHORIZED,
-                "Send the admin token as Authorization: Bearer <token>.",
-                headers={"WWW-Authenticate": 'Bearer realm="boxoffice"'},
-            )
-
     async def initialize(self, request: Request) -> Response:
-        self._authorize(request)
+        admin = auth.admin_of(request.scope, self._admin_bearer)  # 401/403 before the body
+        request.scope[auth.ADMIN] = admin
         body = await self._initialize_body.read(request.scope, request.receive)
         engine = services.of(request.scope).engine
         status, created = await engine.initialize(body.event_id, body.total_tickets)
+        if created:
+            log.info(
+                "event %s opened with %d tickets by %s",
+                body.event_id,
+                body.total_tickets,
+                admin or "anyone (no admin token)",
+            )
         location = {"Location": f"/status/{body.event_id}"}
         return json_response(status, 201 if created else 200, location)
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import msgspec
 
-from boxoffice.service.api import asgi, observability, problems, services
+from boxoffice.service.api import asgi, auth, observability, problems, services
 from boxoffice.service.api.asgi import ASGIApp, Receive, Scope, Send, respond
-from boxoffice.service.api.bodies import BodyReader, BookingRequest
+from boxoffice.service.api.bodies import BodyReader, BookingRequest, OwnBookingRequest
 from boxoffice.service.api.problems import FieldError, ProblemRaised
 from boxoffice.service.api.services import Services
-from boxoffice.service.booking.engine import Booked, Cancelled
+from boxoffice.service.booking.engine import Booked, Cancelled, CancelledRedacted
 from boxoffice.service.errors import BoxofficeError
 from boxoffice.service.ids import ID_DESCRIPTION, is_id
 
@@ -136,14 +136,28 @@ def _checked(name: str, value: str) -> str:
 
 
 _BOOKING = BodyReader(BookingRequest)
+_OWN_BOOKING = BodyReader(OwnBookingRequest)
+
+
+async def _booking(scope: Scope, receive: Receive) -> tuple[str, str]:
+    """The event and the user a booking or cancel acts for: the body's, or (users
+    authenticated) the authenticated user's, which the body may repeat but not contradict."""
+    identity: auth.Identity | None = scope.get(auth.IDENTITY)
+    if identity is None:  # BOXOFFICE_AUTH=none: the body names the user
+        body = await _BOOKING.read(scope, receive)
+        return body.event_id, body.user_id
+    if identity.user is None:  # refused before the body is read
+        raise auth.unauthorized(identity, "Booking and cancelling")
+    own = await _OWN_BOOKING.read(scope, receive)
+    return own.event_id, auth.acting_user(scope, own.user_id)
 
 
 async def book(
     services: Services, params: tuple[str, ...], scope: Scope, receive: Receive, send: Send
 ) -> None:
-    body = await _BOOKING.read(scope, receive)
+    event_id, user_id = await _booking(scope, receive)
     services.ledger.admit_write()
-    result, changed = await services.engine.book(body.event_id, body.user_id)
+    result, changed = await services.engine.book(event_id, user_id)
     status = 200
     if changed:
         booked = isinstance(result, Booked)
@@ -155,13 +169,15 @@ async def book(
 async def cancel(
     services: Services, params: tuple[str, ...], scope: Scope, receive: Receive, send: Send
 ) -> None:
-    body = await _BOOKING.read(scope, receive)
+    event_id, user_id = await _booking(scope, receive)
     services.ledger.admit_write()
-    outcome = await services.engine.cancel(body.event_id, body.user_id)
+    outcome: Any = await services.engine.cancel(event_id, user_id)
     if isinstance(outcome, Cancelled):
         observability.STATS.change("cancelled")
         if outcome.promoted is not None:
             observability.STATS.change("promoted")
+        if not auth.sees_others(scope):  # whom the ticket went to is theirs to know
+            outcome = CancelledRedacted.of(outcome)
     else:
         observability.STATS.change("left_waitlist")
     await respond(send, 200, _encode(outcome))
@@ -177,6 +193,8 @@ async def status(
 async def user_state(
     services: Services, params: tuple[str, ...], scope: Scope, receive: Receive, send: Send
 ) -> None:
+    auth.check_reader(scope, params[1])  # 401/403 before anything about the request is said
     event = _checked("eventId", params[0])
-    state: Any = await services.engine.user_state(event, _checked("userId", params[1]))
+    user = _checked("userId", params[1])
+    state: Any = await services.engine.user_state(event, user)
     await respond(send, 200, _encode(state), head_only=scope["method"] == "HEAD")

@@ -15,11 +15,12 @@ import msgspec
 from apispec import APISpec
 
 from boxoffice.service.api import problems
-from boxoffice.service.api.bodies import BookingRequest, InitializeRequest
+from boxoffice.service.api.bodies import BookingRequest, InitializeRequest, OwnBookingRequest
 from boxoffice.service.api.probes import Health, Readiness
 from boxoffice.service.api.problems import Problem, ProblemDescription
 from boxoffice.service.booking.engine import (
     BookResult,
+    CancelledRedacted,
     CancelResult,
     EventStatus,
     UserState,
@@ -174,24 +175,31 @@ def document(settings: Settings) -> dict[str, Any]:
         Readiness,
         ProblemDescription,
     ]
+    authenticated = settings.auth_mode != "none"
+    if authenticated:
+        types += [OwnBookingRequest, CancelledRedacted]
     roots, components = msgspec.json.schema_components(types, ref_template=_REF)
     for name, schema in components.items():
         spec.components.schema(name, schema)
-    for name, (root, alias) in {
+    unions = {
         "BookResult": (roots[3], "booked or waitlisted"),
         "CancelResult": (roots[4], "cancelled or left the waiting list"),
         "UserState": (roots[5], "booked, waitlisted or none"),
-    }.items():
+    }
+    if authenticated:  # two shapes tagged `cancelled`: no discriminator
+        redacted = ("CancelledRedacted", "Cancelled", "LeftWaitlist")
+        unions["CancelResult"] = (
+            {"anyOf": [{"$ref": _REF.format(name=name)} for name in redacted]},
+            "cancelled (users learn whether the ticket went to the head of the waiting list, "
+            "admins to whom) or left the waiting list",
+        )
+    for name, (root, alias) in unions.items():
         spec.components.schema(name, {**root, "description": f"The user's place: {alias}."})
     for name, header in HEADERS.items():
         spec.components.header(name, header)
 
-    guarded = settings.admin_token is not None
-    if guarded:
-        spec.components.security_scheme(
-            "adminToken",
-            {"type": "http", "scheme": "bearer", "description": "BOXOFFICE_ADMIN_TOKEN"},
-        )
+    guarded = settings.admin_token is not None or authenticated
+    user_security, admin_security = _security(spec, settings)
 
     def add(
         method: str,
@@ -231,9 +239,10 @@ def document(settings: Settings) -> dict[str, Any]:
         "409": _problem(problems.EVENT_CONFLICT),
     }
     security: dict[str, Any] = {}
+    refused = _refused(settings)
     if guarded:
-        security = {"security": [{"adminToken": []}]}
-        initialize_responses["401"] = _problem(problems.UNAUTHORIZED, headers=("WWW-Authenticate",))
+        security = {"security": admin_security}
+        initialize_responses.update(refused)
     add(
         "post", "/initialize", "initialize", "events", "Open an event with a number of tickets",
         initialize_responses,
@@ -241,6 +250,12 @@ def document(settings: Settings) -> dict[str, Any]:
         **security,
     )  # fmt: skip
     booking_body = ("BookingRequest", {"userId": "ann", "eventId": "gala"})
+    as_user: dict[str, Any] = {}
+    user_refused: dict[str, Any] = {}
+    if authenticated:
+        user_refused = refused
+        booking_body = ("OwnBookingRequest", {"eventId": "gala"})
+        as_user = {"security": user_security}
     changes_refused = _problem(
         problems.UNAVAILABLE,
         problems.LEDGER_BEHIND,
@@ -265,8 +280,10 @@ def document(settings: Settings) -> dict[str, Any]:
             ),
             "404": _problem(problems.UNKNOWN_EVENT),
             "503": changes_refused,
+            **user_refused,
         },
         body=booking_body,
+        **as_user,
     )  # fmt: skip
     add(
         "post", "/cancel", "cancel", "bookings",
@@ -286,8 +303,10 @@ def document(settings: Settings) -> dict[str, Any]:
             ),
             "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_BOOKED),
             "503": changes_refused,
+            **user_refused,
         },
         body=booking_body,
+        **as_user,
     )  # fmt: skip
     unknown_or_invalid = {
         "404": _problem(problems.UNKNOWN_EVENT, problems.NOT_FOUND),
@@ -302,8 +321,10 @@ def document(settings: Settings) -> dict[str, Any]:
     add(
         "get", "/events/{eventId}/users/{userId}", "userState", "bookings",
         "Where one user stands in an event",
-        {"200": _json("Booked, waitlisted or none.", "UserState", WAITING), **unknown_or_invalid},
+        {"200": _json("Booked, waitlisted or none.", "UserState", WAITING), **unknown_or_invalid,
+         **user_refused},
         parameters=[_id_parameter("eventId", "gala"), _id_parameter("userId", "ann")],
+        **as_user,
     )  # fmt: skip
     add(
         "get", "/healthz", "healthz", "operations", "Liveness: the process answers",
@@ -345,6 +366,63 @@ def document(settings: Settings) -> dict[str, Any]:
         ],
     )  # fmt: skip
     return spec.to_dict()
+
+
+def _security(
+    spec: APISpec, settings: Settings
+) -> tuple[list[dict[str, list[str]]], list[dict[str, list[str]]]]:
+    """The security schemes as configured, and the requirements of a user's and an admin's
+    operations (alternatives: any one scheme of the list)."""
+    mode = settings.auth_mode
+    admin: list[dict[str, list[str]]] = []
+    user: list[dict[str, list[str]]] = []
+    if mode == "jwt":
+        spec.components.security_scheme(
+            "bearerJWT",
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": (
+                    f"A JWT signed with {', '.join(settings.algorithms)}, issued by "
+                    f"{settings.jwt_issuer!r} for {settings.jwt_audience!r}; the user is its "
+                    f"{settings.jwt_user_claim!r} claim. Admin operations need "
+                    f"{settings.admin_role!r} in its {settings.jwt_admin_claim!r} claim"
+                    + (" (or the admin token as the bearer)." if settings.admin_token else ".")
+                ),
+            },
+        )
+        user = admin = [{"bearerJWT": []}]
+    elif mode == "gateway":
+        spec.components.security_scheme(
+            "gatewayUser",
+            {
+                "type": "apiKey",
+                "in": "header",
+                "name": settings.auth_user_header,
+                "description": (
+                    "The user, named by a gateway in front; believed only from the gateways' "
+                    "addresses (BOXOFFICE_AUTH_GATEWAYS). Admins hold "
+                    f"{settings.admin_role!r} in {settings.auth_roles_header}."
+                ),
+            },
+        )
+        user = admin = [{"gatewayUser": []}]
+    if settings.admin_token is not None and mode != "jwt":
+        spec.components.security_scheme(
+            "adminToken",
+            {"type": "http", "scheme": "bearer", "description": "BOXOFFICE_ADMIN_TOKEN"},
+        )
+        admin = [*admin, {"adminToken": []}]
+    return user, admin
+
+
+def _refused(settings: Settings) -> dict[str, Any]:
+    """The 401 (and, users authenticated, 403) of a guarded operation."""
+    refused = {"401": _problem(problems.UNAUTHORIZED, headers=("WWW-Authenticate",))}
+    if settings.auth_mode != "none":
+        refused["403"] = _problem(problems.FORBIDDEN)
+    return refused
 
 
 SWAGGER_PAGE = """<!doctype html>

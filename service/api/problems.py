@@ -139,7 +139,17 @@ UNAUTHORIZED = ProblemType(
     "unauthorized",
     401,
     "Unauthorized",
-    "This route needs `Authorization: Bearer <admin token>`; the token was missing or wrong.",
+    "The route needs credentials that were missing or did not verify: the admin token for "
+    "`/initialize`, and with BOXOFFICE_AUTH=jwt or gateway a bearer token (or the gateway's user "
+    "header) for bookings, cancels and a user's state. `WWW-Authenticate` says what is expected.",
+)
+FORBIDDEN = ProblemType(
+    "forbidden",
+    403,
+    "Forbidden",
+    "The credentials are valid but do not allow this: a body's `userId` that is not the "
+    "authenticated user, another user's state, or an admin operation without the admin role. "
+    "Nothing was changed.",
 )
 NOT_FOUND = ProblemType("not-found", 404, "Not found", "No route answers this path.")
 UNKNOWN_EVENT = ProblemType(
@@ -243,6 +253,7 @@ ALL: dict[str, ProblemType] = {
     for p in (
         MALFORMED,
         UNAUTHORIZED,
+        FORBIDDEN,
         NOT_FOUND,
         UNKNOWN_EVENT,
         NOT_BOOKED,

@@ -77,6 +77,28 @@ class Cancelled(msgspec.Struct, frozen=True, rename="camel", tag_field="status",
     promoted: Promotion | None
 
 
+class CancelledRedacted(
+    msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="cancelled"
+):
+    """A cancel as told to its user when users are authenticated: whether the ticket went to
+    the head of the waiting list, not to whom (admins see `Cancelled`)."""
+
+    event_id: str
+    user_id: str
+    booking_id: str
+    promoted: bool
+    """True when the freed ticket went to the head of the waiting list at once."""
+
+    @classmethod
+    def of(cls, cancelled: Cancelled) -> CancelledRedacted:
+        return cls(
+            cancelled.event_id,
+            cancelled.user_id,
+            cancelled.booking_id,
+            cancelled.promoted is not None,
+        )
+
+
 class LeftWaitlist(
     msgspec.Struct, frozen=True, rename="camel", tag_field="status", tag="left_waitlist"
 ):

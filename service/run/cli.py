@@ -86,6 +86,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     host, port, workers = args.host, args.port, args.workers
+    users = auth_line(settings, host)  # refuses unauthenticated users beyond loopback
     admin = admin_line(settings, host)  # refuses an open admin beyond loopback
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
@@ -117,7 +118,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             writer = subprocess.Popen([sys.executable, "-m", "boxoffice", "writer"])
         base = f"http://{host}:{port}"
         print(
-            banner(settings, stores, applied, writer is not None, base, workers, admin, warnings),
+            banner(
+                settings,
+                stores,
+                applied,
+                writer is not None,
+                base,
+                workers,
+                admin,
+                warnings,
+                users,
+            ),
             flush=True,
         )
         try:
@@ -165,6 +176,7 @@ def banner(
     workers: int,
     admin: str = "",
     warnings: Sequence[str] = (),
+    users: str = "",
 ) -> str:
     """What `serve` prints when it starts: where everything is, who may create events, what
     could not be checked; no secret shown."""
@@ -184,6 +196,7 @@ def banner(
         + f"  ledger    {len(applied)} migrations applied now; writer "
         f"{'running' if writer else 'off (BOXOFFICE_WRITER=false)'}\n"
         f"  listening {base} ({workers} worker{'s' if workers > 1 else ''})\n"
+        + (f"  users     {users}\n" if users else "")
         + (f"  admin     {admin}\n" if admin else "")
         + f"  API docs  {base}/api\n"
         f"  stop      Ctrl-C or SIGTERM"
@@ -199,11 +212,52 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def auth_line(settings: Settings, host: str) -> str:
+    """Who the users are, for the banner. With BOXOFFICE_AUTH unset, the body's `userId` is
+    believed (mode none): the zero-setup demo on a loopback bind, refused anywhere else unless
+    BOXOFFICE_AUTH=none says it is meant."""
+    mode = settings.auth_mode
+    if mode == "jwt":
+        source = settings.jwt_jwks_url or settings.jwt_jwks_file or "BOXOFFICE_JWT_SECRET"
+        return (
+            f"authenticated: bearer JWT ({', '.join(settings.algorithms)}; keys {source}; "
+            f"user claim {settings.jwt_user_claim!r}) (BOXOFFICE_AUTH=jwt)"
+        )
+    if mode == "gateway":
+        gateways = ", ".join(str(network) for network in settings.auth_gateways)
+        return (
+            f"authenticated by a gateway: {settings.auth_user_header} from {gateways} only "
+            "(BOXOFFICE_AUTH=gateway)"
+        )
+    if settings.auth == "none":
+        return (
+            "NOT authenticated: anyone may book, cancel and read as any userId "
+            "(BOXOFFICE_AUTH=none)"
+        )
+    if _loopback(host) and not settings.trusted_proxies:
+        return (
+            "not authenticated: the body's userId is believed (BOXOFFICE_AUTH unset, loopback): "
+            "a demo on this machine"
+        )
+    where = (
+        "behind BOXOFFICE_TRUSTED_PROXIES (a local proxy makes a loopback bind public)"
+        if _loopback(host)
+        else f"on {host or 'every address'}, which is not loopback"
+    )
+    raise ConfigurationError(
+        f"refusing to let anyone book and cancel as any user {where}: set BOXOFFICE_AUTH=jwt "
+        "or gateway (README: Security model), or BOXOFFICE_AUTH=none to do so on purpose"
+    )
+
+
 def admin_line(settings: Settings, host: str) -> str:
     """Who may create events, for the banner. Without a token, `/initialize` is open: that is
     the zero-setup demo on a loopback bind, and refused anywhere else (a host name, any other
     address, or loopback behind a trusted proxy, which makes it public) unless
-    BOXOFFICE_ADMIN_OPEN=true says it is meant."""
+    BOXOFFICE_ADMIN_OPEN=true says it is meant. With users authenticated, admins are too."""
+    if settings.auth_mode != "none":
+        token = " or the admin token" if settings.admin_token else ""
+        return f"POST /initialize needs the role {settings.admin_role!r}{token}"
     if settings.admin_token:
         return "POST /initialize needs the token (BOXOFFICE_ADMIN_TOKEN)"
     if settings.admin_open:

@@ -1,0 +1,236 @@
+"""Who is asking: the identity of a request under `BOXOFFICE_AUTH`, and what it may do.
+
+- `none`: nobody is identified; a body's `userId` is believed (the zero-setup demo).
+- `jwt`: `Authorization: Bearer <JWT>`, verified by `tokens.TokenVerifier`; the user is the
+  token's user claim, an admin holds the admin role in its scope/roles claim.
+- `gateway`: a gateway in front names the user in a header (`X-User-ID`) and the roles in
+  another (`X-User-Roles`). Believed only from a TCP peer in `BOXOFFICE_AUTH_GATEWAYS`,
+  decided on the connection's own address before any `X-Forwarded-For` is read (the
+  authenticator runs outside the proxy-headers middleware): a proxy trusted to report client
+  addresses is not thereby trusted to assert identities. From any other peer the headers
+  count for nothing.
+
+In both `jwt` and `gateway` modes `BOXOFFICE_ADMIN_TOKEN`, when set, is an admin credential
+too. `Authenticator` (pure ASGI, outermost) puts the request's `Identity` in its scope; it
+never answers itself: routes that need an identity refuse the request with 401 (`unauthorized`,
+with `WWW-Authenticate`) or 403 (`forbidden`) through the checks below, and public routes
+(`/status`, probes, docs) ignore it. The rate limiter keys by `scope[USER]` when it is set.
+Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from boxoffice.service.api import problems
+from boxoffice.service.api.asgi import ASGIApp, Receive, Scope, Send
+from boxoffice.service.api.problems import ProblemRaised
+from boxoffice.service.api.tokens import KeysUnavailable, TokenRefused, TokenVerifier
+from boxoffice.service.errors import BackendUnavailable
+from boxoffice.service.ids import ID_DESCRIPTION, is_id
+from boxoffice.service.settings import Network, Settings
+
+log = logging.getLogger("boxoffice.auth")
+
+IDENTITY = "boxoffice.identity"
+"""The scope key of the request's `Identity` (absent when BOXOFFICE_AUTH=none)."""
+USER = "boxoffice.user"
+"""The scope key of the authenticated user's id, when there is one (the rate limiter's key)."""
+ADMIN = "boxoffice.admin"
+"""The scope key of the admin identity an admin operation ran as (for its log and ledger)."""
+ADMIN_TOKEN = "admin-token"  # noqa: S105 - a name, not a secret
+"""The admin identity of whoever presented BOXOFFICE_ADMIN_TOKEN."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str | None
+    """The authenticated user, or None."""
+    admin: str | None
+    """Who may run admin operations as this request (`jwt:<user>`, `gateway:<user>`,
+    `admin-token`), or None."""
+    refused: str | None = None
+    """Why the credentials presented prove nothing (the 401's detail), if they don't."""
+    unavailable: bool = False
+    """The credentials could not be checked (the key set is unreadable): 503, not 401."""
+
+
+ANONYMOUS = Identity(None, None)
+_CHALLENGE = 'Bearer realm="boxoffice"'
+
+
+def _challenge(identity: Identity) -> dict[str, str]:
+    if identity.refused is None:
+        return {"WWW-Authenticate": _CHALLENGE}
+    description = identity.refused.replace('"', "'")
+    return {
+        "WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token", '
+        f'error_description="{description}"'
+    }
+
+
+def unauthorized(identity: Identity, what: str) -> Exception:
+    """The refusal of a request that needs an identity and has none."""
+    if identity.unavailable:
+        return BackendUnavailable(identity.refused or "The credentials cannot be checked now.")
+    detail = identity.refused or f"{what} needs an authenticated user; none was presented."
+    return ProblemRaised(problems.UNAUTHORIZED, detail, headers=_challenge(identity))
+
+
+def acting_user(scope: Scope, claimed: str | None) -> str:
+    """The user a booking or cancel acts for: the body's `userId` when nobody is identified
+    (BOXOFFICE_AUTH=none), else the authenticated user, which the body may repeat but not
+    contradict (403, nothing changed)."""
+    identity: Identity | None = scope.get(IDENTITY)
+    if identity is None:
+        assert claimed is not None  # the `none` mode's body requires it
+        return claimed
+    user = identity.user
+    if user is None:
+        raise unauthorized(identity, "Booking and cancelling")
+    if claimed is not None and claimed != user:
+        raise ProblemRaised(
+            problems.FORBIDDEN,
+            "The body's userId is not the authenticated user; leave it out or send your own.",
+        )
+    return user
+
+
+def check_reader(scope: Scope, user: str) -> None:
+    """A user's state is read by that user (or an admin) only."""
+    identity: Identity | None = scope.get(IDENTITY)
+    if identity is None or identity.admin is not None:
+        return
+    if identity.user is None:
+        raise unauthorized(identity, "Reading a user's state")
+    if identity.user != user:
+        raise ProblemRaised(problems.FORBIDDEN, "Only that user may read their state.")
+
+
+def sees_others(scope: Scope) -> bool:
+    """Whether the request may learn about other users (whom a cancel promoted): always when
+    nobody is identified, else admins only."""
+    identity: Identity | None = scope.get(IDENTITY)
+    return identity is None or identity.admin is not None
+
+
+def admin_of(scope: Scope, admin_bearer: bytes | None) -> str | None:
+    """Who runs an admin operation, or a 401/403 refusal. With BOXOFFICE_AUTH=none: the
+    admin token when one is set (None when `/initialize` is open); otherwise an admin
+    identity (the admin role, or the admin token)."""
+    identity: Identity | None = scope.get(IDENTITY)
+    if identity is None:
+        if admin_bearer is None:
+            return None
+        if _bearer_is(scope, admin_bearer):
+            return ADMIN_TOKEN
+        raise ProblemRaised(
+            problems.UNAUTHORIZED,
+            "Send the admin token as Authorization: Bearer <token>.",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    if identity.admin is not None:
+        return identity.admin
+    if identity.user is None:
+        raise unauthorized(identity, "This admin operation")
+    raise ProblemRaised(
+        problems.FORBIDDEN, "This operation needs the admin role; the user does not hold it."
+    )
+
+
+def _authorization(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    return None
+
+
+def _bearer_is(scope: Scope, expected: bytes) -> bool:
+    given = _authorization(scope) or b""
+    return hmac.compare_digest(given, expected)
+
+
+class Authenticator:
+    """Pure ASGI: puts the request's `Identity` (and its user) in the scope."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.mode = settings.auth_mode
+        assert self.mode in ("jwt", "gateway")
+        self.verifier = TokenVerifier(settings) if self.mode == "jwt" else None
+        token = settings.admin_token
+        self._admin_bearer = f"Bearer {token}".encode() if token else None
+        self._gateways: tuple[Network, ...] = settings.auth_gateways
+        self._trusted: dict[str, bool] = {}
+        self._user_header = settings.auth_user_header.encode()
+        self._roles_header = settings.auth_roles_header.encode()
+        self._admin_role = settings.admin_role
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            identity = await self.identify(scope)
+            scope[IDENTITY] = identity
+            if identity.user is not None:
+                scope[USER] = identity.user
+        await self.app(scope, receive, send)
+
+    async def identify(self, scope: Scope) -> Identity:
+        if self.verifier is None:
+            return self._from_gateway(scope)
+        authorization = _authorization(scope)
+        if authorization is None:
+            return ANONYMOUS
+        if self._admin_bearer is not None and hmac.compare_digest(
+            authorization, self._admin_bearer
+        ):
+            return Identity(None, ADMIN_TOKEN)
+        scheme, _, token = authorization.partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            return Identity(None, None, "Send the token as Authorization: Bearer <token>.")
+        try:
+            verified = await self.verifier.verify(token.decode("latin-1"))
+        except TokenRefused as refused:
+            return Identity(None, None, str(refused))
+        except KeysUnavailable as error:
+            return Identity(None, None, str(error), unavailable=True)
+        return Identity(verified.user, f"jwt:{verified.user}" if verified.admin else None)
+
+    def _is_gateway(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        trusted = self._trusted.get(peer)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(address in network for network in self._gateways)
+            if len(self._trusted) >= 10_000:
+                self._trusted.clear()
+            self._trusted[peer] = trusted
+        return trusted
+
+    def _from_gateway(self, scope: Scope) -> Identity:
+        admin_token = self._admin_bearer is not None and _bearer_is(scope, self._admin_bearer)
+        if not self._is_gateway(scope):
+            return Identity(None, ADMIN_TOKEN) if admin_token else ANONYMOUS
+        users = [v for n, v in scope["headers"] if n == self._user_header]
+        roles = b" ".join(v for n, v in scope["headers"] if n == self._roles_header)
+        if len(users) > 1:
+            return Identity(None, None, "The gateway named more than one user.")
+        if not users:
+            return Identity(None, ADMIN_TOKEN) if admin_token else ANONYMOUS
+        user = users[0].decode("latin-1").strip()
+        if not is_id(user):
+            return Identity(None, None, f"The gateway's user is not a user id ({ID_DESCRIPTION}).")
+        admin = None
+        if self._admin_role in roles.decode("latin-1").replace(",", " ").split():
+            admin = f"gateway:{user}"
+        elif admin_token:
+            admin = ADMIN_TOKEN
+        return Identity(user, admin)
