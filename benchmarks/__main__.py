@@ -14,7 +14,7 @@ REV, boxoffice and boxoffice-api (those selected) also run from commit REV, as
 own (benchmarks/baseline.py; built on first use, about a minute).
 
 The other commands measure one thing each (`python -m benchmarks COMMAND --help` for theirs):
-book, contract, ledger, openloop, protocol, ratelimit, scripts, stall.
+auth, book, contract, ledger, openloop, protocol, ratelimit, scripts, stall.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import baseline, book, contract, openloop, protocol, ratelimit, scripts, stall
+from benchmarks import auth, baseline, book, contract, openloop, protocol, ratelimit, scripts, stall
 from benchmarks import ledger as ledger_bench
 from benchmarks.book import HERE
 from benchmarks.ledger import writer_vs_booking
@@ -37,6 +37,7 @@ from benchmarks.suite import SCENARIOS, Load, Run, run_suite
 SYSTEMS = ["ceiling", "bare", "boxoffice", "boxoffice-api", "naive", "pg-lock"]
 
 TOOLS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
+    "auth": (auth.main, "/book with auth off and with JWTs of each algorithm, k per token"),
     "book": (book.main, "/book at 1 and 2 workers against the bare ASGI ceiling, writer off"),
     "contract": (contract.main, "every route's answers, this tree against another revision"),
     "ledger": (ledger_bench.main, "the ledger writer against the booking rate"),
