@@ -296,6 +296,8 @@ class RequestObserver:
                             "status": status or 500,
                             "durationMs": round(elapsed * 1000, 3),
                             "client": (scope.get("client") or ("-",))[0],
+                            # the authenticated user (never the credentials), when there is one
+                            "user": scope.get("boxoffice.user"),
                         }
                     },
                 )
