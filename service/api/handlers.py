@@ -74,7 +74,11 @@ class Handlers:
         self._authorize(request)
         body = await self._initialize_body.read(request.scope, request.receive)
         engine = services.of(request.scope).engine
-        status, created = await engine.initialize(body.event_id, body.total_tickets)
+        # Who the auth layer found asked (an administrator's identity), for the ledger's record.
+        admin = request.scope.get("boxoffice.admin")
+        status, created = await engine.initialize(
+            body.event_id, body.total_tickets, body.waitlist_limit, admin=admin
+        )
         location = {"Location": f"/status/{body.event_id}"}
         return json_response(status, 201 if created else 200, location)
 

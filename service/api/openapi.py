@@ -223,7 +223,7 @@ def document(settings: Settings) -> dict[str, Any]:
     initialize_responses: dict[str, Any] = {
         "201": _json("Opened now.", "EventStatus", STATUS_EXAMPLE, "Location"),
         "200": _json(
-            "Opened before with the same total: a safe retry.",
+            "Opened before with the same total and waiting-list limit: a safe retry.",
             "EventStatus",
             STATUS_EXAMPLE,
             "Location",
@@ -235,7 +235,8 @@ def document(settings: Settings) -> dict[str, Any]:
         security = {"security": [{"adminToken": []}]}
         initialize_responses["401"] = _problem(problems.UNAUTHORIZED, headers=("WWW-Authenticate",))
     add(
-        "post", "/initialize", "initialize", "events", "Open an event with a number of tickets",
+        "post", "/initialize", "initialize", "events",
+        "Open an event with a number of tickets (and, if asked, a cap on its waiting list)",
         initialize_responses,
         body=("InitializeRequest", {"eventId": "gala", "totalTickets": 100}),
         **security,
@@ -264,6 +265,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 BOOKED,
             ),
             "404": _problem(problems.UNKNOWN_EVENT),
+            "409": _problem(problems.WAITLIST_FULL),
             "503": changes_refused,
         },
         body=booking_body,
