@@ -23,7 +23,7 @@ REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
-    """`ledger_apply`'s eight arrays, one element per record."""
+    """`ledger_apply`'s ten arrays, one element per record."""
     return (
         [r.event for r in records],
         [r.seq for r in records],
@@ -33,6 +33,8 @@ def apply_arguments(records: Sequence[Record]) -> tuple[list[Any], ...]:
         [r.total for r in records],
         [r.stream_id for r in records],
         [r.version for r in records],
+        [r.limit for r in records],
+        [r.by for r in records],
     )
 
 

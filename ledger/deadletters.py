@@ -53,7 +53,7 @@ class DeadLetter:
     @classmethod
     def of(cls, stream: str, record: Record, reason: str, detail: str) -> DeadLetter:
         fields = {"event": record.event, "seq": str(record.seq), "op": record.op}
-        for name in ("user", "booking", "total"):
+        for name in ("user", "booking", "total", "limit", "by"):
             value = getattr(record, name)
             if value is not None:
                 fields[name] = str(value)

@@ -4,13 +4,13 @@
 -- by event id (ledger.state): all three sort event ids bytewise (COLLATE "C"), as Python does.
 
 -- name: apply_batch
-SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7, $8);
+SELECT stream_id, outcome FROM ledger_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
 
 -- name: ledger_is_empty
 SELECT NOT EXISTS (SELECT 1 FROM ledger_entries);
 
 -- name: events
-SELECT event_id, total_tickets, last_seq
+SELECT event_id, total_tickets, last_seq, waitlist_limit
   FROM events
  WHERE $1::text IS NULL OR event_id = $1
  ORDER BY event_id COLLATE "C";

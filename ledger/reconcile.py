@@ -1,8 +1,8 @@
 """Reconcile: prove that Redis and the ledger agree, event by event, or say where they do not.
 
-Compared per event: the totals, the booked and available counts, who holds which booking, the
-waiting list in order, the sequence counters, and the journal's continuity (every sequence
-number from 1 to the last one present, each once). Each difference is one line.
+Compared per event: the totals, the waiting-list limits, the booked and available counts, who holds
+which booking, the waiting list in order, the sequence counters, and the journal's continuity (every
+sequence number from 1 to the last one present, each once). Each difference is one line.
 
 Run it once the writer has drained (`wait_for_drain`); under traffic, records on their way to
 the ledger show up as the ledger being behind. Events are read one at a time, in pages
@@ -119,6 +119,10 @@ def _examples(items: list[str]) -> str:
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
+def _limit(limit: int | None) -> str:
+    return "none" if limit is None else str(limit)
+
+
 def compare(
     event_id: str,
     redis: EventState | None,
@@ -147,6 +151,11 @@ def compare(
 
     if redis.total != ledger.total:
         say(f"total tickets: Redis {redis.total}, ledger {ledger.total}")
+    if redis.waitlist_limit != ledger.waitlist_limit:
+        say(
+            f"waiting-list limit: Redis {_limit(redis.waitlist_limit)}, "
+            f"ledger {_limit(ledger.waitlist_limit)}"
+        )
     if redis.available != ledger.available:
         say(f"available tickets: Redis {redis.available}, ledger {ledger.available}")
     if len(redis.holders) != len(ledger.holders):

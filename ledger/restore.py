@@ -1,9 +1,9 @@
 """Restore: rebuild Redis from the ledger after Redis lost its data.
 
-Every event comes back with its total, its sequence counter, its holders and its waiting list
-in order (each waiting user keeps the sequence number it joined with). Outbox streams and their
-consumer groups start afresh, so the next state change of an event continues its sequence where
-the ledger left it.
+Every event comes back with its total, its waiting-list limit, its sequence counter, its holders and
+its waiting list in order (each waiting user keeps the sequence number it joined with). Outbox
+streams and their consumer groups start afresh, so the next state change of an event continues its
+sequence where the ledger left it.
 
 Big events are written in pages (`chunk` entries per command, a few commands per round trip,
 never one long MULTI) into staged keys of the event's own hash slot, which one short MULTI then
@@ -94,9 +94,10 @@ async def _write(redis: Redis, keyspace: Keyspace, state: EventState, chunk: int
                 else:
                     pipe.zadd(key, dict(page))
             await pipe.execute()
-    await redis.hset(
-        staged.meta, mapping={"total": state.total, "available": state.available, "seq": state.seq}
-    )
+    meta: dict[str, int] = {"total": state.total, "available": state.available, "seq": state.seq}
+    if state.waitlist_limit is not None:
+        meta["wlimit"] = state.waitlist_limit
+    await redis.hset(staged.meta, mapping=meta)  # type: ignore[arg-type]
     # All at once: whatever is live under the event's keys goes (UNLINK: freed in the
     # background), the staged keys take their place, the meta key last.
     async with redis.pipeline(transaction=True) as pipe:

@@ -6,13 +6,19 @@
 -- projections (events, bookings, waiting lists) it implies, kept in the same transactions.
 
 CREATE TABLE events (
-    event_id      text        PRIMARY KEY,
-    total_tickets integer     NOT NULL CHECK (total_tickets BETWEEN 0 AND 10000000),
-    last_seq      bigint      NOT NULL CHECK (last_seq >= 1),
-    created_at    timestamptz NOT NULL
+    event_id       text        PRIMARY KEY,
+    total_tickets  integer     NOT NULL CHECK (total_tickets BETWEEN 0 AND 10000000),
+    last_seq       bigint      NOT NULL CHECK (last_seq >= 1),
+    created_at     timestamptz NOT NULL,
+    waitlist_limit integer     CHECK (waitlist_limit BETWEEN 0 AND 10000000),
+    opened_by      text        CHECK (octet_length(opened_by) BETWEEN 1 AND 128)
 );
 COMMENT ON COLUMN events.last_seq IS
     'Highest sequence number applied; every lower one is in ledger_entries.';
+COMMENT ON COLUMN events.waitlist_limit IS
+    'How many users may wait at most once the event is sold out; NULL: no limit.';
+COMMENT ON COLUMN events.opened_by IS
+    'The administrator who opened the event, as the API identified them; NULL: not known.';
 
 CREATE TABLE ledger_entries (
     event_id      text        NOT NULL,
@@ -26,15 +32,23 @@ CREATE TABLE ledger_entries (
     recorded_at   timestamptz NOT NULL,
     written_at    timestamptz NOT NULL DEFAULT now(),
     format        smallint    NOT NULL DEFAULT 1 CHECK (format >= 1),
+    waitlist_limit integer     CHECK (waitlist_limit BETWEEN 0 AND 10000000),
+    opened_by     text        CHECK (octet_length(opened_by) BETWEEN 1 AND 128),
     PRIMARY KEY (event_id, seq),
     CHECK ((op = 'init') = (total_tickets IS NOT NULL)),
     CHECK ((op = 'init') = (user_id IS NULL)),
-    CHECK ((op IN ('book', 'cancel', 'promote')) = (booking_id IS NOT NULL))
+    CHECK ((op IN ('book', 'cancel', 'promote')) = (booking_id IS NOT NULL)),
+    CONSTRAINT ledger_entries_init_only
+        CHECK (op = 'init' OR (waitlist_limit IS NULL AND opened_by IS NULL))
 );
 COMMENT ON COLUMN ledger_entries.recorded_at IS
     'When Redis made the change (the outbox entry id''s milliseconds).';
 COMMENT ON COLUMN ledger_entries.format IS
     'The outbox record format the entry was written from (ledger/records.py VERSION).';
+COMMENT ON COLUMN ledger_entries.waitlist_limit IS
+    'init only: the waiting-list limit the event was opened with (record field limit); NULL: none.';
+COMMENT ON COLUMN ledger_entries.opened_by IS
+    'init only: the administrator who opened the event (record field by); NULL: not known.';
 
 CREATE FUNCTION ledger_entries_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -90,17 +104,21 @@ CREATE FUNCTION ledger_apply(
     p_booking text[],
     p_total   integer[],
     p_stream  text[],
-    p_format  smallint[]
+    p_format  smallint[],
+    p_limit   integer[],
+    p_by      text[]
 ) RETURNS TABLE (stream_id text, outcome text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    CREATE TEMP TABLE IF NOT EXISTS ledger_batch (
+    -- Named for this version of the function: a session that ran an older one keeps that
+    -- one's table, of another shape, until it ends.
+    CREATE TEMP TABLE IF NOT EXISTS ledger_batch_6 (
         event_id text, seq bigint, op text, user_id text, booking_id text,
-        total_tickets integer, stream_id text, format smallint, recorded_at timestamptz,
-        outcome text
+        total_tickets integer, stream_id text, format smallint, waitlist_limit integer,
+        opened_by text, recorded_at timestamptz, outcome text
     ) ON COMMIT DELETE ROWS;
-    DELETE FROM ledger_batch;  -- a second call in one transaction starts afresh
+    DELETE FROM ledger_batch_6;  -- a second call in one transaction starts afresh
 
     -- Concurrent batches touching the same events queue here, always in the same order.
     PERFORM 1 FROM events e
@@ -108,11 +126,13 @@ BEGIN
      ORDER BY e.event_id
        FOR UPDATE;
 
-    INSERT INTO ledger_batch
+    INSERT INTO ledger_batch_6
     WITH input AS (
         SELECT DISTINCT ON (r.event_id, r.seq) r.*
-          FROM unnest(p_event, p_seq, p_op, p_user, p_booking, p_total, p_stream, p_format)
-               AS r(event_id, seq, op, user_id, booking_id, total_tickets, stream_id, format)
+          FROM unnest(p_event, p_seq, p_op, p_user, p_booking, p_total, p_stream, p_format,
+                      p_limit, p_by)
+               AS r(event_id, seq, op, user_id, booking_id, total_tickets, stream_id, format,
+                    waitlist_limit, opened_by)
          ORDER BY r.event_id, r.seq, r.stream_id
     ), placed AS (
         SELECT i.*, coalesce(e.last_seq, 0) AS last_seq,
@@ -122,15 +142,17 @@ BEGIN
           LEFT JOIN events e ON e.event_id = i.event_id
     )
     SELECT p.event_id, p.seq, p.op, p.user_id, p.booking_id, p.total_tickets, p.stream_id,
-           p.format,
+           p.format, p.waitlist_limit, p.opened_by,
            -- the stream entry id is "<milliseconds>-<n>": the time Redis made the change
            to_timestamp(split_part(p.stream_id, '-', 1)::bigint / 1000.0),
            CASE
                WHEN p.seq > p.last_seq THEN
                    CASE WHEN p.seq - p.last_seq = p.nth THEN 'applied' ELSE 'blocked' END
                WHEN j.seq IS NULL THEN 'duplicate'
-               WHEN (j.op, j.user_id, j.booking_id, j.total_tickets)
-                    IS NOT DISTINCT FROM (p.op, p.user_id, p.booking_id, p.total_tickets)
+               WHEN (j.op, j.user_id, j.booking_id, j.total_tickets, j.waitlist_limit,
+                     j.opened_by)
+                    IS NOT DISTINCT FROM (p.op, p.user_id, p.booking_id, p.total_tickets,
+                                          p.waitlist_limit, p.opened_by)
                    THEN 'duplicate'
                ELSE 'conflict'
            END
@@ -139,33 +161,34 @@ BEGIN
 
     INSERT INTO ledger_entries AS j
            (event_id, seq, op, user_id, booking_id, total_tickets, stream_id, recorded_at,
-            format)
+            format, waitlist_limit, opened_by)
     SELECT b.event_id, b.seq, b.op, b.user_id, b.booking_id, b.total_tickets, b.stream_id,
-           b.recorded_at, b.format
-      FROM ledger_batch b
+           b.recorded_at, b.format, b.waitlist_limit, b.opened_by
+      FROM ledger_batch_6 b
      WHERE b.outcome IN ('applied', 'duplicate')
     ON CONFLICT DO NOTHING;
 
-    INSERT INTO events (event_id, total_tickets, last_seq, created_at)
-    SELECT b.event_id, b.total_tickets, 1, b.recorded_at
-      FROM ledger_batch b
+    INSERT INTO events (event_id, total_tickets, last_seq, created_at, waitlist_limit,
+                        opened_by)
+    SELECT b.event_id, b.total_tickets, 1, b.recorded_at, b.waitlist_limit, b.opened_by
+      FROM ledger_batch_6 b
      WHERE b.outcome = 'applied' AND b.op = 'init';
 
     INSERT INTO bookings (event_id, booking_id, user_id, via, booked_seq)
     SELECT b.event_id, b.booking_id, b.user_id, b.op, b.seq
-      FROM ledger_batch b
+      FROM ledger_batch_6 b
      WHERE b.outcome = 'applied' AND b.op IN ('book', 'promote');
 
     UPDATE bookings k
        SET cancelled_seq = b.seq
-      FROM ledger_batch b
+      FROM ledger_batch_6 b
      WHERE b.outcome = 'applied' AND b.op = 'cancel'
        AND k.event_id = b.event_id AND k.booking_id = b.booking_id;
 
     -- The waiting list takes each user's last word in the batch: joined, or gone.
     WITH last_word AS (
         SELECT DISTINCT ON (b.event_id, b.user_id) b.event_id, b.user_id, b.op, b.seq
-          FROM ledger_batch b
+          FROM ledger_batch_6 b
          WHERE b.outcome = 'applied' AND b.op IN ('wait', 'leave', 'promote')
          ORDER BY b.event_id, b.user_id, b.seq DESC
     ), gone AS (
@@ -180,12 +203,12 @@ BEGIN
     UPDATE events e
        SET last_seq = a.top
       FROM (SELECT b.event_id, max(b.seq) AS top
-              FROM ledger_batch b
+              FROM ledger_batch_6 b
              WHERE b.outcome = 'applied'
              GROUP BY b.event_id) a
      WHERE e.event_id = a.event_id AND a.top > e.last_seq;
 
-    RETURN QUERY SELECT b.stream_id, b.outcome FROM ledger_batch b;
+    RETURN QUERY SELECT b.stream_id, b.outcome FROM ledger_batch_6 b;
 END;
 $$;
 -- Dead letters: outbox records the writer cannot apply (a conflict with the ledger, a record

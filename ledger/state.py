@@ -60,6 +60,8 @@ class EventState:
     """userIds, head first"""
     waitlist_seqs: list[int] = field(default_factory=list)
     """the sequence number each waiting user joined with, in waitlist order"""
+    waitlist_limit: int | None = None
+    """how many users may wait at most (None: no limit)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +91,8 @@ async def redis_state(
     Raises `EventChanging` when its seq moved on during each of `tries` reads."""
     keys = keyspace.event(event_id)
     for _ in range(tries):
-        head: list[Any] = await redis.hmget(keys.meta, "total", "available", "seq")
-        total, available, seq = head
+        head: list[Any] = await redis.hmget(keys.meta, "total", "available", "seq", "wlimit")
+        total, available, seq, limit = head
         if total is None:
             return None
         holders: dict[str, str] = {}
@@ -121,6 +123,7 @@ async def redis_state(
                 holders=holders,
                 waitlist=[user for user, _ in waiting],
                 waitlist_seqs=[int(score) for _, score in waiting],
+                waitlist_limit=None if limit is None else int(limit),
             )
     raise EventChanging(event_id, tries)
 
@@ -138,6 +141,7 @@ async def ledger_events(
     async for row in connection.cursor(query("events"), event_id, prefetch=chunk):
         eid = row["event_id"]
         state = EventState(eid, row["total_tickets"], row["total_tickets"], row["last_seq"])
+        state.waitlist_limit = row["waitlist_limit"]
         # Both cursors run in event id order too: take this event's rows off their heads.
         while booking is not None and booking["event_id"] <= eid:
             if booking["event_id"] == eid:

@@ -1,8 +1,9 @@
 #!lua
 -- book: give the user a ticket, or a place at the end of the waiting list when sold out.
 --
--- KEYS[1] meta      hash    total, available, seq; frozen (set by the ledger writer when it
---                           quarantined a record of the event: its stream id)
+-- KEYS[1] meta      hash    total, available, seq; wlimit (the waiting-list limit, absent for
+--                           none); frozen (set by the ledger writer when it quarantined a
+--                           record of the event: its stream id)
 -- KEYS[2] holders   hash    userId -> bookingId
 -- KEYS[3] waitlist  zset    userId scored by the seq of joining
 -- KEYS[4] outbox    stream  the event's outbox partition
@@ -20,13 +21,16 @@
 --                                           created 0: held already; nothing changed
 --   {"waitlisted", position, created}       position is 1-based; created 1: joined now
 --                                           (outbox op=wait), 0: waiting already
---   error BADARG / CORRUPT                  a bad argument, or a counter that is not an
---                                           integer; nothing changed
+--   {"waitlist_full", limit}                sold out, and `limit` users wait already (the
+--                                           cap the event was opened with); nothing changed
+--   error BADARG / CORRUPT                  a bad argument, or a counter (or the limit) that
+--                                           is not an integer; nothing changed
 --
 -- Redis does not roll back a script that fails half way, so everything is checked before the
 -- first write, and the first write is the XADD (the one key not read before: a key of the
 -- wrong type fails it, and nothing has changed). Every later write goes to a key already read
--- (so of the right type) with values already checked, and cannot fail.
+-- (so of the right type) with values already checked, and cannot fail. The waiting-list
+-- limit is one of those checks: read and validated, and a full list answered, before the XADD.
 if #KEYS ~= 5 or #ARGV ~= 2 then
   return redis.error_reply('BADARG book takes 5 keys and 2 arguments')
 end
@@ -47,7 +51,9 @@ local booking_id = redis.call('HGET', holders, user_id)
 if booking_id then
   return {'booked', booking_id, 0}
 end
-local current = redis.call('HMGET', meta, 'available', 'seq', 'frozen')
+-- The limit comes with the counters (one lookup more in the same command); it is looked at
+-- only when sold out.
+local current = redis.call('HMGET', meta, 'available', 'seq', 'frozen', 'wlimit')
 if not current[1] then
   return {'unknown'}
 end
@@ -66,6 +72,17 @@ end
 -- A frozen event takes no change; retries above changed nothing and are answered as ever.
 if current[3] then
   return {'frozen'}
+end
+-- A new waiter needs a free place on a capped list; retries were answered above, so a user
+-- already waiting is never refused. A cancel that promotes the head frees one place.
+if left == 0 and current[4] then
+  local limit = tonumber(current[4])
+  if not limit or limit < 0 or limit % 1 ~= 0 then
+    return redis.error_reply('CORRUPT book: wlimit of ' .. meta .. ' is not a count')
+  end
+  if redis.call('ZCARD', waitlist) >= limit then
+    return {'waitlist_full', limit}
+  end
 end
 
 seq = seq + 1

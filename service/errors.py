@@ -24,7 +24,12 @@ class UnknownEvent(BoxofficeError):
 
 
 class EventConflict(BoxofficeError):
-    """The event already exists with a different number of tickets."""
+    """The event already exists with a different number of tickets or waiting-list limit."""
+
+
+class WaitlistFull(BoxofficeError):
+    """The event is sold out and its waiting list is full (the limit it was opened with); nothing
+    was changed. A place frees up when someone waiting leaves or gets a ticket."""
 
 
 class NotBooked(BoxofficeError):

@@ -3,7 +3,7 @@ document (RFC 9457) the API answers must carry."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,14 +16,22 @@ from boxoffice.service.settings import Settings
 
 @asynccontextmanager
 async def app_client(
-    settings: Settings, *, raise_app_exceptions: bool = True, base_url: str = "http://b"
+    settings: Settings,
+    *,
+    raise_app_exceptions: bool = True,
+    base_url: str = "http://b",
+    scope: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket)."""
+    """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket).
+    `scope`: entries put into every request's ASGI scope (what a server or a middleware in
+    front would have added)."""
     app = create_app(settings)
+    extra = dict(scope or {})
     async with app.router.lifespan_context(app) as state:
 
         async def served(scope: Scope, receive: Receive, send: Send) -> None:
             scope["state"] = dict(state or {})  # as uvicorn hands the lifespan's state on
+            scope.update(extra)
             await app(scope, receive, send)
 
         transport = httpx.ASGITransport(app=served, raise_app_exceptions=raise_app_exceptions)

@@ -18,6 +18,7 @@ ALL = [
     "0003_apply_times_from_ids",
     "0004_dead_letters",
     "0005_record_format",
+    "0006_waitlist_limit",
 ]
 
 

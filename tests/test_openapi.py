@@ -47,6 +47,29 @@ def test_schemas_are_the_validating_structs() -> None:
     assert components["InitializeRequest"]["properties"]["totalTickets"]["maximum"] == 10_000_000
 
 
+def test_the_waitlist_limit_and_the_full_waiting_list_are_described() -> None:
+    spec = document(Settings())
+    request = spec["components"]["schemas"]["InitializeRequest"]
+    assert request["required"] == ["eventId", "totalTickets"]
+    limit = request["properties"]["waitlistLimit"]
+    assert {"type": "integer", "minimum": 0, "maximum": 10_000_000} in [
+        {k: v for k, v in option.items() if k in ("type", "minimum", "maximum")}
+        for option in limit["anyOf"]
+    ]
+    assert {"type": "null"} in limit["anyOf"]
+    status = spec["components"]["schemas"]["EventStatus"]
+    assert "waitlistLimit" in status["properties"]
+    assert "waitlistLimit" not in status["required"]
+    conflict = spec["paths"]["/book"]["post"]["responses"]["409"]
+    assert "/problems/waitlist-full" in conflict["description"]
+    example = conflict["content"]["application/problem+json"]["example"]
+    assert (example["type"], example["status"]) == ("/problems/waitlist-full", 409)
+    assert (
+        "waitlist-full"
+        in spec["paths"]["/problems/{slug}"]["get"]["parameters"][0]["schema"]["enum"]
+    )
+
+
 def test_admin_security_appears_only_when_a_token_is_set() -> None:
     assert "security" not in document(Settings())["paths"]["/initialize"]["post"]
     guarded = document(Settings(admin_token="t"))

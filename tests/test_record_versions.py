@@ -95,3 +95,32 @@ async def test_a_newer_record_is_quarantined_its_event_frozen_and_older_ones_app
     assert refused.returncode == 1
     assert "unsupported-version" in refused.stdout + refused.stderr
     assert redis_client.hget(keys.meta, "frozen") == quarantined
+
+
+INIT = {"event": "E", "seq": "1", "op": "init", "total": "5"}
+
+
+def test_format_2_adds_the_limit_and_the_admin_to_init_and_format_1_still_reads() -> None:
+    old = parse("1-0", INIT)
+    assert (old.version, old.total, old.limit, old.by) == (1, 5, None, None)
+    new = parse("1-0", {"v": "2", **INIT, "limit": "3", "by": "organiser@example.org"})
+    assert (new.version, new.total, new.limit, new.by) == (2, 5, 3, "organiser@example.org")
+    assert parse("1-0", {"v": "2", **INIT, "limit": "0"}).limit == 0
+    empty = parse("1-0", {"v": "2", **INIT, "limit": ""})
+    assert (empty.limit, empty.by) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {**INIT, "limit": "3"},  # format 1 has no limit: an old reader would drop it
+        {**INIT, "by": "admin"},
+        {**BOOK, "v": "2", "limit": "3"},  # init only
+        {**BOOK, "v": "2", "by": "admin"},
+        {"v": "2", **INIT, "limit": "three"},
+    ],
+)
+def test_limit_and_admin_outside_an_init_of_format_2_are_malformed(fields: dict[str, str]) -> None:
+    with pytest.raises(MalformedRecord) as refused:
+        parse("1-0", fields)
+    assert not isinstance(refused.value, UnsupportedVersion)

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from boxoffice.ledger.records import parse
-from boxoffice.service.booking.engine import MAX_TICKETS
+from boxoffice.service.booking.engine import MAX_TICKETS, MAX_WAITLIST
 from boxoffice.service.ids import ID_PATTERN
 from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import EventKeys, Keyspace
@@ -285,3 +285,70 @@ async def test_the_scripts_take_exactly_the_ids_the_api_takes(
         except ReplyError:
             taken = False
         assert taken is bool(pattern.search(user)), repr(user)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        *[(EVENT, 3, bad) for bad in ["-1", "1.5", "abc", "05", " 5", "1e3", "9" * 40]],
+        (EVENT, 3, str(MAX_WAITLIST + 1)),
+        (EVENT, 3, "", "a\n"),
+        (EVENT, 3, "", "nul\x00"),
+        (EVENT, 3, "2", "x" * 129),
+        (EVENT, 3, "2", "admin", "extra"),
+    ],
+)
+async def test_initialize_refuses_a_bad_waitlist_limit_or_admin_and_creates_nothing(
+    scripts: Scripts, redis_client: redis.Redis, keyspace: Keyspace, args: tuple[Arg, ...]
+) -> None:
+    keys = keyspace.event(EVENT)
+    message = await refused(scripts, redis_client, keyspace, "initialize", keys.writes, args)
+    assert "BADARG" in message
+    assert redis_client.exists(keys.meta) == 0
+
+
+async def test_initialize_takes_limits_up_to_the_api_bound_and_empty_for_none(
+    scripts: Scripts, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    for event, limit in (("zero", 0), ("most", MAX_WAITLIST)):
+        reply = await scripts.call("initialize", keyspace.event(event).writes, (event, 1, limit))
+        assert reply == ["created", 1, 1, 0, 0, limit]
+    reply = await scripts.call("initialize", keyspace.event("none").writes, ("none", 1, "", ""))
+    assert reply == ["created", 1, 1, 0, 0]
+    assert redis_client.hgetall(keyspace.event("none").meta) == {
+        "total": "1", "available": "1", "seq": "1",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("limit", ["x", "-1", "1.5", ""])
+async def test_book_refuses_a_corrupt_waitlist_limit_when_sold_out_and_changes_nothing(
+    scripts: Scripts, redis_client: redis.Redis, keyspace: Keyspace, limit: str
+) -> None:
+    keys = keyspace.event(EVENT)
+    await opened(scripts, keys, 1, "u0")
+    redis_client.hset(keys.meta, "wlimit", limit)
+    message = await refused(scripts, redis_client, keyspace, "book", keys.writes, (EVENT, "u1"))
+    assert "CORRUPT" in message
+    redis_client.hset(keys.meta, "wlimit", 1)
+    assert await scripts.call("book", keys.writes, (EVENT, "u1")) == ["waitlisted", 1, 1]
+    assert seqs(redis_client, keys) == [1, 2, 3]
+
+
+async def test_book_on_a_full_waiting_list_writes_nothing_and_uses_no_seq(
+    scripts: Scripts, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    keys = keyspace.event(EVENT)
+    assert (await scripts.call("initialize", keys.writes, (EVENT, 1, 1)))[0] == "created"
+    assert (await scripts.call("book", keys.writes, (EVENT, "u0")))[:2] == ["booked", "bk-2"]
+    assert await scripts.call("book", keys.writes, (EVENT, "w1")) == ["waitlisted", 1, 1]
+    before = snapshot(redis_client, keyspace)
+    assert await scripts.call("book", keys.writes, (EVENT, "w2")) == ["waitlist_full", 1]
+    assert await scripts.call("book", keys.writes, (EVENT, "w1")) == ["waitlisted", 1, 0]
+    assert snapshot(redis_client, keyspace) == before
+    assert await scripts.call("status", keys.reads, ()) == ["ok", 1, 0, 1, 1, 1]
+    # The head's promotion frees the one place; the next booking takes the very next seq.
+    assert await scripts.call("cancel", keys.writes, (EVENT, "u0")) == [
+        "cancelled", "bk-2", "w1", "bk-5",
+    ]  # fmt: skip
+    assert await scripts.call("book", keys.writes, (EVENT, "w2")) == ["waitlisted", 1, 1]
+    assert seqs(redis_client, keys) == [1, 2, 3, 4, 5, 6]

@@ -27,7 +27,14 @@ from boxoffice.service.api.problems import (
     FieldError,
     ProblemRaised,
 )
-from boxoffice.service.booking.engine import MAX_TICKETS, EventId, TicketCount, UserId
+from boxoffice.service.booking.engine import (
+    MAX_TICKETS,
+    MAX_WAITLIST,
+    EventId,
+    TicketCount,
+    UserId,
+    WaitlistLimit,
+)
 from boxoffice.service.bounds import MAX_BODY_BYTES
 
 log = logging.getLogger("boxoffice.bodies")
@@ -36,17 +43,21 @@ log = logging.getLogger("boxoffice.bodies")
 class InitializeRequest(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
     event_id: EventId
     total_tickets: TicketCount
+    waitlist_limit: WaitlistLimit | None = None
 
 
 class _InitializeWire(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
-    """What `/initialize` decodes: `totalTickets` as written, made an integer by `whole_tickets`
-    (the published schema is InitializeRequest's)."""
+    """What `/initialize` decodes: the counts as written, made integers by `whole_tickets` and
+    `waitlist_limit` (the published schema is InitializeRequest's). An absent limit is an
+    empty Raw."""
 
     event_id: EventId
     total_tickets: msgspec.Raw
+    waitlist_limit: msgspec.Raw = msgspec.Raw()
 
 
 _TICKETS = msgspec.json.Decoder(TicketCount)
+_LIMIT = msgspec.json.Decoder(WaitlistLimit)
 _NUMBER = msgspec.json.Decoder(float)
 
 
@@ -54,8 +65,20 @@ def whole_tickets(raw: msgspec.Raw | bytes) -> int:
     """A `totalTickets` as written: any JSON number with no fractional part (JSON Schema's
     `integer`: 5, 5.0 and 5e0 alike; not 5.5, `true` or "5"), 0..MAX_TICKETS. Exact: the text
     decides, not a float (5.0000000000000001 is refused). Raises msgspec.ValidationError."""
+    return _whole(raw, _TICKETS, MAX_TICKETS)
+
+
+def waitlist_limit(raw: msgspec.Raw | bytes) -> int | None:
+    """A `waitlistLimit` as written: null (no limit), or a whole JSON number 0..MAX_WAITLIST
+    read as `whole_tickets` reads a total. Raises msgspec.ValidationError."""
+    if bytes(raw).strip() == b"null":
+        return None
+    return _whole(raw, _LIMIT, MAX_WAITLIST)
+
+
+def _whole(raw: msgspec.Raw | bytes, decoder: msgspec.json.Decoder[int], maximum: int) -> int:
     try:
-        return _TICKETS.decode(raw)
+        return decoder.decode(raw)
     except msgspec.ValidationError as error:
         refused = error
     try:
@@ -71,8 +94,8 @@ def whole_tickets(raw: msgspec.Raw | bytes) -> int:
         raise msgspec.ValidationError("Expected a number with no fractional part")
     if value < 0:
         raise msgspec.ValidationError("Expected `int` >= 0")
-    if value > MAX_TICKETS:
-        raise msgspec.ValidationError(f"Expected `int` <= {MAX_TICKETS}")
+    if value > maximum:
+        raise msgspec.ValidationError(f"Expected `int` <= {maximum}")
     return int(value)
 
 
@@ -81,7 +104,9 @@ _WIRE_DECODER = msgspec.json.Decoder(_InitializeWire)
 
 def _decode_initialize(raw: bytes) -> InitializeRequest:
     wire = _WIRE_DECODER.decode(raw)
-    return InitializeRequest(wire.event_id, whole_tickets(wire.total_tickets))
+    total = whole_tickets(wire.total_tickets)
+    limit = waitlist_limit(wire.waitlist_limit) if wire.waitlist_limit else None
+    return InitializeRequest(wire.event_id, total, limit)
 
 
 _CUSTOM: dict[type[msgspec.Struct], Callable[[bytes], Any]] = {
@@ -90,7 +115,8 @@ _CUSTOM: dict[type[msgspec.Struct], Callable[[bytes], Any]] = {
 """Bodies not decoded straight into their struct (off the hot path)."""
 
 _FIELD_CHECKS: dict[tuple[type[msgspec.Struct], str], Callable[[msgspec.Raw], Any]] = {
-    (InitializeRequest, "total_tickets"): whole_tickets
+    (InitializeRequest, "total_tickets"): whole_tickets,
+    (InitializeRequest, "waitlist_limit"): waitlist_limit,
 }
 
 

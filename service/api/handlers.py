@@ -63,12 +63,15 @@ class Handlers:
         request.scope[auth.ADMIN] = admin
         body = await self._initialize_body.read(request.scope, request.receive)
         engine = services.of(request.scope).engine
-        status, created = await engine.initialize(body.event_id, body.total_tickets)
+        status, created = await engine.initialize(
+            body.event_id, body.total_tickets, body.waitlist_limit, admin=admin
+        )
         if created:
             log.info(
-                "event %s opened with %d tickets by %s",
+                "event %s opened with %d tickets%s by %s",
                 body.event_id,
                 body.total_tickets,
+                "" if body.waitlist_limit is None else f", at most {body.waitlist_limit} waiting",
                 admin or "anyone (no admin token)",
             )
         location = {"Location": f"/status/{body.event_id}"}

@@ -231,7 +231,7 @@ def document(settings: Settings) -> dict[str, Any]:
     initialize_responses: dict[str, Any] = {
         "201": _json("Opened now.", "EventStatus", STATUS_EXAMPLE, "Location"),
         "200": _json(
-            "Opened before with the same total: a safe retry.",
+            "Opened before with the same total and waiting-list limit: a safe retry.",
             "EventStatus",
             STATUS_EXAMPLE,
             "Location",
@@ -244,7 +244,8 @@ def document(settings: Settings) -> dict[str, Any]:
         security = {"security": admin_security}
         initialize_responses.update(refused)
     add(
-        "post", "/initialize", "initialize", "events", "Open an event with a number of tickets",
+        "post", "/initialize", "initialize", "events",
+        "Open an event with a number of tickets (and, if asked, a cap on its waiting list)",
         initialize_responses,
         body=("InitializeRequest", {"eventId": "gala", "totalTickets": 100}),
         **security,
@@ -279,6 +280,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 BOOKED,
             ),
             "404": _problem(problems.UNKNOWN_EVENT),
+            "409": _problem(problems.WAITLIST_FULL),
             "503": changes_refused,
             **user_refused,
         },

@@ -22,6 +22,7 @@ from boxoffice.service.errors import (
     NotBooked,
     StoreReset,
     UnknownEvent,
+    WaitlistFull,
 )
 
 _log = logging.getLogger("boxoffice.http")
@@ -168,7 +169,15 @@ EVENT_CONFLICT = ProblemType(
     "event-conflict",
     409,
     "Event exists",
-    "The event was initialized before with a different number of tickets.",
+    "The event was initialized before with a different number of tickets or waiting-list limit.",
+)
+WAITLIST_FULL = ProblemType(
+    "waitlist-full",
+    409,
+    "Waiting list full",
+    "The event is sold out and its waiting list already holds as many users as the event was "
+    "opened to take (`waitlistLimit`). Nothing was changed; a place frees up when someone "
+    "waiting leaves the list or gets a ticket.",
 )
 TOO_LARGE = ProblemType(
     "payload-too-large",
@@ -259,6 +268,7 @@ ALL: dict[str, ProblemType] = {
         NOT_BOOKED,
         METHOD_NOT_ALLOWED,
         EVENT_CONFLICT,
+        WAITLIST_FULL,
         TOO_LARGE,
         HEADERS_TOO_LARGE,
         REQUEST_TIMEOUT,
@@ -339,6 +349,7 @@ _DOMAIN: dict[type, ProblemType] = {
     UnknownEvent: UNKNOWN_EVENT,
     NotBooked: NOT_BOOKED,
     EventConflict: EVENT_CONFLICT,
+    WaitlistFull: WAITLIST_FULL,
     BackendUnavailable: UNAVAILABLE,
     StoreReset: STORE_RESET,
     EventFrozen: EVENT_FROZEN,
