@@ -16,9 +16,14 @@ from boxoffice.service.settings import Settings
 
 @asynccontextmanager
 async def app_client(
-    settings: Settings, *, raise_app_exceptions: bool = True, base_url: str = "http://b"
+    settings: Settings,
+    *,
+    raise_app_exceptions: bool = True,
+    base_url: str = "http://b",
+    client: tuple[str, int] = ("127.0.0.1", 123),
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket)."""
+    """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket),
+    its requests coming from the peer address `client`."""
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
 
@@ -26,7 +31,9 @@ async def app_client(
             scope["state"] = dict(state or {})  # as uvicorn hands the lifespan's state on
             await app(scope, receive, send)
 
-        transport = httpx.ASGITransport(app=served, raise_app_exceptions=raise_app_exceptions)
+        transport = httpx.ASGITransport(
+            app=served, raise_app_exceptions=raise_app_exceptions, client=client
+        )
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
             yield http
 
