@@ -33,6 +33,7 @@ from testkit.support import (
     ServedBoxoffice,
     database_url_for,
     delete_keyspace,
+    eventually,
     run_sql,
     serve_refusing,
     stores_env,
@@ -450,6 +451,60 @@ async def test_hs256_keyed_with_the_public_key_is_refused_when_only_keys_are_acc
 
 
 REFRESH_S = 1.0
+
+
+async def test_an_unknown_kid_is_fetched_once_per_interval_and_a_new_key_is_taken_up(
+    opened: Opened, settings: Settings, key_set: KeySetServer, keys: Keys
+) -> None:
+    async with opened(jwt_mode(settings, key_set, jwks_refresh_s=REFRESH_S)) as app:
+        assert key_set.gets == 0  # read when first needed
+        alice, bob = bearer(token_for("alice", keys.rsa)), bearer(token_for("bob"))
+        event = await app.alice_booked_bob_waiting(alice, bob)
+        assert key_set.gets == 1
+        first_read = time.monotonic()  # (the read itself started before)
+        before = await app.seen(event, ("alice", "bob"))
+        late = mint(claims("alice"), keys.late)
+        cancel = partial(app.post, "/cancel", {"eventId": event}, bearer(late))
+
+        # Once the interval since that read has passed, an unknown kid reads the set again:
+        await eventually(lambda: time.monotonic() - first_read > REFRESH_S, 5, "the interval")
+        started = time.monotonic()
+        assert_unauthorized(await cancel(), late)
+        assert key_set.gets == 2
+        # and within the interval, no other token of an unknown kid (nor the same) reads it.
+        another = mint(claims("alice"), keys.late)
+        assert_unauthorized(await app.post("/cancel", {"eventId": event}, bearer(another)), another)
+        assert_unauthorized(await cancel(), late)
+        assert time.monotonic() - started < REFRESH_S, "too slow to tell: within the interval?"
+        assert key_set.gets == 2
+        assert await app.seen(event, ("alice", "bob")) == before
+
+        # The issuer publishes the key: after the interval the same token works.
+        key_set.publish(*keys.published(), keys.late)
+        cancelled = await poll(cancel, lambda a: a.status_code != 401, REFRESH_S + 10, "the key")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["promoted"] is True
+        assert key_set.gets == 3
+
+
+async def test_a_token_refused_as_not_valid_yet_works_once_it_is(
+    opened: Opened, settings: Settings
+) -> None:
+    """A refusal is remembered no longer than it holds: `nbf` comes, the same token works."""
+    async with opened(jwt_settings(settings, admin_token=ADMIN_TOKEN, jwt_leeway=0)) as app:
+        event = new_event()
+        made = await app.post("/initialize", {"eventId": event, "totalTickets": 1}, ADMIN)
+        assert made.status_code == 201
+        soon = time.time() + 1.5
+        early = mint(claims("alice", nbf=int(soon) + 1))
+        book = partial(app.post, "/book", {"eventId": event}, bearer(early))
+        refused = await book()
+        assert_unauthorized(refused, early)
+        assert "not valid yet" in refused.json()["detail"]
+        assert (await app.http.get(f"/status/{event}")).json()["bookedCount"] == 0
+        booked = await poll(book, lambda a: a.status_code != 401, 10, "nbf to come")
+        assert booked.status_code == 201, booked.text
+        assert time.time() >= int(soon) + 1
 
 
 async def test_a_key_taken_out_of_the_key_set_stops_verifying(
