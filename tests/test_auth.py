@@ -125,6 +125,8 @@ class TwoWorkers:
     key_set: KeySetServer
     keyspace: Keyspace
     store: redis.Redis
+    key_set_pairs: tuple[KeyPair, ...]
+    """The keys `key_set` publishes."""
 
     def post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         """On a new connection each time: both workers take some."""
@@ -169,6 +171,9 @@ def on_both_workers(send: Callable[[], httpx.Response], tries: int = 80) -> list
     return answers
 
 
+SERVED_REFRESH_S = 1.0
+
+
 @pytest.fixture(scope="module")
 def two_workers(
     redis_url: str,
@@ -179,8 +184,9 @@ def two_workers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TwoWorkers]:
     """`boxoffice serve --workers 2` in jwt mode (HS256 with the tests' secret; RS256, ES256
-    and EdDSA from a key set on loopback; the static admin token), logging every request at
-    debug level, in a keyspace and database of its own."""
+    and EdDSA from a key set on loopback, read again for an unknown kid at most once a second;
+    the static admin token), logging every request at debug level, in a keyspace and database
+    of its own."""
     keyspace = Keyspace(f"t-{uuid.uuid4().hex[:12]}", 16)
     epoch.mark_blocking(redis_client, keyspace)
     database = f"bo_t_{uuid.uuid4().hex[:12]}"
@@ -196,6 +202,7 @@ def two_workers(
                 BOXOFFICE_JWT_JWKS_URL=key_set.url,
                 BOXOFFICE_JWT_ISSUER=ISSUER,
                 BOXOFFICE_JWT_AUDIENCE=AUDIENCE,
+                BOXOFFICE_JWKS_REFRESH=str(SERVED_REFRESH_S),
                 BOXOFFICE_ADMIN_TOKEN=ADMIN_TOKEN,
                 BOXOFFICE_ACCESS_LOG="true",
                 BOXOFFICE_LOG_LEVEL="debug",
@@ -203,7 +210,7 @@ def two_workers(
             )
             server = ServedBoxoffice(env, workers=2, cwd=tmp_path_factory.mktemp("auth"))
             try:
-                yield TwoWorkers(server, key_set, keyspace, redis_client)
+                yield TwoWorkers(server, key_set, keyspace, redis_client, keys.published())
             finally:
                 server.stop()
     finally:
@@ -310,6 +317,43 @@ def test_es256_and_eddsa_tokens_from_the_key_set_verify_on_both_workers(
         assert [a.status_code for a in answers] == [201] + [200] * (len(answers) - 1), user
         assert {a.json()["userId"] for a in answers} == {user}
     assert served.get(f"/status/{event}").json()["bookedCount"] == 3
+
+
+def test_a_key_published_later_is_taken_up_by_both_workers(two_workers: TwoWorkers) -> None:
+    """Each worker reads the key set for an unknown kid at most once per interval, and takes
+    up a key published since: the same token, refused before, then works on both."""
+    served = two_workers
+    event = served.alice_booked_bob_waiting()
+    before = served.seen(event, ("alice", "bob"))
+    newcomer = rsa_pair(f"rsa-{uuid.uuid4().hex[:8]}")
+    token = mint(claims("alice"), newcomer)
+    read_alices = partial(served.get, f"/events/{event}/users/alice", bearer(token))
+    reads, started = served.key_set.gets, time.monotonic()
+    for answer in on_both_workers(read_alices):
+        assert_unauthorized(answer, token)
+        assert "not in the key set" in answer.json()["detail"]
+    elapsed = time.monotonic() - started
+    # (at most one read per worker per interval begun, the first one included)
+    assert served.key_set.gets - reads <= 2 * (int(elapsed / SERVED_REFRESH_S) + 1)
+    assert served.seen(event, ("alice", "bob")) == before
+
+    served.key_set.publish(*served.key_set_pairs, newcomer)
+    try:
+        accepted: dict[str, int] = {}
+
+        def both_accept() -> bool:
+            answer = read_alices()
+            if answer.status_code == 200:
+                accepted[worker_of(answer)] = answer.status_code
+            else:
+                assert_unauthorized(answer, token)
+            return len(accepted) == 2
+
+        wait_for(both_accept, 10 + 2 * SERVED_REFRESH_S, "both workers to take the new key")
+        cancelled = served.post("/cancel", {"eventId": event}, bearer(token))
+        assert (cancelled.status_code, cancelled.json()["promoted"]) == (200, True)
+    finally:
+        served.key_set.publish(*served.key_set_pairs)
 
 
 def test_status_is_public_and_bookings_need_a_token(two_workers: TwoWorkers) -> None:
