@@ -34,6 +34,7 @@ from testkit.support import (
     database_url_for,
     delete_keyspace,
     eventually,
+    free_port,
     run_sql,
     serve_refusing,
     stores_env,
@@ -570,6 +571,26 @@ async def test_a_key_taken_out_of_the_key_set_stops_verifying(
         assert "not in the key set" in refused.json()["detail"]
         bobs = await app.http.get(f"/events/{event}/users/bob", headers=bob)
         assert bobs.status_code == 200  # the keys still published still verify
+
+
+async def test_an_unreadable_key_set_is_a_503_not_a_401(
+    opened: Opened, settings: Settings, keys: Keys
+) -> None:
+    """Tokens that need the key set cannot be checked while it cannot be read: the client is
+    told to come back (503), not that its token is bad; HS256 tokens still verify."""
+    nowhere = f"http://127.0.0.1:{free_port()}/jwks.json"  # nothing listens there
+    async with opened(jwt_settings(settings, jwt_jwks_url=nowhere, admin_token=ADMIN_TOKEN)) as app:
+        event = new_event()
+        made = await app.post("/initialize", {"eventId": event, "totalTickets": 1}, ADMIN)
+        assert made.status_code == 201
+        signed = bearer(token_for("alice", keys.rsa))
+        unavailable = await app.post("/book", {"eventId": event}, signed)
+        assert_problem(unavailable, 503, "service-unavailable")
+        assert unavailable.headers["retry-after"]
+        assert nowhere not in unavailable.text  # (the reason goes to the log)
+        assert (await app.http.get(f"/status/{event}")).json()["bookedCount"] == 0
+        booked = await app.post("/book", {"eventId": event}, bearer(token_for("bob")))
+        assert booked.status_code == 201
 
 
 async def test_users_read_only_their_own_state_and_admins_anyones(
