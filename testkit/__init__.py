@@ -1,7 +1,8 @@
 """Helpers the tests and the benchmarks share: stores and served processes (`support`), the
 in-process app client and problem assertions (`app`), a running ledger writer and its pool
 (`ledger`), keyspace snapshots and a populated event (`state`), the multi-worker rig (`rig`), the
-reference model (`model`) and a TLS terminator (`terminator`).
+reference model (`model`), a TLS terminator (`terminator`), and signed tokens with a key set
+served on loopback (`tokens`).
 
 Neither `tests` nor `benchmarks`: both import from here and neither imports the other, so a test
 module never imports another test module (a helper's home no longer depends on which test

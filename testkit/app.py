@@ -3,7 +3,7 @@ document (RFC 9457) the API answers must carry."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,21 +20,20 @@ async def app_client(
     *,
     raise_app_exceptions: bool = True,
     base_url: str = "http://b",
-    scope: Mapping[str, Any] | None = None,
+    client: tuple[str, int] = ("127.0.0.1", 123),
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket).
-    `scope`: entries put into every request's ASGI scope (what a server or a middleware in
-    front would have added)."""
+    """`create_app(settings)` with its lifespan running, and an httpx client to it (no socket),
+    its requests coming from the peer address `client`."""
     app = create_app(settings)
-    extra = dict(scope or {})
     async with app.router.lifespan_context(app) as state:
 
         async def served(scope: Scope, receive: Receive, send: Send) -> None:
             scope["state"] = dict(state or {})  # as uvicorn hands the lifespan's state on
-            scope.update(extra)
             await app(scope, receive, send)
 
-        transport = httpx.ASGITransport(app=served, raise_app_exceptions=raise_app_exceptions)
+        transport = httpx.ASGITransport(
+            app=served, raise_app_exceptions=raise_app_exceptions, client=client
+        )
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
             yield http
 

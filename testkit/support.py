@@ -41,6 +41,9 @@ def open_directory() -> Path:
     return home
 
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout the tests run in."""
+
 Server = TypeVar("Server", bound=ChildServer)
 
 
@@ -194,6 +197,29 @@ def _stacks(pid: int) -> str:
         )
         dumps.append(done.stdout + done.stderr)
     return "\n".join(dumps)
+
+
+def serve_refusing(*args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """`boxoffice serve` that is expected to refuse (on this checkout, without a `.env`, with
+    `env` applied): it must exit on its own, quickly. If it starts instead, its whole process
+    group (workers, writer) is stopped and the test fails."""
+    command = [sys.executable, "-m", CLI, "serve", "--port", str(free_port()), *args]
+    process = subprocess.Popen(
+        command,
+        env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", **env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"serve started instead of refusing:\n{stdout}{stderr}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def database_url_for(server_url: str, database: str) -> str:

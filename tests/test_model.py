@@ -5,7 +5,9 @@ The same steps also run over HTTP against `boxoffice serve`, for a shorter budge
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -31,12 +33,20 @@ from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Scripts
 from testkit.model import Model
-from testkit.support import ServedBoxoffice, check_invariants, delete_keyspace, redis_at
+from testkit.support import (
+    ServedBoxoffice,
+    check_invariants,
+    delete_keyspace,
+    redis_at,
+    stores_env,
+)
+from testkit.tokens import ADMIN_ROLE, AUDIENCE, ISSUER, SECRET, bearer, claims, mint
 
 # Few events, few tickets and a handful of users: contention, sold-out events and long waiting
 # lists come up in most runs.
 EVENTS = st.sampled_from(["e0", "e1"])
-USERS = st.sampled_from(["ann", "bob", "cy", "dee", "eve"])
+USER_IDS = ("ann", "bob", "cy", "dee", "eve")
+USERS = st.sampled_from(USER_IDS)
 TOTALS = st.integers(min_value=0, max_value=2)
 
 
@@ -170,11 +180,22 @@ class HttpMachine(RuleBasedStateMachine):
     def event_id(self, event: str) -> str:
         return f"{self.run_id}-{event}"
 
+    def credentials(self, user: str | None) -> dict[str, str]:
+        """The headers of a request made as `user` (None: as the admin); none here: without
+        authentication the body's userId is believed and `/initialize` is open."""
+        return {}
+
+    def promoted(self, promoted: tuple[str, str] | None) -> Any:
+        """What a cancel's `promoted` must say when the model promoted `promoted`."""
+        return {"userId": promoted[0], "bookingId": promoted[1]} if promoted else None
+
     @rule(event=EVENTS, total=TOTALS)
     def initialize(self, event: str, total: int) -> None:
         kind, expected = self.model.initialize(event, total)
         answer = self.http.post(
-            "/initialize", json={"eventId": self.event_id(event), "totalTickets": total}
+            "/initialize",
+            json={"eventId": self.event_id(event), "totalTickets": total},
+            headers=self.credentials(None),
         )
         if kind == "conflict":
             assert answer.status_code == 409
@@ -185,7 +206,11 @@ class HttpMachine(RuleBasedStateMachine):
     @rule(event=EVENTS, user=USERS)
     def book(self, event: str, user: str) -> None:
         kind, expected = self.model.book(event, user)
-        answer = self.http.post("/book", json={"userId": user, "eventId": self.event_id(event)})
+        answer = self.http.post(
+            "/book",
+            json={"userId": user, "eventId": self.event_id(event)},
+            headers=self.credentials(user),
+        )
         if kind == "unknown":
             assert answer.status_code == 404
             return
@@ -200,7 +225,11 @@ class HttpMachine(RuleBasedStateMachine):
     @rule(event=EVENTS, user=USERS)
     def cancel(self, event: str, user: str) -> None:
         kind, expected = self.model.cancel(event, user)
-        answer = self.http.post("/cancel", json={"userId": user, "eventId": self.event_id(event)})
+        answer = self.http.post(
+            "/cancel",
+            json={"userId": user, "eventId": self.event_id(event)},
+            headers=self.credentials(user),
+        )
         if kind in ("unknown", "none"):
             assert answer.status_code == 404
             assert answer.json()["type"] == (
@@ -212,9 +241,7 @@ class HttpMachine(RuleBasedStateMachine):
             booking, promoted = expected
             body = answer.json()
             assert (answer.status_code, body["bookingId"]) == (200, booking)
-            assert body["promoted"] == (
-                {"userId": promoted[0], "bookingId": promoted[1]} if promoted else None
-            )
+            assert body["promoted"] == self.promoted(promoted)
 
     @invariant()
     def status_agrees_with_the_model(self) -> None:
@@ -222,7 +249,9 @@ class HttpMachine(RuleBasedStateMachine):
             answer = self.http.get(f"/status/{self.event_id(event)}")
             assert answer.json() == _status(self.event_id(event), model.status())
             for user in model.waiting[:2]:
-                state = self.http.get(f"/events/{self.event_id(event)}/users/{user}").json()
+                state = self.http.get(
+                    f"/events/{self.event_id(event)}/users/{user}", headers=self.credentials(user)
+                ).json()
                 assert state["position"] == model.waiting.index(user) + 1
 
     def teardown(self) -> None:
@@ -251,3 +280,46 @@ def test_http_api_follows_the_model(served: ServedBoxoffice) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+class TokenHttpMachine(HttpMachine):
+    """The same steps against `boxoffice serve` in jwt mode: each user books, cancels and reads
+    with a token of their own (a user learns whether a cancel promoted someone, not whom), and
+    an admin's token opens the events."""
+
+    tokens: ClassVar[dict[str | None, str]]
+
+    def credentials(self, user: str | None) -> dict[str, str]:
+        return bearer(self.tokens[user])
+
+    def promoted(self, promoted: tuple[str, str] | None) -> Any:
+        return promoted is not None
+
+
+def test_http_api_follows_the_model_with_tokens(
+    redis_url: str, database_url: str, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    env = stores_env(
+        redis_url, database_url, keyspace.prefix,
+        BOXOFFICE_AUTH="jwt", BOXOFFICE_JWT_SECRET=SECRET, BOXOFFICE_JWT_ISSUER=ISSUER,
+        BOXOFFICE_JWT_AUDIENCE=AUDIENCE, BOXOFFICE_ADMIN_TOKEN=None, BOXOFFICE_LOG_LEVEL="warning",
+    )  # fmt: skip
+    server = ServedBoxoffice(env, workers=2, cwd=tmp_path)
+    try:
+        TokenHttpMachine.base_url = server.url
+        hour = {"exp": int(time.time()) + 3600}
+        TokenHttpMachine.tokens = {
+            None: mint(claims("boxoffice-admin", scope=ADMIN_ROLE, **hour)),
+            **{user: mint(claims(user, **hour)) for user in USER_IDS},
+        }
+        run_state_machine_as_test(
+            TokenHttpMachine,
+            settings=settings(
+                max_examples=15,
+                stateful_step_count=25,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+    finally:
+        server.stop()

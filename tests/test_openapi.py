@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -88,3 +89,75 @@ async def test_swagger_ui_is_served_from_local_assets(client: httpx.AsyncClient)
         assert asset.status_code == 200, ref
     served: dict[str, Any] = (await client.get("/api/openapi.json")).json()
     assert served == document(Settings(key_prefix="x"))
+
+
+AUTHENTICATED = {
+    "jwt": Settings(auth="jwt", jwt_secret="s" * 32, jwt_jwks_url="https://idp.example/jwks",
+                    jwt_issuer="https://idp.example/", jwt_audience="boxoffice"),
+    "jwt with the admin token": Settings(auth="jwt", jwt_secret="s" * 32, jwt_issuer="i",
+                                         jwt_audience="a", admin_token="t"),
+    "gateway": Settings(auth="gateway", auth_gateways=(ipaddress.ip_network("10.0.0.0/8"),)),
+    "gateway with the admin token": Settings(
+        auth="gateway", auth_gateways=(ipaddress.ip_network("10.0.0.0/8"),), admin_token="t"
+    ),
+}  # fmt: skip
+USERS_OPERATIONS = [("/book", "post"), ("/cancel", "post"),
+                    ("/events/{eventId}/users/{userId}", "get")]  # fmt: skip
+PUBLIC_OPERATIONS = [("/status/{eventId}", "get"), ("/healthz", "get"), ("/readyz", "get"),
+                     ("/metrics", "get")]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", list(AUTHENTICATED))
+def test_the_document_with_users_authenticated_is_valid_and_secured(mode: str) -> None:
+    settings = AUTHENTICATED[mode]
+    spec = document(settings)
+    validate(spec)
+    schemes = spec["components"]["securitySchemes"]
+    user = "bearerJWT" if settings.auth == "jwt" else "gatewayUser"
+    admin: list[dict[str, list[str]]] = [{user: []}]
+    if settings.auth == "jwt":
+        # The admin token is sent as a bearer too: the one scheme covers it.
+        assert set(schemes) == {"bearerJWT"}
+        assert schemes["bearerJWT"] | {"description": ""} == {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": ""
+        }  # fmt: skip
+    else:
+        assert schemes["gatewayUser"] | {"description": ""} == {
+            "type": "apiKey", "in": "header", "name": "x-user-id", "description": ""
+        }  # fmt: skip
+        if settings.admin_token:
+            assert schemes["adminToken"]["scheme"] == "bearer"
+            admin.append({"adminToken": []})
+    for path, method in USERS_OPERATIONS:
+        operation = spec["paths"][path][method]
+        assert operation["security"] == [{user: []}], (path, method)
+        assert {"401", "403"} <= set(operation["responses"]), (path, method)
+        assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+    initialize = spec["paths"]["/initialize"]["post"]
+    assert initialize["security"] == admin
+    assert {"401", "403"} <= set(initialize["responses"])
+    for path, method in PUBLIC_OPERATIONS:
+        assert "security" not in spec["paths"][path][method], (path, method)
+    assert "security" not in spec  # no default: public operations stay public
+    # The body of a booking names the user or leaves it out (the authenticated user's).
+    for path in ("/book", "/cancel"):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"] == {"$ref": "#/components/schemas/OwnBookingRequest"}
+    own = spec["components"]["schemas"]["OwnBookingRequest"]
+    assert own["required"] == ["eventId"]
+    assert set(own["properties"]) == {"eventId", "userId"}
+
+
+@pytest.mark.parametrize("settings", [Settings(), Settings(auth="none"),
+                                      Settings(auth="none", admin_token="t")])  # fmt: skip
+def test_without_authentication_bookings_have_no_security(settings: Settings) -> None:
+    spec = document(settings)
+    validate(spec)
+    for path, method in USERS_OPERATIONS + PUBLIC_OPERATIONS:
+        operation = spec["paths"][path][method]
+        assert "security" not in operation, (path, method)
+        assert not {"401", "403"} & set(operation["responses"]), (path, method)
+    assert "OwnBookingRequest" not in spec["components"]["schemas"]
+    assert {"bearerJWT", "gatewayUser"}.isdisjoint(spec["components"].get("securitySchemes", {}))
+    book = spec["paths"]["/book"]["post"]["requestBody"]["content"]["application/json"]
+    assert book["schema"] == {"$ref": "#/components/schemas/BookingRequest"}

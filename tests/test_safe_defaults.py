@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,31 +21,10 @@ from boxoffice.service.store import epoch
 from boxoffice.service.store.keys import Keyspace
 from testkit.app import app_client, assert_problem
 from testkit.support import ServedBoxoffice, child_env, free_port, own_server, redis_at, run_cli
+from testkit.support import serve_refusing as _serve
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _serve(*args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
-    """`boxoffice serve` that is expected to refuse: it must exit on its own, quickly. If it
-    starts instead, its whole process group (workers, writer) is stopped."""
-    command = [sys.executable, "-m", "boxoffice", "serve", "--port", str(free_port()), *args]
-    process = subprocess.Popen(
-        command,
-        env=child_env(BOXOFFICE_ENV_FILE="/nonexistent", **env),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"serve started instead of refusing:\n{stdout}{stderr}") from None
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 # -- the admin token ------------------------------------------------------------------------

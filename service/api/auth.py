@@ -29,7 +29,6 @@ from boxoffice.service.api import problems
 from boxoffice.service.api.asgi import ASGIApp, Receive, Scope, Send
 from boxoffice.service.api.problems import ProblemRaised
 from boxoffice.service.api.tokens import KeysUnavailable, TokenRefused, TokenVerifier
-from boxoffice.service.errors import BackendUnavailable
 from boxoffice.service.ids import ID_DESCRIPTION, is_id
 from boxoffice.service.settings import Network, Settings
 
@@ -56,6 +55,8 @@ class Identity:
     """Why the credentials presented prove nothing (the 401's detail), if they don't."""
     unavailable: bool = False
     """The credentials could not be checked (the key set is unreadable): 503, not 401."""
+    invalid_token: bool = False
+    """A bearer token was presented and refused (RFC 6750's `invalid_token`)."""
 
 
 ANONYMOUS = Identity(None, None)
@@ -63,7 +64,7 @@ _CHALLENGE = 'Bearer realm="boxoffice"'
 
 
 def _challenge(identity: Identity) -> dict[str, str]:
-    if identity.refused is None:
+    if not identity.invalid_token or identity.refused is None:
         return {"WWW-Authenticate": _CHALLENGE}
     description = identity.refused.replace('"', "'")
     return {
@@ -74,8 +75,9 @@ def _challenge(identity: Identity) -> dict[str, str]:
 
 def unauthorized(identity: Identity, what: str) -> Exception:
     """The refusal of a request that needs an identity and has none."""
-    if identity.unavailable:
-        return BackendUnavailable(identity.refused or "The credentials cannot be checked now.")
+    if identity.unavailable:  # not the store's generic 503: nothing was tried
+        detail = f"{identity.refused or 'The credentials cannot be checked now.'} Nothing was "
+        return ProblemRaised(problems.UNAVAILABLE, detail + "changed; retry later.")
     detail = identity.refused or f"{what} needs an authenticated user; none was presented."
     return ProblemRaised(problems.UNAUTHORIZED, detail, headers=_challenge(identity))
 
@@ -194,7 +196,7 @@ class Authenticator:
         try:
             verified = await self.verifier.verify(token.decode("latin-1"))
         except TokenRefused as refused:
-            return Identity(None, None, str(refused))
+            return Identity(None, None, str(refused), invalid_token=True)
         except KeysUnavailable as error:
             return Identity(None, None, str(error), unavailable=True)
         return Identity(verified.user, f"jwt:{verified.user}" if verified.admin else None)

@@ -19,7 +19,9 @@ The cost: verifying a signature takes tens to hundreds of microseconds, about wh
 costs the API. So a worker remembers tokens it verified (`TokenCache`, bounded, LRU) until
 their `exp` and for at most `REMEMBER_S`, so that a key taken out of the key set stops working
 within that time; and tokens it refused, for as long, so that a client repeating a bad token
-costs a dictionary lookup too.
+costs a dictionary lookup too — but a refusal that may stop holding sooner is remembered only
+until then: an unknown kid until the key set may be read again (`BOXOFFICE_JWKS_REFRESH`), so
+a token signed with a key published since works; an `nbf` still to come, until it comes.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ _MAX_KEY_SET_BYTES = 1 << 20
 
 
 class TokenRefused(Exception):
-    """The token proves nothing; the message says why (for the 401, never the token)."""
+    """The token proves nothing; the message says why (for the 401, never the token).
+    `remember_s`: how long the refusal may be reused, when it may stop holding before
+    `REMEMBER_S` (a kid the key set may hold once read again, an `nbf` to come)."""
+
+    def __init__(self, reason: str, remember_s: float = REMEMBER_S) -> None:
+        super().__init__(reason)
+        self.remember_s = remember_s
 
 
 class KeysUnavailable(Exception):
@@ -113,9 +121,12 @@ class KeySet:
             await self._read()
         jwk = self._keys.get(kid)
         if jwk is None:
+            # Not for longer than until the set may be read again: the key may be added.
             if kid is None:
-                raise TokenRefused("The token names no key (kid) and the key set has several.")
-            raise TokenRefused("The token's key (kid) is not in the key set.")
+                raise TokenRefused(
+                    "The token names no key (kid) and the key set has several.", self._refresh_s
+                )
+            raise TokenRefused("The token's key (kid) is not in the key set.", self._refresh_s)
         parsed = self._parsed.get((kid, algorithm))
         if parsed is None:
             if jwk.get("alg") not in (None, algorithm) or jwk.get("use") not in (None, "sig"):
@@ -150,7 +161,7 @@ class KeySet:
         except Exception as error:
             log.warning("cannot read the key set at %s: %s", self.source, error)
             if not self._keys:
-                raise KeysUnavailable(f"The key set at {self.source} cannot be read.") from None
+                raise KeysUnavailable("The keys that verify tokens cannot be read now.") from None
             return  # keep using the keys read before
         if set(keys) != set(self._keys):
             log.info("key set %s: kids %s", self.source, sorted(map(str, keys)))
@@ -232,7 +243,7 @@ class TokenVerifier:
             try:
                 entry = await self._verify(token, now)
             except TokenRefused as refused:
-                entry = Refused(str(refused), now + REMEMBER_S)
+                entry = Refused(str(refused), now + min(refused.remember_s, REMEMBER_S))
             self.cache.put(token, entry)
         if isinstance(entry, Refused):
             raise TokenRefused(entry.reason)
@@ -264,7 +275,9 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise TokenRefused("The token has expired.") from None
         except jwt.ImmatureSignatureError:
-            raise TokenRefused("The token is not valid yet (nbf).") from None
+            raise TokenRefused(
+                "The token is not valid yet (nbf).", self._until_valid(token, now)
+            ) from None
         except jwt.InvalidIssuerError:
             raise TokenRefused("The token's issuer is not accepted.") from None
         except jwt.InvalidAudienceError:
@@ -282,6 +295,14 @@ class TokenVerifier:
             )
         until = min(float(claims["exp"]) + self._leeway, now + REMEMBER_S)
         return Verified(user, self._admin_role in _roles(claims.get(self._admin_claim)), until)
+
+    def _until_valid(self, token: str, now: float) -> float:
+        """Seconds until a token refused for its `nbf` (its signature verified) is valid."""
+        nbf: Any = jwt.decode(token, options={"verify_signature": False}).get("nbf")
+        try:
+            return max(0.0, float(nbf) - self._leeway - now)
+        except (TypeError, ValueError):
+            return REMEMBER_S
 
 
 _HEADER = msgspec.json.Decoder(dict[str, Any])
