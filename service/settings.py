@@ -25,7 +25,9 @@ from boxoffice.service.errors import ConfigurationError
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+STRATEGIES = ("batched", "fixed-window", "moving-window", "sliding-window-counter")
+"""How rate limits count: `batched` in each worker, settled with Redis in batches
+(`service.api.tally`, approximate across workers); the rest exactly, in Redis, by `limits`."""
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOUR_MS = 3_600_000
 
@@ -467,8 +469,14 @@ class Settings:
     rate_limit_strategy: str = _setting(
         "BOXOFFICE_RATE_LIMIT_STRATEGY",
         _one_of(*STRATEGIES),
-        "sliding-window-counter",
+        "batched",
         "how limits count: " + ", ".join(STRATEGIES),
+    )
+    rate_limit_settle_ms: int = _setting(
+        "BOXOFFICE_RATE_LIMIT_SETTLE_MS",
+        _int_in(1, 60_000),
+        100,
+        "how often each worker settles its rate-limit counts with Redis (ms; batched only)",
     )
     trusted_proxies: tuple[Network, ...] = _setting(
         "BOXOFFICE_TRUSTED_PROXIES",

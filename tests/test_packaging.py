@@ -37,7 +37,7 @@ def test_wheel_ships_lua_scripts_and_the_boxoffice_command(wheel: Path) -> None:
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "boxoffice = boxoffice.service.run.cli:main" in archive.read(entry_points).decode()
-    assert {f"boxoffice/lua/{name}.lua" for name in NAMES} <= names
+    assert {f"boxoffice/lua/{name}.lua" for name in (*NAMES, "rate_settle")} <= names
     assert {
         "boxoffice/__init__.py",
         "boxoffice/__main__.py",

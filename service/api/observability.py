@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from boxoffice.service.api import asgi, problems
+from boxoffice.service.api import asgi, auth, problems
 from boxoffice.service.api.asgi import ASGIApp, Message, Receive, Scope, Send
 from boxoffice.service.ids import is_id_bytes
 from boxoffice.service.logs import MULTIPROCESS_ENV, REQUEST_ID
@@ -297,7 +297,7 @@ class RequestObserver:
                             "durationMs": round(elapsed * 1000, 3),
                             "client": (scope.get("client") or ("-",))[0],
                             # the authenticated user (never the credentials), when there is one
-                            "user": scope.get("boxoffice.user"),
+                            "user": scope.get(auth.USER),
                         }
                     },
                 )

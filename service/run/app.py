@@ -94,6 +94,7 @@ def lifespan(settings: Settings) -> Any:
         redis = await connect_redis(address, settings.redis_max_connections)
         watcher: asyncio.Task[None] | None = None
         stats_folding: asyncio.Task[None] | None = None
+        limits: RateLimits | None = None
         services: Services | None = None
         try:
             scripts = Scripts(pipelined)
@@ -106,11 +107,11 @@ def lifespan(settings: Settings) -> Any:
             await ledger.poll_lag(redis)
             watcher = asyncio.create_task(_watch_ledger(ledger, redis))
             stats_folding = asyncio.create_task(observability.STATS.fold_forever())
-            limits = None
             if settings.rate_limit or settings.write_rate_limit:
                 limits = RateLimits(settings, redis.connection_pool, pipelined)
                 limits.on_error = observability.LIMITER_ERRORS.inc
                 limits.on_limited = lambda policy: observability.RATE_LIMITED.labels(policy).inc()
+                await limits.start()
             services = Services(
                 BookingEngine(scripts, keyspace),
                 ledger,
@@ -130,6 +131,8 @@ def lifespan(settings: Settings) -> Any:
                     if probe is not None:
                         await probe.close()
             gc.unfreeze()
+            if limits is not None:  # (its last settle needs the connection: close it first)
+                await limits.close()
             if stats_folding is not None:
                 stats_folding.cancel()
             observability.worker_exited()

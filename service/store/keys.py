@@ -15,6 +15,12 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:partitions                    string  the partition count this keyspace was made with
     <prefix>:quarantine                    hash    "<stream>/<stream id>" -> eventId ("" for none)
                                                    of records the ledger quarantined, unreleased
+    <prefix>:rl:{<policy>:<client>}:<window>
+                                           string  a client's admissions in one rate-limit window
+                                                   (`service.api.tally`); policy and client are
+                                                   the hash tag, so a window and the one before
+                                                   it share a slot
+    <prefix>:rl:...                        limits' own counters (the exact strategies)
 
 Event ids never contain braces (see `service.ids.ID_PATTERN`), so the first `{...}` of a
 key is always the partition tag.
@@ -111,6 +117,13 @@ class Keyspace:
     def rate_limits(self) -> str:
         """The prefix of the rate limiter's counters (`limits` appends its own keys)."""
         return f"{self.prefix}:rl"
+
+    def rate_count(self, policy: str, client: str, window: int) -> str:
+        """A client's admissions under `policy` in window number `window` (seconds since the
+        epoch over the window's length). Policy and client form the hash tag: the settle
+        script reads the previous window's count with the current one, in one slot, and the
+        clients spread over the slots."""
+        return f"{self.prefix}:rl:{{{policy}:{client}}}:{window}"
 
     def event_id_of(self, meta_key: str) -> str:
         """The event id inside a meta key."""
