@@ -24,6 +24,7 @@ from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.transport import PipelinedRedis
 from testkit.app import assert_problem, client_of, running_app
 from testkit.support import ServedBoxoffice, stores_env, wait_for
+from testkit.tokens import bearer, jwt_settings, token_for
 
 pytestmark = pytest.mark.anyio
 
@@ -200,6 +201,38 @@ async def test_ipv6_clients_of_one_64_share_a_budget(settings: Settings) -> None
         # Two counted this window: one more fits halfway into the next one.
         assert 1800 <= retry <= 5400
         assert refused.headers["ratelimit"] == f'"reads";r=0;t={retry}'
+
+
+async def test_authenticated_users_count_by_user_wherever_they_come_from(
+    settings: Settings,
+) -> None:
+    """With users authenticated, the budget is the user's: two users behind one address each
+    get their own, one user moving between addresses keeps one. Refused requests book nothing."""
+    limited = jwt_settings(settings, write_rate_limit="2/hour", admin_token="a" * 40)
+    peers = {"office": "10.0.0.7", "phone": "10.9.9.9"}
+    async with running_app(limited) as app, AsyncExitStack() as stack:
+        http = {
+            name: await stack.enter_async_context(
+                client_of(app, peer=(address, 5000), raise_app_exceptions=False)
+            )
+            for name, address in peers.items()
+        }
+        admin = {"Authorization": "Bearer " + "a" * 40}
+        opened = await http["office"].post(
+            "/initialize", json={"eventId": "rl", "totalTickets": 10}, headers=admin
+        )
+        assert opened.status_code == 201  # (the admin's own budget: admin-token is no user)
+        alice, bob = bearer(token_for("alice")), bearer(token_for("bob"))
+        sent = [("office", alice), ("office", bob), ("phone", alice), ("office", bob),
+                ("office", alice), ("phone", bob)]  # fmt: skip
+        answers = [
+            await http[peer].post("/book", json={"eventId": "rl"}, headers=who)
+            for peer, who in sent
+        ]
+        assert [a.status_code for a in answers] == [201, 201, 200, 200, 429, 429]
+        assert_problem(answers[4], 429, "rate-limited")
+        status = (await http["office"].get("/status/rl")).json()
+        assert status["bookedCount"] == 2
 
 
 def test_two_served_workers_stay_within_the_bound(
