@@ -20,16 +20,19 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks import cpu
 from benchmarks.book import HERE, _ms
 from benchmarks.stores import BenchStores, bench_stores, need_wrk, served
 
@@ -142,7 +145,33 @@ def _one(
             headers=headers,
         ).raise_for_status()
         wrk_tokens(server.url, 2, args.connections, k, "warm", warm)
-        return wrk_tokens(server.url, args.duration, args.connections, k, "run", tokens)
+        meter = cpu.Meter()
+        meter.start()
+        result = wrk_tokens(server.url, args.duration, args.connections, k, "run", tokens)
+        spent = cpu.per_request(meter.stop(), result["rps"] * args.duration)
+        return {**result, "api_us": spent["api"], "redis_us": spent["redis"]}
+
+
+@dataclass(frozen=True)
+class Variant:
+    auth: str
+    """off, or a JWT algorithm."""
+    k: int
+    limiter: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.auth} k={self.k}" + (" +limiter" if self.limiter else "")
+
+
+def variants(algorithms: list[str], ks: list[int], limiter: bool) -> list[Variant]:
+    chosen = [Variant("off", k) for k in ks]
+    if limiter:
+        # One client address (auth off), and every user its own budget (auth on).
+        chosen += [Variant("off", ks[0], True)]
+        chosen += [Variant(algorithms[0], k, True) for k in ks] if algorithms else []
+    chosen += [Variant(algorithm, k) for algorithm in algorithms for k in ks]
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,85 +180,117 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="medians over rounds")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--ks", default="20,1", help="requests per token, comma-separated")
     parser.add_argument(
-        "--rate-guess",
-        type=int,
-        default=8000,
-        help="requests/s to mint tokens for (k=1 needs duration x rate tokens)",
+        "--no-limiter", action="store_true", help="leave out the rate-limited variants"
     )
     parser.add_argument(
-        "--extra", action="append", default=[], help="NAME=VALUE settings for every run"
+        "--rate-guess",
+        type=int,
+        default=16000,
+        help="requests/s to mint tokens for (k=1 needs duration x rate tokens)",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "auth.json")
     args = parser.parse_args(argv)
     args.admin_token = "bench-admin-" + uuid.uuid4().hex
     need_wrk()
-    extra = dict(item.split("=", 1) for item in args.extra)
     ks = [int(k) for k in args.ks.split(",")]
     algorithms = [a for a in args.algorithms.split(",") if a]
-    rows: list[dict[str, Any]] = []
+    chosen = variants(algorithms, ks, not args.no_limiter)
     home = Path(tempfile.mkdtemp(prefix="boxoffice-auth-bench-"))
-    admin = {"BOXOFFICE_ADMIN_TOKEN": args.admin_token, "BOXOFFICE_AUTH": "none", **extra}
+    keys: dict[str, tuple[dict[str, str | None], bytes | None]] = {}
+    for algorithm in algorithms:
+        keys[algorithm] = _keys(algorithm, home)
+    samples: dict[Variant, list[dict[str, float]]] = {variant: [] for variant in chosen}
     with bench_stores() as stores:
-        for k in ks:
-            result = _one(stores, admin, k, None, None, args)
-            rows.append({"auth": "off", "algorithm": "-", "k": k, **result})
-            print(f"  off          k={k:<3} {result['rps']:>8.0f} req/s", flush=True)
-        for algorithm in algorithms:
-            settings: dict[str, str | None] = {
-                **admin,
-                "BOXOFFICE_AUTH": "jwt",
-                "BOXOFFICE_JWT_ISSUER": ISSUER,
-                "BOXOFFICE_JWT_AUDIENCE": AUDIENCE,
-                "BOXOFFICE_JWT_ALGORITHMS": algorithm,
-            }
-            pem = None
-            if algorithm.startswith("HS"):
-                settings["BOXOFFICE_JWT_SECRET"] = SECRET
-            else:
-                key = _private_key(algorithm)
-                pem = _pem(key)
-                jwks = home / f"{algorithm}.jwks.json"
-                jwks.write_text(json.dumps(_jwks(key, algorithm)))
-                settings["BOXOFFICE_JWT_JWKS_FILE"] = str(jwks)
-            warm = home / f"{algorithm}.warm.txt"
-            mint(algorithm, pem, "warm", 2000, warm)
-            for k in ks:
-                count = (args.rate_guess * (args.duration + 1)) // k + 4000
-                tokens = home / f"{algorithm}.{k}.txt"
-                started = time.perf_counter()
-                mint(algorithm, pem, f"run{k}", count, tokens)
-                minted = time.perf_counter() - started
-                result = _one(stores, settings, k, tokens, warm, args)
-                rows.append({"auth": "jwt", "algorithm": algorithm, "k": k, **result})
+        for round_ in range(args.rounds):
+            order = chosen[round_ % len(chosen) :] + chosen[: round_ % len(chosen)]
+            for variant in order:
+                settings: dict[str, str | None] = {
+                    "BOXOFFICE_ADMIN_TOKEN": args.admin_token,
+                    "BOXOFFICE_AUTH": "none",
+                }
+                if variant.limiter:
+                    settings["BOXOFFICE_WRITE_RATE_LIMIT"] = LIMIT
+                tokens = warm = None
+                if variant.auth != "off":
+                    more, pem = keys[variant.auth]
+                    settings.update(more)
+                    warm = home / f"{variant.auth}.warm.txt"
+                    if not warm.exists():
+                        mint(variant.auth, pem, "warm", 2000, warm)
+                    count = (args.rate_guess * (args.duration + 1)) // variant.k + 4000
+                    run = f"r{round_}k{variant.k}{'l' if variant.limiter else ''}"
+                    tokens = home / f"{variant.auth}.{run}.txt"
+                    mint(variant.auth, pem, run, count, tokens)
+                result = _one(stores, settings, variant.k, tokens, warm, args)
+                if tokens is not None:
+                    tokens.unlink()
+                samples[variant].append(result)
                 print(
-                    f"  jwt {algorithm:<8} k={k:<3} {result['rps']:>8.0f} req/s "
-                    f"(minted {count} tokens in {minted:.0f} s; wraps {result['wraps']})",
+                    f"  {variant.label:<24} {result['rps']:>8.0f} req/s  api "
+                    f"{result['api_us']:>6.1f} us/req  wraps {result['wraps']:.0f}",
                     flush=True,
                 )
+    rows = [_median(variant, runs) for variant, runs in samples.items()]
     print(report(rows, args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "cpus": os.cpu_count()}, indent=2))
     return 0
 
 
+LIMIT = "1000000/second"
+
+
+def _keys(algorithm: str, home: Path) -> tuple[dict[str, str | None], bytes | None]:
+    """The settings that verify `algorithm`'s tokens, and the PEM of the key that signs them."""
+    settings: dict[str, str | None] = {
+        "BOXOFFICE_AUTH": "jwt",
+        "BOXOFFICE_JWT_ISSUER": ISSUER,
+        "BOXOFFICE_JWT_AUDIENCE": AUDIENCE,
+        "BOXOFFICE_JWT_ALGORITHMS": algorithm,
+    }
+    if algorithm.startswith("HS"):
+        settings["BOXOFFICE_JWT_SECRET"] = SECRET
+        return settings, None
+    key = _private_key(algorithm)
+    jwks = home / f"{algorithm}.jwks.json"
+    jwks.write_text(json.dumps(_jwks(key, algorithm)))
+    settings["BOXOFFICE_JWT_JWKS_FILE"] = str(jwks)
+    return settings, _pem(key)
+
+
+def _median(variant: Variant, runs: list[dict[str, float]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"auth": variant.auth, "k": variant.k, "limiter": variant.limiter}
+    for field in ("rps", "p50_ms", "p99_ms", "api_us", "redis_us"):
+        row[field] = statistics.median(run[field] for run in runs)
+    row["refused"] = sum(run["refused"] for run in runs)
+    row["wraps"] = sum(run["wraps"] for run in runs)
+    row["rounds"] = len(runs)
+    return row
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        f"POST /book, 2 workers, wrk -t2 -c{args.connections} -d{args.duration}s, every user new, "
-        f"k requests per user (and per token), {time.strftime('%Y-%m-%d')}",
+        f"POST /book, 2 workers, wrk -t2 -c{args.connections} -d{args.duration}s, "
+        f"{args.rounds} round(s) (medians), every user new, k requests per user (and per token); "
+        f"limiter: batched at {LIMIT} (never reached), {time.strftime('%Y-%m-%d')}",
         "",
-        "| auth | algorithm | k | req/s | vs off (same k) | added per request (2 workers' CPU) "
+        "| auth | k | limiter | req/s | vs off (same k) | API CPU us/req | vs off | Redis us/req "
         "| p50 ms | p99 ms | refused | token reuse |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        off = next(r for r in rows if r["auth"] == "off" and r["k"] == row["k"])
-        added = (1 / row["rps"] - 1 / off["rps"]) * 2 * 1e6
+        off = next(
+            r for r in rows if r["auth"] == "off" and r["k"] == row["k"] and not r["limiter"]
+        )
         lines.append(
-            f"| {row['auth']} | {row['algorithm']} | {row['k']} | {row['rps']:,.0f} | "
-            f"{row['rps'] / off['rps']:.0%} | {added:+.0f} µs | {row['p50_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} | {row['refused']} | {'yes' if row['wraps'] else 'no'} |"
+            f"| {row['auth']} | {row['k']} | {'batched' if row['limiter'] else '-'} | "
+            f"{row['rps']:,.0f} | {row['rps'] / off['rps']:.0%} | {row['api_us']:.1f} | "
+            f"{row['api_us'] - off['api_us']:+.1f} | {row['redis_us']:.1f} | "
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['refused']} | "
+            f"{'yes' if row['wraps'] else 'no'} |"
         )
     return "\n".join(lines)

@@ -16,12 +16,13 @@ What a token must be:
   anything else (`auth0|123`) is refused: boxoffice does not map identities.
 
 The cost: verifying a signature takes tens to hundreds of microseconds, about what a booking
-costs the API. So a worker remembers tokens it verified (`TokenCache`, bounded, LRU) until
-their `exp` and for at most `REMEMBER_S`, so that a key taken out of the key set stops working
-within that time; and tokens it refused, for as long, so that a client repeating a bad token
-costs a dictionary lookup too — but a refusal that may stop holding sooner is remembered only
-until then: an unknown kid until the key set may be read again (`BOXOFFICE_JWKS_REFRESH`), so
-a token signed with a key published since works; an `nbf` still to come, until it comes.
+costs the API. So a worker remembers what tokens proved (`TokenCache`, bounded, LRU; kept by
+`service.api.auth`) until their `exp` and for at most `REMEMBER_S`, so that a key taken out of
+the key set stops working within that time; and tokens it refused, for as long, so that a
+client repeating a bad token costs a dictionary lookup too — but a refusal that may stop
+holding sooner is remembered only until then: an unknown kid until the key set may be read
+again (`BOXOFFICE_JWKS_REFRESH`), so a token signed with a key published since works; an `nbf`
+still to come, until it comes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jwt
 import msgspec
@@ -44,6 +45,8 @@ from boxoffice.service.ids import ID_DESCRIPTION, is_id
 from boxoffice.service.settings import Settings
 
 log = logging.getLogger("boxoffice.auth")
+
+Entry = TypeVar("Entry")
 
 REMEMBER_S = 60.0
 """The longest a verification (or refusal) of a token is reused."""
@@ -73,12 +76,6 @@ class Verified:
     admin: bool
     until: float
     """Wall-clock time after which the token must be verified again."""
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    reason: str
-    until: float
 
 
 def _read_url(url: str) -> bytes:
@@ -182,27 +179,28 @@ def _keys_of(document: Any) -> dict[str | None, dict[str, Any]]:
     return keys
 
 
-class TokenCache:
-    """Tokens verified or refused lately, by the token's text: a bounded LRU."""
+class TokenCache(Generic[Entry]):
+    """What tokens proved lately, by the `Authorization` field's bytes as sent (no parsing on a
+    hit): a bounded LRU whose entries each carry the wall-clock time they hold until."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[str, Verified | Refused] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Entry, float]] = OrderedDict()
 
-    def get(self, token: str, now: float) -> Verified | Refused | None:
-        entry = self._entries.get(token)
-        if entry is None:
+    def get(self, key: bytes, now: float) -> Entry | None:
+        found = self._entries.get(key)
+        if found is None:
             return None
-        if entry.until <= now:
-            del self._entries[token]
+        if found[1] <= now:
+            del self._entries[key]
             return None
-        self._entries.move_to_end(token)
-        return entry
+        self._entries.move_to_end(key)
+        return found[0]
 
-    def put(self, token: str, entry: Verified | Refused) -> None:
+    def put(self, key: bytes, entry: Entry, until: float) -> None:
         if self.size == 0:
             return
-        self._entries[token] = entry
+        self._entries[key] = (entry, until)
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
@@ -232,24 +230,11 @@ class TokenVerifier:
             if settings.jwt_jwks_url or settings.jwt_jwks_file
             else None
         )
-        self.cache = TokenCache(settings.token_cache_size)
         self._required = ["exp", "iss", "aud", self._user_claim]
 
-    async def verify(self, token: str) -> Verified:
-        """What `token` proves. Raises TokenRefused, or KeysUnavailable."""
-        now = time.time()
-        entry = self.cache.get(token, now)
-        if entry is None:
-            try:
-                entry = await self._verify(token, now)
-            except TokenRefused as refused:
-                entry = Refused(str(refused), now + min(refused.remember_s, REMEMBER_S))
-            self.cache.put(token, entry)
-        if isinstance(entry, Refused):
-            raise TokenRefused(entry.reason)
-        return entry
-
-    async def _verify(self, token: str, now: float) -> Verified:
+    async def verify(self, token: str, now: float) -> Verified:
+        """What `token` proves at `now` (wall clock). Raises TokenRefused (saying how long the
+        refusal holds), or KeysUnavailable."""
         header = _header(token)
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.algorithms:
