@@ -149,7 +149,12 @@ def _one(
         meter.start()
         result = wrk_tokens(server.url, args.duration, args.connections, k, "run", tokens)
         spent = cpu.per_request(meter.stop(), result["rps"] * args.duration)
-        return {**result, "api_us": spent["api"], "redis_us": spent["redis"]}
+        return {
+            **result,
+            "api_us": spent["api"],
+            "redis_us": spent["redis"],
+            "load_us": spent["load"],
+        }
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         default=16000,
         help="requests/s to mint tokens for (k=1 needs duration x rate tokens)",
     )
+    parser.add_argument(
+        "--setting", action="append", default=[], help="NAME=VALUE for every run's service"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "auth.json")
     args = parser.parse_args(argv)
     args.admin_token = "bench-admin-" + uuid.uuid4().hex
@@ -211,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings: dict[str, str | None] = {
                     "BOXOFFICE_ADMIN_TOKEN": args.admin_token,
                     "BOXOFFICE_AUTH": "none",
+                    **dict(item.split("=", 1) for item in args.setting),
                 }
                 if variant.limiter:
                     settings["BOXOFFICE_WRITE_RATE_LIMIT"] = LIMIT
@@ -264,7 +273,7 @@ def _keys(algorithm: str, home: Path) -> tuple[dict[str, str | None], bytes | No
 
 def _median(variant: Variant, runs: list[dict[str, float]]) -> dict[str, Any]:
     row: dict[str, Any] = {"auth": variant.auth, "k": variant.k, "limiter": variant.limiter}
-    for field in ("rps", "p50_ms", "p99_ms", "api_us", "redis_us"):
+    for field in ("rps", "p50_ms", "p99_ms", "api_us", "redis_us", "load_us"):
         row[field] = statistics.median(run[field] for run in runs)
     row["refused"] = sum(run["refused"] for run in runs)
     row["wraps"] = sum(run["wraps"] for run in runs)
@@ -279,8 +288,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"limiter: batched at {LIMIT} (never reached), {time.strftime('%Y-%m-%d')}",
         "",
         "| auth | k | limiter | req/s | vs off (same k) | API CPU us/req | vs off | Redis us/req "
-        "| p50 ms | p99 ms | refused | token reuse |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wrk us/req | p50 ms | p99 ms | refused | token reuse |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         off = next(
@@ -290,6 +299,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {row['auth']} | {row['k']} | {'batched' if row['limiter'] else '-'} | "
             f"{row['rps']:,.0f} | {row['rps'] / off['rps']:.0%} | {row['api_us']:.1f} | "
             f"{row['api_us'] - off['api_us']:+.1f} | {row['redis_us']:.1f} | "
+            f"{row['load_us']:.1f} | "
             f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['refused']} | "
             f"{'yes' if row['wraps'] else 'no'} |"
         )
