@@ -145,16 +145,26 @@ def _one(
             headers=headers,
         ).raise_for_status()
         wrk_tokens(server.url, 2, args.connections, k, "warm", warm)
+        checked = _token_checks(server.url)
         meter = cpu.Meter()
         meter.start()
         result = wrk_tokens(server.url, args.duration, args.connections, k, "run", tokens)
         spent = cpu.per_request(meter.stop(), result["rps"] * args.duration)
+        checks = _token_checks(server.url) - checked
         return {
             **result,
+            "checks_per_token": checks / (result["rps"] * args.duration / k),
             "api_us": spent["api"],
             "redis_us": spent["redis"],
             "load_us": spent["load"],
         }
+
+
+def _token_checks(url: str) -> float:
+    """How many tokens the service's workers have checked (cache misses), from /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r'^boxoffice_token_checks_total\{outcome="verified"\} (\S+)$', text, re.M)
+    return sum(float(value) for value in found)
 
 
 @dataclass(frozen=True)
@@ -273,7 +283,7 @@ def _keys(algorithm: str, home: Path) -> tuple[dict[str, str | None], bytes | No
 
 def _median(variant: Variant, runs: list[dict[str, float]]) -> dict[str, Any]:
     row: dict[str, Any] = {"auth": variant.auth, "k": variant.k, "limiter": variant.limiter}
-    for field in ("rps", "p50_ms", "p99_ms", "api_us", "redis_us", "load_us"):
+    for field in ("rps", "p50_ms", "p99_ms", "api_us", "redis_us", "load_us", "checks_per_token"):
         row[field] = statistics.median(run[field] for run in runs)
     row["refused"] = sum(run["refused"] for run in runs)
     row["wraps"] = sum(run["wraps"] for run in runs)
@@ -288,8 +298,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"limiter: batched at {LIMIT} (never reached), {time.strftime('%Y-%m-%d')}",
         "",
         "| auth | k | limiter | req/s | vs off (same k) | API CPU us/req | vs off | Redis us/req "
-        "| wrk us/req | p50 ms | p99 ms | refused | token reuse |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wrk us/req | checks per token | p50 ms | p99 ms | refused | token reuse |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         off = next(
@@ -300,6 +310,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{row['rps']:,.0f} | {row['rps'] / off['rps']:.0%} | {row['api_us']:.1f} | "
             f"{row['api_us'] - off['api_us']:+.1f} | {row['redis_us']:.1f} | "
             f"{row['load_us']:.1f} | "
+            f"{row['checks_per_token']:.2f} | "
             f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['refused']} | "
             f"{'yes' if row['wraps'] else 'no'} |"
         )

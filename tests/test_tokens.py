@@ -118,6 +118,8 @@ async def test_a_token_is_remembered_for_at_most_a_minute() -> None:
 async def test_a_refused_token_is_remembered_and_not_verified_again() -> None:
     authenticator, seen = _authenticator()
     counting = _Counting(authenticator)
+    checks: list[str] = []
+    authenticator.on_check = checks.append  # (the /metrics counter's feed)
     forged = mint(claims("mallory"), key="another-secret-of-at-least-thirty-two-bytes!")
     for _ in range(3):
         identity = await _identity(authenticator, seen, forged)
@@ -125,6 +127,9 @@ async def test_a_refused_token_is_remembered_and_not_verified_again() -> None:
         assert identity.invalid_token
         assert USER not in seen[-1]
     assert counting.calls == 1
+    for _ in range(2):
+        await _identity(authenticator, seen, mint(claims("alice")))
+    assert checks == ["refused", "verified", "verified"]
 
 
 async def test_the_admin_token_is_never_remembered() -> None:

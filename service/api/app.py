@@ -84,7 +84,11 @@ def build(settings: Settings, lifespan: Any) -> Starlette:
             app = cast("ASGIApp", ProxyHeadersMiddleware(cast("Any", app), trusted_hosts=trusted))
         if settings.auth_mode != "none":
             # Outside the proxy headers: a gateway is judged by the connection's own peer.
-            app = Authenticator(app, settings)
+            authenticator = Authenticator(app, settings)
+            authenticator.on_check = lambda outcome: observability.TOKEN_CHECKS.labels(
+                outcome
+            ).inc()
+            app = authenticator
         return app
 
     return BoxofficeApp(outer, routes=rest, exception_handlers=on_error, lifespan=lifespan)

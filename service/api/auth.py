@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from boxoffice.service.api import problems
@@ -183,6 +184,9 @@ class Authenticator:
         self._user_header = settings.auth_user_header.encode()
         self._roles_header = settings.auth_roles_header.encode()
         self._admin_role = settings.admin_role
+        self.on_check: Callable[[str], None] = lambda outcome: None
+        """Told of every token checked rather than answered from the cache: verified, refused
+        or unavailable."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -216,11 +220,14 @@ class Authenticator:
         try:
             verified = await self.verifier.verify(token.decode("latin-1"), now)
         except TokenRefused as refused:
+            self.on_check("refused")
             identity = Identity(None, None, str(refused), invalid_token=True)
             self.cache.put(authorization, identity, now + min(refused.remember_s, REMEMBER_S))
             return identity
         except KeysUnavailable as error:
+            self.on_check("unavailable")
             return Identity(None, None, str(error), unavailable=True)
+        self.on_check("verified")
         admin = f"jwt:{verified.user}" if verified.admin else None
         identity = Identity(verified.user, admin)
         self.cache.put(authorization, identity, verified.until)

@@ -66,6 +66,12 @@ DEAD_LETTERS = Gauge(
 RATE_LIMITED = Counter(
     "boxoffice_rate_limited_total", "Requests refused by a rate limit", ["policy"]
 )
+TOKEN_CHECKS = Counter(
+    "boxoffice_token_checks_total",
+    "Bearer tokens checked (not answered from the worker's cache): verified, refused, or not "
+    "checked because the key set could not be read",
+    ["outcome"],
+)
 LIMITER_ERRORS = Counter(
     "boxoffice_rate_limiter_errors_total", "Requests let through because the limiter failed"
 )
