@@ -11,6 +11,13 @@ Beside req/s it shows the API processes' CPU per request (`benchmarks/cpu.py`), 
 req/s on a shared machine: the limiter's cost is spent there (and in Redis). Last, without
 servers, what the batched limiter's middleware adds to a request in-process (`--in-process`
 measures only that).
+
+wrk's requests all come from one client (one address), the batched limiter's best case. Its
+worst is every request from a client of its own (a public on-sale, authenticated: each user
+new): `--settle` measures that in-process against Redis, `--clients` new clients admitted once
+each between settles, the worker's and Redis's CPU per client and the script calls per settle.
+(`python -m benchmarks auth --ks 1` measures it end to end: `HS256 k=1 +limiter` against
+`HS256 k=1`.)
 """
 
 from __future__ import annotations
@@ -54,9 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--in-process", action="store_true", help="only the middleware's cost, in this process"
     )
+    parser.add_argument(
+        "--settle", action="store_true", help="only a settle's cost with many clients, in-process"
+    )
+    parser.add_argument("--clients", type=int, default=400, help="new clients per settle")
     args = parser.parse_args(argv)
     if args.in_process:
         _print_middleware_cost()
+        return 0
+    if args.settle:
+        with bench_stores() as stores:
+            asyncio.run(_print_settle_cost(stores.redis_url, args.clients))
         return 0
     variants = ["off", *[v for v in VARIANTS[1:] if v in (args.limiter or VARIANTS)]]
     need_wrk()
@@ -158,4 +173,65 @@ def _print_middleware_cost(requests: int = 200_000, tries: int = 5) -> None:
     print(
         f"In process, best of {tries} x {requests:,} requests: a trivial ASGI app {bare:.2f} µs, "
         f"with the batched limiter {limited:.2f} µs: {limited - bare:+.2f} µs per request"
+    )
+
+
+async def _print_settle_cost(redis_url: str, clients: int, settles: int = 100) -> None:
+    """`settles` settles of one worker's `Tallies`, each after `clients` new clients admitted
+    once: this process's CPU (the admissions, the settle, the transport) and Redis's (INFO
+    cpu, the server's whole process) per client, best of three."""
+    import redis
+    from limits import parse
+
+    from boxoffice.service.address import RedisAddress
+    from boxoffice.service.api.tally import Policy, Tallies
+    from boxoffice.service.store.keys import Keyspace
+    from boxoffice.service.store.transport import PipelinedRedis
+
+    def redis_cpu() -> float:
+        info: dict[str, float] = control.info("cpu")
+        return info["used_cpu_user"] + info["used_cpu_sys"]
+
+    control = redis.Redis.from_url(redis_url)
+    runner = PipelinedRedis(RedisAddress.parse(redis_url))
+    await runner.connect()
+    calls: list[int] = []
+    evalsha = runner.evalsha
+
+    def counted(*call: Any, **named: Any) -> Any:
+        calls.append(1)
+        return evalsha(*call, **named)
+
+    runner.evalsha = counted  # type: ignore[method-assign]
+    policy = Policy.of("writes", parse(LIMIT))
+    keyspace = Keyspace(f"bench-{time.time_ns()}", 16)
+    results: list[tuple[float, float]] = []
+    try:
+        for attempt in range(3):
+            tallies = Tallies(keyspace, runner, [policy], 0.1)
+            await tallies.start()
+            await tallies.close()  # (the script loaded; the settles are driven here)
+            calls.clear()
+            own, server = time.process_time(), redis_cpu()
+            for n in range(settles):
+                for client in range(clients):
+                    tallies.admit(policy, f"u:{attempt}-{n}-{client}")
+                await tallies.settle()
+            spent = clients * settles
+            results.append(
+                (
+                    (time.process_time() - own) / spent * 1e6,
+                    (redis_cpu() - server) / spent * 1e6,
+                )
+            )
+    finally:
+        await runner.close()
+        for key in control.scan_iter(f"{keyspace.prefix}:*", count=1000):
+            control.delete(key)
+        control.close()
+    worker, server = min(results)
+    print(
+        f"Settles of {clients} new clients each ({settles} settles, best of 3): "
+        f"{len(calls) / settles:.1f} script calls per settle; per client "
+        f"{worker:.2f} µs of the worker's CPU, {server:.2f} µs of Redis's"
     )

@@ -6,10 +6,12 @@ exact; then the same in `boxoffice serve --workers 2`, settling on its own timer
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,10 +20,10 @@ from limits import parse
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.api.ratelimit import client_key
-from boxoffice.service.api.tally import Policy, Tallies
+from boxoffice.service.api.tally import PER_CALL, Policy, Tallies
 from boxoffice.service.settings import Settings
-from boxoffice.service.store.keys import Keyspace
-from boxoffice.service.store.transport import PipelinedRedis
+from boxoffice.service.store.keys import RATE_BUCKETS, Keyspace, rate_bucket
+from boxoffice.service.store.transport import Arg, PipelinedRedis
 from testkit.app import assert_problem, client_of, running_app
 from testkit.support import ServedBoxoffice, stores_env, wait_for
 from testkit.tokens import bearer, jwt_settings, token_for
@@ -171,6 +173,95 @@ async def test_the_previous_window_weighs_in_as_it_slides_out(
     assert fresh.admit(policy, CLIENT) is False
 
 
+# -- a settle's calls ---------------------------------------------------------------------------
+
+
+class CountingRunner:
+    """The real runner, its script calls counted (each call's clients: keys / 2)."""
+
+    def __init__(self, runner: PipelinedRedis) -> None:
+        self._runner = runner
+        self.calls: list[int] = []
+
+    def evalsha(
+        self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
+    ) -> Awaitable[Any]:
+        self.calls.append(len(keys) // 2)
+        return self._runner.evalsha(sha, keys, args, read_only)
+
+    def send(self, *args: Arg) -> Awaitable[Any]:
+        return self._runner.send(*args)
+
+
+async def test_a_settle_makes_a_call_per_bucket_whatever_the_number_of_clients(
+    runner: PipelinedRedis, keyspace: Keyspace, redis_client: redis.Redis
+) -> None:
+    """A public on-sale: 1,000 clients admitted once each (twice, for one in ten), settled in
+    at most RATE_BUCKETS calls, each client's count in Redis exactly."""
+    policy = _hourly(5)
+    counting = CountingRunner(runner)
+    worker = Tallies(keyspace, counting, [policy], 0.1, Clock(START + 10))
+    clients = [f"u:fan-{n}" for n in range(1000)]
+    sent = {client: 1 + (n % 10 == 0) for n, client in enumerate(clients)}
+    for client, times in sent.items():
+        assert [worker.admit(policy, client) for _ in range(times)] == [True] * times
+    await worker.settle()
+    assert len(counting.calls) <= RATE_BUCKETS
+    assert sum(counting.calls) == len(clients)
+    for client, times in sent.items():
+        assert redis_client.get(keyspace.rate_count("writes", client, WINDOW)) == str(times)
+    # What Redis answered is each client's own total: another worker's admissions show.
+    other = Tallies(keyspace, runner, [policy], 0.1, Clock(START + 10))
+    assert [other.admit(policy, client) for client in clients[:3]] == [True] * 3
+    await other.settle()
+    calls = len(counting.calls)
+    assert [worker.admit(policy, client) for client in clients[:3]] == [True] * 3
+    await worker.settle()
+    assert len(counting.calls) - calls == len({rate_bucket("writes", c) for c in clients[:3]})
+    assert [worker.admit(policy, clients[0]) for _ in range(3)] == [True, False, False]
+    assert [worker.admit(policy, clients[1]) for _ in range(4)] == [True, True, False, False]
+
+
+async def test_a_bucket_of_more_clients_than_a_call_holds_is_split(
+    runner: PipelinedRedis, keyspace: Keyspace, redis_client: redis.Redis
+) -> None:
+    policy = _hourly(5)
+    counting = CountingRunner(runner)
+    worker = Tallies(keyspace, counting, [policy], 0.1, Clock(START + 10))
+    names = (f"u:{n}" for n in itertools.count())
+    clients = list(itertools.islice((c for c in names if rate_bucket("writes", c) == 3), 700))
+    assert all(worker.admit(policy, client) for client in clients)
+    await worker.settle()
+    assert counting.calls == [PER_CALL, 700 - PER_CALL]
+    assert all(
+        redis_client.get(keyspace.rate_count("writes", client, WINDOW)) == "1" for client in clients
+    )
+
+
+async def test_a_failed_call_fails_its_whole_bucket_and_no_other(
+    runner: PipelinedRedis, keyspace: Keyspace, redis_client: redis.Redis
+) -> None:
+    """A counter Redis cannot add to (here, of the wrong type) fails its call: every client of
+    the bucket passes (fail open) until a settle succeeds, and none of them is counted (the
+    script checks every key before its first write); other buckets settle as ever."""
+    policy = _hourly(5)
+    worker = Tallies(keyspace, runner, [policy], 0.1, Clock(START + 10))
+    names = (f"u:{n}" for n in itertools.count())
+    broken, neighbour = itertools.islice((c for c in names if rate_bucket("writes", c) == 5), 2)
+    elsewhere = next(c for c in names if rate_bucket("writes", c) != 5)
+    redis_client.hset(keyspace.rate_count("writes", broken, WINDOW), "not", "a count")
+    for client in (broken, neighbour, elsewhere):
+        assert worker.admit(policy, client) is True
+    await worker.settle()
+    assert [worker.admit(policy, c) for c in (broken, neighbour, elsewhere)] == [None, None, True]
+    assert redis_client.exists(keyspace.rate_count("writes", neighbour, WINDOW)) == 0
+    assert redis_client.get(keyspace.rate_count("writes", elsewhere, WINDOW)) == "1"
+    redis_client.delete(keyspace.rate_count("writes", broken, WINDOW))
+    await worker.settle()  # (what passed meanwhile is counted, the failed call's is not)
+    assert [worker.admit(policy, c) for c in (broken, neighbour, elsewhere)] == [True] * 3
+    assert redis_client.get(keyspace.rate_count("writes", neighbour, WINDOW)) == "1"
+
+
 # -- through the app ---------------------------------------------------------------------------
 
 
@@ -251,7 +342,7 @@ def test_two_served_workers_stay_within_the_bound(
         BOXOFFICE_WRITE_RATE_LIMIT=f"{limit}/day",
         BOXOFFICE_RATE_LIMIT_SETTLE_MS="20",
     )
-    pattern = f"{keyspace.prefix}:rl:{{writes:a:127.0.0.1}}:*"
+    pattern = keyspace.rate_count("writes", "a:127.0.0.1", 0).removesuffix("0") + "*"
 
     def counted() -> int:
         return sum(int(redis_client.get(key) or 0) for key in redis_client.scan_iter(pattern))

@@ -10,6 +10,7 @@ the snapshot is unchanged; then a good call takes the very next seq.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -18,11 +19,12 @@ import pytest
 import redis
 
 from boxoffice.ledger.records import parse
+from boxoffice.service.api.tally import SETTLE
 from boxoffice.service.booking.engine import MAX_TICKETS, MAX_WAITLIST
 from boxoffice.service.ids import ID_PATTERN
 from boxoffice.service.store.clients import connect_redis
-from boxoffice.service.store.keys import EventKeys, Keyspace
-from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.keys import EventKeys, Keyspace, rate_bucket
+from boxoffice.service.store.scripts import RedisPyRunner, Scripts, evaluate
 from boxoffice.service.store.transport import Arg, ReplyError
 from testkit.state import snapshot
 
@@ -352,3 +354,110 @@ async def test_book_on_a_full_waiting_list_writes_nothing_and_uses_no_seq(
     ]  # fmt: skip
     assert await scripts.call("book", keys.writes, (EVENT, "w2")) == ["waitlisted", 1, 1]
     assert seqs(redis_client, keys) == [1, 2, 3, 4, 5, 6]
+
+
+# -- rate_settle: a bucket of clients in one call ----------------------------------------------
+
+
+@pytest.fixture
+async def settle_runner(redis_url: str) -> AsyncIterator[RedisPyRunner]:
+    connection = await connect_redis(redis_url, 4)
+    runner = RedisPyRunner(connection)
+    await runner.send("SCRIPT", "LOAD", SETTLE.source)
+    yield runner
+    await connection.aclose()
+
+
+def _rate_keys(keyspace: Keyspace, clients: int) -> list[str]:
+    """Previous and current counters of `clients` clients, all in one bucket (one slot)."""
+    found = (c for c in (f"u:{n}" for n in itertools.count()) if rate_bucket("w", c) == 0)
+    pairs = [
+        (keyspace.rate_count("w", client, 9), keyspace.rate_count("w", client, 10))
+        for client in itertools.islice(found, clients)
+    ]
+    return [key for pair in pairs for key in pair]
+
+
+@pytest.mark.parametrize(
+    ("keys_given", "args"),
+    [
+        (0, ()),  # no client at all
+        (2, (5,)),  # an odd number of arguments
+        (2, (5, 60, 5)),
+        (3, (5, 60, 5)),  # an odd number of keys
+        (4, (5, 60)),  # more keys than arguments
+        (2, (5, 60, 5, 60)),  # more arguments than keys
+        *[(4, (5, 60, bad, 60)) for bad in (0, -1, "1.5", "x", "", "05", 1_000_000_001)],
+        *[(4, (5, 60, 5, bad)) for bad in (0, "x", 1_000_000_001)],  # a bad lifetime
+        (1002, (1, 60) * 501),  # more clients than a call may hold
+    ],
+)
+async def test_rate_settle_refuses_bad_arguments_and_changes_nothing(
+    settle_runner: RedisPyRunner,
+    redis_client: redis.Redis,
+    keyspace: Keyspace,
+    keys_given: int,
+    args: tuple[Arg, ...],
+) -> None:
+    """Whichever client is wrong, the first one's count is not written either."""
+    keys = _rate_keys(keyspace, (keys_given + 1) // 2)[:keys_given]
+    if keys:
+        redis_client.set(keys[1 % keys_given], 7)
+    message = await _settle_refused(settle_runner, redis_client, keyspace, keys, args)
+    assert "BADARG" in message
+
+
+@pytest.mark.parametrize("corrupt", ["x", "-1", "1.5", ""])
+async def test_rate_settle_refuses_a_corrupt_count_in_any_client_and_changes_nothing(
+    settle_runner: RedisPyRunner, redis_client: redis.Redis, keyspace: Keyspace, corrupt: str
+) -> None:
+    keys = _rate_keys(keyspace, 3)
+    redis_client.set(keys[1], 4)
+    redis_client.set(keys[5], corrupt)  # the last client's current count
+    message = await _settle_refused(settle_runner, redis_client, keyspace, keys, (1, 60) * 3)
+    assert "CORRUPT" in message
+    redis_client.delete(keys[5])
+    redis_client.hset(keys[4], "not", "a count")  # the last client's previous count
+    await _settle_refused(settle_runner, redis_client, keyspace, keys, (1, 60) * 3)
+    assert redis_client.get(keys[1]) == "4"
+
+
+async def test_rate_settle_takes_its_clients_in_order(
+    settle_runner: RedisPyRunner, redis_client: redis.Redis, keyspace: Keyspace
+) -> None:
+    """A window's leftover, then the next window of the same client (whose previous counter is
+    the leftover's current one), then another client: as three calls in a row would answer."""
+    one_w9, one_w10, two_w9, two_w10 = _rate_keys(keyspace, 2)
+    one_w11 = keyspace.rate_count("w", "u:0", 11)
+    redis_client.set(one_w9, 2)
+    redis_client.set(one_w10, 3)
+    redis_client.set(two_w10, 10)
+    keys = (one_w9, one_w10, one_w10, one_w11, two_w9, two_w10)
+    reply = await evaluate(settle_runner, SETTLE, keys, (4, 60, 5, 70, 1, 80))
+    assert reply == [2, 7, 7, 5, 0, 11]
+    assert [redis_client.get(key) for key in (one_w10, one_w11, two_w10)] == ["7", "5", "11"]
+    assert redis_client.exists(two_w9) == 0  # (only read)
+    assert [redis_client.ttl(key) for key in (one_w10, one_w11, two_w10)] == [60, 70, 80]
+    # 500 clients fit in one call.
+    many = _rate_keys(keyspace, 500)
+    reply = await evaluate(settle_runner, SETTLE, many, (1, 60) * 500)
+    assert len(reply) == 1000
+
+
+async def _settle_refused(
+    runner: RedisPyRunner,
+    client: redis.Redis,
+    keyspace: Keyspace,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+) -> str:
+    """rate_settle must refuse: an error reply, and nothing in the keyspace changed."""
+    before = snapshot(client, keyspace)
+    try:
+        reply = await evaluate(runner, SETTLE, keys, args)
+    except ReplyError as error:
+        refusal = str(error)
+    else:
+        pytest.fail(f"rate_settle{tuple(args)} answered {reply!r} instead of an error")
+    assert snapshot(client, keyspace) == before, f"rate_settle{tuple(args)} changed the keyspace"
+    return refusal

@@ -6,7 +6,8 @@ script call beside every booking; on hot-book that cost about a fifth of the boo
 (benchmarks/README.md). Here a request costs a dictionary lookup and a few additions in the
 worker; Redis hears from each worker once per settle interval `T`
 (`BOXOFFICE_RATE_LIMIT_SETTLE_MS`), in one pipelined write holding one `rate_settle.lua` call
-per client admitted since the last settle, whatever the number of requests.
+per bucket of clients admitted since the last settle, whatever the number of requests or
+clients.
 
 How: each worker keeps, per policy and client key, a `Tally` of the current window: the total
 Redis last answered (`known`, every worker's admissions), what it sent and awaits (`sent`), and
@@ -17,9 +18,11 @@ sliding window counter, as `limits`' default strategy is: a request is admitted 
     previous · (time left in the window / window) + known + sent + unsent + 1 <= limit,
 
 so the double burst a fixed window allows at its edges is smoothed. Every `T` the worker sends
-each dirty tally's `unsent` (INCRBY and EXPIRE of the window's counter, the previous window's
-counter read back, one script, one slot: the keys are hash-tagged by policy and client) and
-takes the replies as its new `known` and `previous`. Refused requests are not counted, as with
+each dirty tally's `unsent` (added to the window's counter, its lifetime renewed, the previous
+window's counter read back) and takes the replies as its new `known` and `previous`. The
+counters are hash-tagged by a bucket of policy and client (`store.keys.rate_bucket`, one of
+`RATE_BUCKETS`), so one script call settles every client of a bucket, in one slot, replying
+each client's two totals in turn. Refused requests are not counted, as with
 `limits`' sliding window counter.
 
 The error bound (on the count compared with the limit: for the sliding window, the weighted
@@ -41,15 +44,22 @@ and never more than W·L (each worker's own admissions stay within L). No reques
 below the limit: a worker's count never exceeds the true one. A client the workers share
 evenly at a total of R requests per second gets through at most about L + R·(T + 2d) per
 window: at T = 100 ms and R = 1,000/s, about 100 more than L. (tests/test_ratelimit.py checks
-the bound with settles driven step by step.)
+the bound with settles driven step by step.) Grouping clients into calls changes none of this:
+the reasoning is per client, and each client's entry in a call is answered with that client's
+own totals, read in the same step as its admissions were added.
 
-Cost: per settle, one script call per client admitted since the last one, all in one write.
-Many requests of few clients (the expensive case for the exact strategies) cost next to
-nothing; at worst, every request from a client of its own, it is a call per request as with
-the exact strategies, but batched and off the request's path.
+Cost: per settle, one script call per bucket holding a client admitted since the last one, all
+in one write: at most `RATE_BUCKETS` (64) calls whatever the number of clients (a bucket of
+more than `PER_CALL` clients takes a call per `PER_CALL`). Many requests of few clients (the
+expensive case for the exact strategies) cost next to nothing. Many clients of few requests
+each (a public on-sale: every request a new user) no longer cost a call each, but each client
+in a call still costs Redis its reads and its write and the worker its keys and totals: with
+400 new clients a settle, about 5 µs of the worker's CPU and 6 to 6.5 µs of Redis's per client,
+against 6.5 to 7 and 7.5 to 10 at a call each (benchmarks/README.md).
 
-Failure: a settle whose call fails (Redis gone, the counter not an integer, out of memory)
-marks that client's tally failed; its requests then pass (fail open, each counted by
+Failure: a settle whose call fails (Redis gone, a counter not an integer, out of memory)
+marks the tally of every client in that call failed (one bad counter fails its bucket, and
+the script then writes none of it); their requests then pass (fail open, each counted by
 `on_error`) until a settle of it succeeds, and the failure is logged at most once a second. The
 admissions of the failed call are dropped (they may or may not have reached Redis: counting
 them again could refuse a client the store never counted). A script the server lost (NOSCRIPT)
@@ -74,12 +84,16 @@ from typing import Any
 
 from limits import RateLimitItem
 
-from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.keys import Keyspace, rate_bucket
 from boxoffice.service.store.scripts import Runner, Script
+from boxoffice.service.store.transport import Arg
 
 log = logging.getLogger("boxoffice.ratelimit")
 
 SETTLE = Script.read("rate_settle")
+PER_CALL = 500
+"""Clients in one settle call at most (the script refuses more): a bucket with more goes in
+several calls, so one call never holds Redis for long (500 clients: some hundreds of µs)."""
 PRUNE_EVERY_S = 1.0
 ERROR_LOG_EVERY_S = 1.0
 CLOSE_S = 1.0
@@ -108,10 +122,12 @@ class Policy:
 class Tally:
     """One client's count under one policy in the current window, as this worker knows it."""
 
-    __slots__ = ("dirty", "failed", "key", "known", "previous", "previous_key", "sent", "ttl",
-                 "unsent", "window")  # fmt: skip
+    __slots__ = ("bucket", "dirty", "failed", "key", "known", "previous", "previous_key", "sent",
+                 "ttl", "unsent", "window")  # fmt: skip
 
-    def __init__(self, window: int, key: str, previous_key: str, ttl: int) -> None:
+    def __init__(self, bucket: int, window: int, key: str, previous_key: str, ttl: int) -> None:
+        self.bucket = bucket
+        """The hash tag of its counters (`store.keys.rate_bucket`): its settle call's."""
         self.window = window
         self.ttl = ttl
         """Seconds a window's counter lives: two windows (it is the next one's previous)."""
@@ -157,8 +173,9 @@ def wait_s(tally: Tally, now: float, policy: Policy) -> float:
     return (span - elapsed) + span * (1 - share)
 
 
-Settled = tuple[Tally, int, int]
-"""A tally in a settle: the window and the admissions the call sent."""
+Entry = tuple[Tally | None, int, str, str, int, int]
+"""A client in a settle's call: its tally (None for a leftover) and the tally's window then,
+the previous and current counters' keys, the admissions sent, the current counter's lifetime."""
 
 
 class Tallies:
@@ -180,9 +197,9 @@ class Tallies:
         self._policies = list(policies)
         self._tallies: dict[str, dict[str, Tally]] = {policy.name: {} for policy in self._policies}
         self._dirty: list[Tally] = []
-        self._leftovers: list[tuple[str, str, int, int]] = []
-        """Admissions of a window that ended before they were sent: (previous key, key, count,
-        lifetime)."""
+        self._leftovers: list[tuple[int, str, str, int, int]] = []
+        """Admissions of a window that ended before they were sent: (bucket, previous key, key,
+        count, lifetime)."""
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._last_error_log = 0.0
@@ -223,11 +240,12 @@ class Tallies:
             self._dirty.append(tally)
 
     def _new(self, policy: Policy, client: str, window: int) -> Tally:
-        keys = self._keyspace
+        keys, bucket = self._keyspace, rate_bucket(policy.name, client)
         return Tally(
+            bucket,
             window,
-            keys.rate_count(policy.name, client, window),
-            keys.rate_count(policy.name, client, window - 1),
+            keys.rate_count(policy.name, client, window, bucket),
+            keys.rate_count(policy.name, client, window - 1, bucket),
             2 * policy.window_s + 1,
         )
 
@@ -236,13 +254,15 @@ class Tallies:
         (until a settle reads the real one); what it never sent is still sent, to its own
         window's counter."""
         if tally.unsent:
-            self._leftovers.append((tally.previous_key, tally.key, tally.unsent, tally.ttl))
+            leftover = (tally.bucket, tally.previous_key, tally.key, tally.unsent, tally.ttl)
+            self._leftovers.append(leftover)
+        keys, bucket = self._keyspace, tally.bucket
         adjacent = window == tally.window + 1
         tally.previous = tally.known + tally.sent + tally.unsent if adjacent else 0
         tally.previous_key = (
-            tally.key if adjacent else self._keyspace.rate_count(policy.name, client, window - 1)
+            tally.key if adjacent else keys.rate_count(policy.name, client, window - 1, bucket)
         )
-        tally.key = self._keyspace.rate_count(policy.name, client, window)
+        tally.key = keys.rate_count(policy.name, client, window, bucket)
         tally.window = window
         tally.known = tally.sent = tally.unsent = 0
 
@@ -250,12 +270,16 @@ class Tallies:
 
     async def settle(self) -> None:
         """Send every admission counted since the last settle, in one pipelined write (a
-        script call per client), and take the totals Redis answers."""
+        script call per bucket of clients, `RATE_BUCKETS` at most unless a bucket holds more
+        than `PER_CALL`), and take the totals Redis answers."""
         dirty, self._dirty = self._dirty, []
         leftovers, self._leftovers = self._leftovers, []
-        # Earlier windows first: a tally's call then reads its previous window whole.
-        calls: list[Awaitable[Any]] = [self._call(*leftover) for leftover in leftovers]
-        settled: list[Settled] = []
+        # Earlier windows first: a tally's entry then reads its previous window whole (a
+        # client's leftover and tally share its bucket, so one call, or calls sent in order).
+        buckets: dict[int, list[Entry]] = {}
+        for bucket, previous_key, key, count, ttl in leftovers:
+            entry: Entry = (None, 0, previous_key, key, count, ttl)
+            buckets.setdefault(bucket, []).append(entry)
         for tally in dirty:
             tally.dirty = False
             count = tally.unsent
@@ -263,42 +287,59 @@ class Tallies:
                 continue
             tally.unsent = 0
             tally.sent += count
-            settled.append((tally, tally.window, count))
-            calls.append(self._call(tally.previous_key, tally.key, count, tally.ttl))
-        if calls:
-            replies = await asyncio.gather(*calls, return_exceptions=True)
-            self._take(settled, replies[len(leftovers) :])
-            lost = [
-                leftover
-                for leftover, reply in zip(leftovers, replies, strict=False)
-                if _noscript(reply)
-            ]
-            self._leftovers.extend(lost)
-            if any(_noscript(reply) for reply in replies):
-                with contextlib.suppress(Exception):
-                    await self._runner.send("SCRIPT", "LOAD", SETTLE.source)
-            failures = [reply for reply in replies if isinstance(reply, BaseException)]
-            failures = [reply for reply in failures if not _noscript(reply)]
-            if failures:
-                self._log_failure(failures[0])
+            entry = (tally, tally.window, tally.previous_key, tally.key, count, tally.ttl)
+            buckets.setdefault(tally.bucket, []).append(entry)
+        if not buckets:
+            self._prune()
+            return
+        batches: list[tuple[int, list[Entry]]] = []
+        calls: list[Awaitable[Any]] = []
+        for bucket, entries in buckets.items():
+            for start in range(0, len(entries), PER_CALL):
+                batch = entries[start : start + PER_CALL]
+                batches.append((bucket, batch))
+                calls.append(self._call(batch))
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        for (bucket, batch), reply in zip(batches, replies, strict=True):
+            self._take(bucket, batch, reply)
+        if any(_noscript(reply) for reply in replies):
+            with contextlib.suppress(Exception):
+                await self._runner.send("SCRIPT", "LOAD", SETTLE.source)
+        failures = [reply for reply in replies if isinstance(reply, BaseException)]
+        failures = [reply for reply in failures if not _noscript(reply)]
+        if failures:
+            self._log_failure(failures[0])
         self._prune()
 
-    def _call(self, previous_key: str, key: str, count: int, ttl: int) -> Awaitable[Any]:
-        """The script call, queued now (a future), or its failure."""
+    def _call(self, batch: list[Entry]) -> Awaitable[Any]:
+        """One script call for a batch of one bucket's clients, queued now (a future), or its
+        failure."""
+        keys: list[str] = []
+        args: list[Arg] = []
+        for _, _, previous_key, key, count, ttl in batch:
+            keys += (previous_key, key)
+            args += (count, ttl)
         try:
-            return self._runner.evalsha(SETTLE.sha, (previous_key, key), (count, ttl))
+            return self._runner.evalsha(SETTLE.sha, keys, args)
         except Exception as error:  # not connected, too many calls in flight
             failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             failed.set_exception(error)
             return failed
 
-    def _take(self, settled: list[Settled], replies: list[Any]) -> None:
-        for (tally, window, count), reply in zip(settled, replies, strict=True):
+    def _take(self, bucket: int, batch: list[Entry], reply: Any) -> None:
+        """Each client's totals from a call's reply; a failed call fails each of its tallies
+        (NOSCRIPT: it never ran, so everything in it goes out again next time)."""
+        noscript = _noscript(reply)
+        for i, (tally, window, previous_key, key, count, ttl) in enumerate(batch):
+            if tally is None:  # a leftover: nothing waits for its totals
+                if noscript:
+                    self._leftovers.append((bucket, previous_key, key, count, ttl))
+                continue
             if tally.window != window:
                 continue  # it moved on meanwhile; the count is in its previous total
             tally.sent -= count
             if isinstance(reply, BaseException):
-                if _noscript(reply):  # never ran: send it again next time
+                if noscript:  # never ran: send it again next time
                     tally.unsent += count
                     if not tally.dirty:
                         tally.dirty = True
@@ -306,7 +347,7 @@ class Tallies:
                 else:
                     tally.failed = True
                 continue
-            tally.previous, tally.known = int(reply[0]), int(reply[1])
+            tally.previous, tally.known = int(reply[2 * i]), int(reply[2 * i + 1])
             tally.failed = False
 
     def _log_failure(self, error: BaseException) -> None:

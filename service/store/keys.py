@@ -15,11 +15,13 @@ event's outbox partition, so every script call touches a single cluster slot:
     <prefix>:partitions                    string  the partition count this keyspace was made with
     <prefix>:quarantine                    hash    "<stream>/<stream id>" -> eventId ("" for none)
                                                    of records the ledger quarantined, unreleased
-    <prefix>:rl:{<policy>:<client>}:<window>
+    <prefix>:rl:{rl<bucket>}:<policy>:<client>:<window>
                                            string  a client's admissions in one rate-limit window
-                                                   (`service.api.tally`); policy and client are
-                                                   the hash tag, so a window and the one before
-                                                   it share a slot
+                                                   (`service.api.tally`); the hash tag is the
+                                                   bucket of policy and client (one of
+                                                   RATE_BUCKETS), so a window and the one before
+                                                   it, and all the clients of a bucket, share a
+                                                   slot: a settle is a script call per bucket
     <prefix>:rl:...                        limits' own counters (the exact strategies)
 
 Event ids never contain braces (see `service.ids.ID_PATTERN`), so the first `{...}` of a
@@ -31,6 +33,20 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass
+
+RATE_BUCKETS = 64
+"""Hash tags the rate limiter's counters are spread over. A settle sends one script call per
+bucket holding a client admitted since the last one, so at most this many calls whatever the
+number of clients: few enough that a settle stays a handful of calls (a public on-sale, every
+request a new user, was a call per request with a tag per client). Enough that the counters,
+and a settle's calls with them, still spread over a cluster's primaries: 64 tags land on 64
+slots as good as drawn at random, about six a primary on a cluster of ten."""
+
+
+def rate_bucket(policy: str, client: str) -> int:
+    """The bucket of a client's counters under `policy`: stable across workers, instances
+    and restarts (CRC-32, not Python's salted `hash`), so all of them count in the same keys."""
+    return zlib.crc32(f"{policy}:{client}".encode()) % RATE_BUCKETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +134,15 @@ class Keyspace:
         """The prefix of the rate limiter's counters (`limits` appends its own keys)."""
         return f"{self.prefix}:rl"
 
-    def rate_count(self, policy: str, client: str, window: int) -> str:
+    def rate_count(self, policy: str, client: str, window: int, bucket: int | None = None) -> str:
         """A client's admissions under `policy` in window number `window` (seconds since the
-        epoch over the window's length). Policy and client form the hash tag: the settle
-        script reads the previous window's count with the current one, in one slot, and the
-        clients spread over the slots."""
-        return f"{self.prefix}:rl:{{{policy}:{client}}}:{window}"
+        epoch over the window's length). The hash tag is the bucket of policy and client
+        (`rate_bucket`): the settle script adds up a whole bucket of clients in one call, in
+        one slot, reading each previous window's count with the current one. `bucket`, when
+        given, is `rate_bucket(policy, client)` worked out already."""
+        if bucket is None:
+            bucket = rate_bucket(policy, client)
+        return f"{self.prefix}:rl:{{rl{bucket}}}:{policy}:{client}:{window}"
 
     def event_id_of(self, meta_key: str) -> str:
         """The event id inside a meta key."""
