@@ -168,6 +168,8 @@ class KeySetServer:
         self._lock = threading.Lock()
         self._body = b""
         self._gets = 0
+        self.delay_s = 0.0
+        """How long each GET takes to answer (a slow issuer)."""
         self.publish(*pairs)
         owner = self
 
@@ -176,6 +178,7 @@ class KeySetServer:
                 with owner._lock:
                     owner._gets += 1
                     body = owner._body
+                time.sleep(owner.delay_s)  # counted as begun, answered later
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

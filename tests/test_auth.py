@@ -498,6 +498,30 @@ async def test_hs256_keyed_with_the_public_key_is_refused_when_only_keys_are_acc
 REFRESH_S = 1.0
 
 
+async def test_tokens_arriving_while_the_key_set_is_first_read_wait_for_that_read(
+    opened: Opened, settings: Settings, key_set: KeySetServer, keys: Keys
+) -> None:
+    """A worker's first tokens arrive together; the key set is read once, and every one of
+    them is checked against what that read brings (none refused for a kid not yet known)."""
+    key_set.delay_s = 0.3  # a slow issuer: the others arrive while the read is on its way
+    async with opened(jwt_mode(settings, key_set)) as app:
+        event = new_event()
+        made = await app.post("/initialize", {"eventId": event, "totalTickets": 100}, ADMIN)
+        assert made.status_code == 201
+        tokens = [bearer(token_for(f"fan-{i}", keys.rsa)) for i in range(20)]
+        first = asyncio.create_task(app.post("/book", {"eventId": event}, tokens[0]))
+        deadline = time.monotonic() + 5
+        while key_set.gets == 0:  # the first token's read of the key set is under way
+            assert time.monotonic() < deadline, "the key set was never read"
+            await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(app.post("/book", {"eventId": event}, token))
+                for token in tokens[1:]]  # fmt: skip
+        answers = [await first, *await asyncio.gather(*rest)]
+        assert [answer.status_code for answer in answers] == [201] * 20, answers[-1].text
+        assert key_set.gets == 1
+        assert (await app.http.get(f"/status/{event}")).json()["bookedCount"] == 20
+
+
 async def test_an_unknown_kid_is_fetched_once_per_interval_and_a_new_key_is_taken_up(
     opened: Opened, settings: Settings, key_set: KeySetServer, keys: Keys
 ) -> None:
@@ -589,6 +613,9 @@ async def test_an_unreadable_key_set_is_a_503_not_a_401(
         assert unavailable.headers["retry-after"]
         assert nowhere not in unavailable.text  # (the reason goes to the log)
         assert "Nothing was changed" in unavailable.json()["detail"]
+        # Until a read succeeds, no token of the key set is refused as unknown either:
+        again = await app.post("/book", {"eventId": event}, bearer(token_for("carol", keys.rsa)))
+        assert_problem(again, 503, "service-unavailable")
         assert (await app.http.get(f"/status/{event}")).json()["bookedCount"] == 0
         booked = await app.post("/book", {"eventId": event}, bearer(token_for("bob")))
         assert booked.status_code == 201

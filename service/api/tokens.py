@@ -111,11 +111,18 @@ class KeySet:
 
     async def key(self, kid: str | None, algorithm: str) -> jwt.PyJWK:
         """The key `kid` names, for `algorithm`. Raises TokenRefused when there is no such key
-        (after one read of the key set, when allowed) or it is not a key for `algorithm`."""
-        now = time.monotonic()
-        age = now - self._read_at
-        if age > self._max_age_s or (kid not in self._keys and age > self._refresh_s):
-            await self._read()
+        (after one read of the key set, when allowed) or it is not a key for `algorithm`;
+        KeysUnavailable while no read of the key set has succeeded."""
+        age = time.monotonic() - self._read_at
+        if kid in self._keys:
+            if age > self._max_age_s:
+                self._reading_task()  # read again in the background; this token is known
+        elif self._reading is not None or age > self._refresh_s:
+            # The first read, a read under way (what it brings, not what came before), or an
+            # unknown kid once the interval has passed.
+            await asyncio.shield(self._reading_task())
+        elif not self._keys:  # never read: the token cannot be checked (503), nor refused
+            raise KeysUnavailable("The keys that verify tokens cannot be read now.")
         jwk = self._keys.get(kid)
         if jwk is None:
             # Not for longer than until the set may be read again: the key may be added.
@@ -135,15 +142,17 @@ class KeySet:
             self._parsed[(kid, algorithm)] = parsed
         return parsed
 
-    async def _read(self) -> None:
+    def _reading_task(self) -> asyncio.Task[None]:
+        """The read under way, or a new one: concurrent requests share it."""
         if self._reading is None:
             self._reading = asyncio.create_task(self._fetch())
-        reading = self._reading
-        try:
-            await asyncio.shield(reading)
-        finally:
-            if reading.done():
-                self._reading = None
+            self._reading.add_done_callback(self._read_done)
+        return self._reading
+
+    def _read_done(self, task: asyncio.Task[None]) -> None:
+        self._reading = None
+        if not task.cancelled():
+            task.exception()  # (retrieved: a background read's failure is logged by _fetch)
 
     async def _fetch(self) -> None:
         self._read_at = time.monotonic()  # failed reads count against the bound too
