@@ -90,23 +90,22 @@ def unauthorized(identity: Identity, what: str) -> Exception:
     return ProblemRaised(problems.UNAUTHORIZED, detail, headers=_challenge(identity))
 
 
-def acting_user(scope: Scope, claimed: str | None) -> str:
-    """The user a booking or cancel acts for: the body's `userId` when nobody is identified
-    (BOXOFFICE_AUTH=none), else the authenticated user, which the body may repeat but not
-    contradict (403, nothing changed)."""
-    identity: Identity | None = scope.get(IDENTITY)
-    if identity is None:
-        assert claimed is not None  # the `none` mode's body requires it
-        return claimed
-    user = identity.user
-    if user is None:
+def booking_user(identity: Identity) -> str:
+    """The user a booking or cancel acts for, with users authenticated: the identity's, or a
+    401 (before anything of the request is read)."""
+    if identity.user is None:
         raise unauthorized(identity, "Booking and cancelling")
+    return identity.user
+
+
+def check_claim(user: str, claimed: str | None) -> None:
+    """A body's `userId` may repeat the authenticated user, not contradict it (403, nothing
+    changed)."""
     if claimed is not None and claimed != user:
         raise ProblemRaised(
             problems.FORBIDDEN,
             "The body's userId is not the authenticated user; leave it out or send your own.",
         )
-    return user
 
 
 def check_reader(scope: Scope, user: str) -> None:

@@ -146,10 +146,10 @@ async def _booking(scope: Scope, receive: Receive) -> tuple[str, str]:
     if identity is None:  # BOXOFFICE_AUTH=none: the body names the user
         body = await _BOOKING.read(scope, receive)
         return body.event_id, body.user_id
-    if identity.user is None:  # refused before the body is read
-        raise auth.unauthorized(identity, "Booking and cancelling")
+    user = auth.booking_user(identity)  # a 401 comes before the body is read
     own = await _OWN_BOOKING.read(scope, receive)
-    return own.event_id, auth.acting_user(scope, own.user_id)
+    auth.check_claim(user, own.user_id)
+    return own.event_id, user
 
 
 async def book(
