@@ -156,13 +156,16 @@ def test_compose_requires_the_token_and_the_image_sets_none() -> None:
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
                                  check=False).returncode == 0:  # fmt: skip
-        unset = subprocess.run(
-            [docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
-            env=child_env(BOXOFFICE_ADMIN_TOKEN=None), capture_output=True, text=True,
-            check=False,
-        )  # fmt: skip
-        assert unset.returncode != 0
-        assert "BOXOFFICE_ADMIN_TOKEN" in unset.stderr
+        required = {"BOXOFFICE_ADMIN_TOKEN": "t" * 32, "BOXOFFICE_AUTH": "jwt"}
+        for missing in required:  # each one missing, the other set, stops compose
+            present = {name: value for name, value in required.items() if name != missing}
+            unset = subprocess.run(
+                [docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+                env=child_env(**{missing: None}, **present), capture_output=True, text=True,
+                check=False,
+            )  # fmt: skip
+            assert unset.returncode != 0
+            assert missing in unset.stderr
 
 
 # -- the store's eviction policy ------------------------------------------------------------
