@@ -9,7 +9,9 @@ keys in Redis and what the API says of it and its users are exactly as before.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
+import json
 import logging
 import time
 import uuid
@@ -496,6 +498,24 @@ async def test_hs256_keyed_with_the_public_key_is_refused_when_only_keys_are_acc
 
 
 REFRESH_S = 1.0
+
+
+@pytest.mark.parametrize("alg", ["€", 'HS256"\r\nX-Evil: 1', "\\" * 600])
+async def test_a_token_saying_anything_as_its_alg_is_a_401_with_a_sound_challenge(
+    opened: Opened, settings: Settings, alg: str
+) -> None:
+    """The refusal quotes the token's alg: anyone's text, which must neither break the
+    response header (it was a 500 for a character outside latin-1) nor inject into it."""
+    header = base64.urlsafe_b64encode(json.dumps({"alg": alg}).encode()).rstrip(b"=").decode()
+    token = f"{header}.{base64.urlsafe_b64encode(b'{}').rstrip(b'=').decode()}.c2ln"
+    async with opened(jwt_settings(settings)) as app:
+        answer = await app.post("/book", {"eventId": new_event()}, bearer(token))
+        assert_unauthorized(answer, token)
+        challenge = answer.headers["www-authenticate"]
+        description = challenge.split('error_description="', 1)[1].removesuffix('"')
+        assert all(" " <= c <= "~" and c not in '"\\' for c in description), challenge
+        assert "x-evil" not in answer.headers
+        assert len(answer.json()["detail"]) < 200
 
 
 async def test_tokens_arriving_while_the_key_set_is_first_read_wait_for_that_read(

@@ -74,7 +74,10 @@ _CHALLENGE = 'Bearer realm="boxoffice"'
 def _challenge(identity: Identity) -> dict[str, str]:
     if not identity.invalid_token or identity.refused is None:
         return {"WWW-Authenticate": _CHALLENGE}
-    description = identity.refused.replace('"', "'")
+    # RFC 6750's error_description: printable ASCII without `"` and `\`. The reason may quote
+    # what the token said (its alg), which is anyone's text: it must not break the header.
+    refused = identity.refused
+    description = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in refused)
     return {
         "WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token", '
         f'error_description="{description}"'

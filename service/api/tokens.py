@@ -248,7 +248,8 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.algorithms:
             accepted = ", ".join(sorted(self.algorithms))
-            raise TokenRefused(f"The token's algorithm {algorithm!r} is not accepted ({accepted}).")
+            shown = repr(algorithm)[:40]  # (the token's own text: quoted, and not all of it)
+            raise TokenRefused(f"The token's algorithm {shown} is not accepted ({accepted}).")
         key: Any
         if algorithm.startswith("HS"):
             key = self._secret
