@@ -199,6 +199,16 @@ def _stacks(pid: int) -> str:
     return "\n".join(dumps)
 
 
+def one_line_refusal(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a command that refused to start printed: exit code 2, nothing on stdout,
+    exactly one line on stderr."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
 def serve_refusing(*args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
     """`boxoffice serve` that is expected to refuse (on this checkout, without a `.env`, with
     `env` applied): it must exit on its own, quickly. If it starts instead, its whole process

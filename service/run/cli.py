@@ -212,6 +212,17 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _public(settings: Settings, host: str) -> str | None:
+    """Where a bind beyond this machine is, as a refusal says it: a host name, any address but
+    loopback, or loopback behind a trusted proxy (which makes it public). None: a loopback bind
+    only this machine reaches, where the zero-setup demo may run open."""
+    if not _loopback(host):
+        return f"on {host or 'every address'}, which is not loopback"
+    if settings.trusted_proxies:
+        return "behind BOXOFFICE_TRUSTED_PROXIES (a local proxy makes a loopback bind public)"
+    return None
+
+
 def auth_line(settings: Settings, host: str) -> str:
     """Who the users are, for the banner. With BOXOFFICE_AUTH unset, the body's `userId` is
     believed (mode none): the zero-setup demo on a loopback bind, refused anywhere else unless
@@ -234,16 +245,12 @@ def auth_line(settings: Settings, host: str) -> str:
             "NOT authenticated: anyone may book, cancel and read as any userId "
             "(BOXOFFICE_AUTH=none)"
         )
-    if _loopback(host) and not settings.trusted_proxies:
+    where = _public(settings, host)
+    if where is None:
         return (
             "not authenticated: the body's userId is believed (BOXOFFICE_AUTH unset, loopback): "
             "a demo on this machine"
         )
-    where = (
-        "behind BOXOFFICE_TRUSTED_PROXIES (a local proxy makes a loopback bind public)"
-        if _loopback(host)
-        else f"on {host or 'every address'}, which is not loopback"
-    )
     raise ConfigurationError(
         f"refusing to let anyone book and cancel as any user {where}: set BOXOFFICE_AUTH=jwt "
         "or gateway (README: Security model), or BOXOFFICE_AUTH=none to do so on purpose"
@@ -265,16 +272,12 @@ def admin_line(settings: Settings, host: str) -> str:
             f"OPEN to anyone who can reach {host}: POST /initialize needs no token "
             "(BOXOFFICE_ADMIN_OPEN=true)"
         )
-    if _loopback(host) and not settings.trusted_proxies:
+    where = _public(settings, host)
+    if where is None:
         return (
             f"open to anyone who can reach {host} (loopback, no BOXOFFICE_ADMIN_TOKEN): "
             "a demo on this machine"
         )
-    where = (
-        "behind BOXOFFICE_TRUSTED_PROXIES (a local proxy makes a loopback bind public)"
-        if _loopback(host)
-        else f"on {host or 'every address'}, which is not loopback"
-    )
     raise ConfigurationError(
         f"refusing to serve POST /initialize to anyone {where}: set "
         "BOXOFFICE_ADMIN_TOKEN=<a long random secret, e.g. `openssl rand -hex 32`> "
