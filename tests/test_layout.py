@@ -1,6 +1,7 @@
 """The keyspace records its layout (version, partition count): a process started against a
 keyspace of another layout refuses with one line; a keyspace made before the record (only
-`<prefix>:partitions`) is layout 1."""
+`<prefix>:partitions`) is layout 1, which this release (layout 2: new hash tags) refuses with
+the way across; the hash tags of layout 2 spread the partitions evenly over the slots."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import redis
 
 from boxoffice.service.errors import ConfigurationError
 from boxoffice.service.run.app import create_app
+from boxoffice.service.run.cluster import slot_ranges
 from boxoffice.service.settings import Settings
-from boxoffice.service.store.keys import Keyspace
+from boxoffice.service.store.keys import SLOTS, Keyspace, key_slot
 from boxoffice.service.store.layout import LAYOUT
 from testkit.support import boxoffice, run_cli, stores_env
 
@@ -37,26 +39,43 @@ async def test_a_new_keyspace_records_its_layout(
     assert redis_client.get(keyspace.layout_key) is None
     await start_api(settings)
     assert layout(redis_client, keyspace) == {"version": LAYOUT, "partitions": 16}
-    # Processes of the release before the layout record read the count alone.
-    assert redis_client.get(keyspace.partitions_key) == "16"
+    # Not written any more: the release before the layout record read the count alone, and
+    # would have used layout 1's hash tags.
+    assert redis_client.get(keyspace.partitions_key) is None
     await start_api(settings)  # the second process agrees
 
 
-async def test_a_keyspace_from_before_the_layout_record_is_layout_1(
-    settings: Settings, redis_client: redis.Redis, keyspace: Keyspace
+@pytest.mark.parametrize("count", [16, 8])
+async def test_a_keyspace_from_before_the_layout_record_is_layout_1_and_refused(
+    settings: Settings, redis_client: redis.Redis, keyspace: Keyspace, count: int
 ) -> None:
-    redis_client.set(keyspace.partitions_key, 16)  # all that the previous release recorded
-    await start_api(settings)
-    assert layout(redis_client, keyspace) == {"version": 1, "partitions": 16}
-
-
-async def test_a_keyspace_from_before_the_layout_record_keeps_its_partition_count(
-    settings: Settings, redis_client: redis.Redis, keyspace: Keyspace
-) -> None:
-    redis_client.set(keyspace.partitions_key, 8)
-    with pytest.raises(ConfigurationError, match=r"BOXOFFICE_PARTITIONS=16.*created with 8"):
+    redis_client.set(keyspace.partitions_key, count)  # all that the previous release recorded
+    with pytest.raises(ConfigurationError) as refused:
         await start_api(settings)
-    assert layout(redis_client, keyspace) == {"version": 1, "partitions": 8}
+    assert f"has layout 1, this boxoffice reads layout {LAYOUT}" in refused.value.message
+    assert "restore it from the ledger into a new BOXOFFICE_KEY_PREFIX" in refused.value.message
+    assert layout(redis_client, keyspace) == {"version": 1, "partitions": count}
+
+
+def test_partition_tags_spread_evenly_over_the_slots_and_the_primaries() -> None:
+    for partitions in (1, 3, 16, 24, 256, 1024):
+        slots = [key_slot(Keyspace("bo", partitions).tag(p)) for p in range(partitions)]
+        share = SLOTS / partitions
+        # Each partition's tag lies on (or next to) the middle of its own share of the slots.
+        assert all(abs(slot - (p + 0.5) * share) <= 1 for p, slot in enumerate(slots)), partitions
+        for primaries in (2, 3, 6):
+            if partitions < primaries:
+                continue
+            owners = [
+                sum(1 for slot in slots if first <= slot <= last)
+                for first, last in slot_ranges(primaries)
+            ]
+            assert max(owners) - min(owners) <= 1, (partitions, primaries, owners)
+    # Every key of an event, and its partition's outbox and epoch, share one slot.
+    keyspace = Keyspace("bo", 16)
+    keys = keyspace.event("E1")
+    assert len({key_slot(key) for key in keys.writes}) == 1
+    assert Keyspace("bo", 16).tag(0) == "{p00.19i}"  # the mapping is part of layout 2
 
 
 @pytest.mark.parametrize(
@@ -100,7 +119,7 @@ async def test_the_api_refuses_another_layout_with_one_line(
         ({"version": LAYOUT + 1, "partitions": 16}, f"has layout {LAYOUT + 1}, this boxoffice"),
         ({"version": LAYOUT, "partitions": 8}, "BOXOFFICE_PARTITIONS=16, but the keyspace"),
         # Made by the release before the layout record: layout 1 with 8 partitions.
-        ({"legacy": 8}, "BOXOFFICE_PARTITIONS=16, but the keyspace"),
+        ({"legacy": 8}, "has layout 1, this boxoffice"),
     ],
 )
 def test_every_command_refuses_another_layout_with_one_line(

@@ -191,7 +191,7 @@ def _is_empty(dir_fd: int) -> bool:
         return next(entries, None) is None
 
 
-def _new_secret() -> str:
+def new_secret() -> str:
     return secrets.token_urlsafe(24)  # URL-safe: it goes into redis:// and postgresql:// as is
 
 
@@ -586,7 +586,7 @@ class EmbeddedValkey(ChildServer):
             home,
             self.config,
             "# Written by boxoffice when it made this directory; read by valkey-server only.\n"
-            f"requirepass {_new_secret()}\n",
+            f"requirepass {new_secret()}\n",
         )
 
     def _read_password(self, home: int) -> str:
@@ -671,7 +671,7 @@ class EmbeddedPostgres(ChildServer):
         return super()._open_home(create=create)
 
     def _create(self, home: int) -> None:
-        write_new(home, self.pwfile, f"{_new_secret()}\n", 0o600, self._user)
+        write_new(home, self.pwfile, f"{new_secret()}\n", 0o600, self._user)
 
     def _read_password(self, home: int) -> str:
         return read_file(home, self.pwfile).strip()

@@ -31,8 +31,71 @@ key is always the partition tag.
 from __future__ import annotations
 
 import functools
+import itertools
 import zlib
+from binascii import crc_hqx
 from dataclasses import dataclass
+
+SLOTS = 16_384
+"""Redis Cluster's hash slots: a key's slot is CRC16 (XMODEM) of its hash tag, modulo this."""
+
+
+def key_slot(key: str | bytes) -> int:
+    """The cluster slot of a key, as Redis computes it: CRC16 of the first non-empty `{...}`
+    of the key, or of the whole key if it has none."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return crc_hqx(data, 0) % SLOTS
+
+
+_SUFFIX_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@functools.cache
+def _suffixes() -> dict[int, str]:
+    """Three-character suffixes by their CRC16's low 14 bits (about 94% of the 16,384 values
+    are reached; the first suffix found for each is kept). Built once: 46,656 CRCs."""
+    table: dict[int, str] = {}
+    for chars in itertools.product(_SUFFIX_ALPHABET, repeat=3):
+        suffix = "".join(chars)
+        table.setdefault(crc_hqx(suffix.encode(), 0) % SLOTS, suffix)
+    return table
+
+
+@functools.lru_cache(maxsize=16)
+def partition_tags(partitions: int) -> tuple[str, ...]:
+    """Each partition's hash tag (without braces): `p<NN>.<xyz>`, where the suffix puts the
+    tag on the slot nearest the middle of the partition's share of the 16,384 slots (partition
+    p of P owns the p-th of P equal slot ranges). A cluster made the standard way (N primaries,
+    N equal slot ranges) then holds P/N partitions on each primary, give or take one.
+
+    The suffix is found, not searched for: CRC16 with a zero start is linear, so
+    crc(base + suffix) = crc(base + three zero bytes) XOR crc(suffix), and the suffix whose CRC
+    completes the wanted slot is read from a table (`_suffixes`)."""
+    table = _suffixes()
+    tags: list[str] = []
+    for partition in range(partitions):
+        base = f"p{partition:02d}."
+        offset = crc_hqx(base.encode() + b"\0\0\0", 0) % SLOTS
+        middle = (2 * partition + 1) * SLOTS // (2 * partitions)
+        for distance in itertools.count():
+            found = next(
+                (
+                    table[target ^ offset]
+                    for target in (middle - distance, middle + distance)
+                    if 0 <= target < SLOTS and target ^ offset in table
+                ),
+                None,
+            )
+            if found is not None:
+                tags.append(base + found)
+                break
+    return tuple(tags)
+
 
 RATE_BUCKETS = 64
 """Hash tags the rate limiter's counters are spread over. A settle sends one script call per
@@ -65,7 +128,7 @@ class EventKeys:
 @functools.lru_cache(maxsize=65_536)
 def _event_keys(prefix: str, partitions: int, event_id: str, kind: str = "ev") -> EventKeys:
     """An event's keys, built once: hot events are asked for on every request."""
-    tag = f"{{p{zlib.crc32(event_id.encode()) % partitions:02d}}}"
+    tag = "{" + partition_tags(partitions)[zlib.crc32(event_id.encode()) % partitions] + "}"
     base = f"{prefix}:{tag}:{kind}:{event_id}:"
     meta, holders, waitlist = base + "meta", base + "holders", base + "waitlist"
     outbox, epoch = f"{prefix}:{tag}:outbox", f"{prefix}:{tag}:epoch"
@@ -91,7 +154,12 @@ class Keyspace:
         return zlib.crc32(event_id.encode()) % self.partitions
 
     def tag(self, partition: int) -> str:
-        return f"{{p{partition:02d}}}"
+        """The partition's hash tag, braces included (`partition_tags`)."""
+        return "{" + partition_tags(self.partitions)[partition] + "}"
+
+    def slot(self, partition: int) -> int:
+        """The cluster slot of every key of the partition."""
+        return key_slot(self.tag(partition))
 
     def outbox(self, partition: int) -> str:
         return f"{self.prefix}:{self.tag(partition)}:outbox"

@@ -8,6 +8,11 @@ workers, `serve`, the writer, `reconcile`, `release`, `restore`) refuses, with o
 against a keyspace of another layout. A keyspace made before the record existed has only
 `<prefix>:partitions`: it is layout 1 with that partition count, and gets its record.
 
+Layout 2 changed the hash tags: `{pNN}` became `{pNN.xyz}`, each partition's tag chosen to
+land on its own share of the cluster's slots (`service.store.keys.partition_tags`), so the
+partitions spread evenly over a cluster's primaries. A layout 1 keyspace is refused with the
+way across (README, "Upgrading"): restore it from the ledger into a new key prefix.
+
 Raise `LAYOUT` when a release changes a key's shape, its hash tag or where an event lives; the
 README ("Upgrading") says how such a release is rolled out.
 """
@@ -21,9 +26,10 @@ from redis.asyncio import Redis
 from boxoffice.service.errors import ConfigurationError
 from boxoffice.service.store.keys import Keyspace
 
-LAYOUT = 1
-"""The layout this code reads and writes: `<prefix>:{pNN}:ev:<id>:<part>` and
-`<prefix>:{pNN}:outbox`, with the partition of an event from `service.store.keys`."""
+LAYOUT = 2
+"""The layout this code reads and writes: `<prefix>:{pNN.xyz}:ev:<id>:<part>` and
+`<prefix>:{pNN.xyz}:outbox`, with the partition of an event and its tag from
+`service.store.keys`."""
 
 
 async def claim_layout(redis: Redis, keyspace: Keyspace) -> None:
@@ -31,21 +37,26 @@ async def claim_layout(redis: Redis, keyspace: Keyspace) -> None:
     line) if it has another. Two round trips when the record exists (start-up only)."""
     recorded = await redis.get(keyspace.layout_key)
     if recorded is None:
+        # A keyspace with only the partition count was made before the layout record existed:
+        # layout 1. The count is no longer written: a process of that release would read it
+        # and use layout 1's tags.
         legacy = await redis.get(keyspace.partitions_key)
-        partitions = keyspace.partitions if legacy is None else _count(keyspace, str(legacy))
-        layout = json.dumps({"version": LAYOUT, "partitions": partitions}, separators=(",", ":"))
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.set(keyspace.layout_key, layout, nx=True)
-            # Processes of the release before the layout record read only the count.
-            pipe.set(keyspace.partitions_key, partitions, nx=True)
-            pipe.get(keyspace.layout_key)
-            recorded = (await pipe.execute())[-1]
+        if legacy is None:
+            version, partitions = LAYOUT, keyspace.partitions
+        else:
+            version, partitions = 1, _count(keyspace, str(legacy))
+        layout = json.dumps({"version": version, "partitions": partitions}, separators=(",", ":"))
+        # SET NX, then GET: two commands on one key (one slot, on a cluster too); a process
+        # racing this one records the same or is refused by what this one recorded.
+        await redis.set(keyspace.layout_key, layout, nx=True)
+        recorded = await redis.get(keyspace.layout_key)
     version, partitions = _read(keyspace, str(recorded))
     if version != LAYOUT:
         raise ConfigurationError(
             f"the keyspace {keyspace.prefix!r} has layout {version}, this boxoffice reads "
             f"layout {LAYOUT} (key shapes, hash tags, partitions): run a release that reads "
-            f"layout {version}, or restore into a new BOXOFFICE_KEY_PREFIX."
+            f"layout {version}, or restore it from the ledger into a new BOXOFFICE_KEY_PREFIX "
+            "(README, Upgrading)."
         )
     if partitions != keyspace.partitions:
         raise ConfigurationError(
