@@ -487,6 +487,12 @@ class Settings:
     cors_origins: tuple[str, ...] = _setting(
         "BOXOFFICE_CORS_ORIGINS", _list, (), "origins allowed by CORS (comma-separated); off"
     )
+    redis_cluster: str = _setting(
+        "BOXOFFICE_REDIS_CLUSTER",
+        _one_of("auto", "true", "false"),
+        "auto",
+        "Redis Cluster mode: auto asks the server (INFO cluster) at start",
+    )
     redis_max_connections: int = _setting(
         "BOXOFFICE_REDIS_MAX_CONNECTIONS",
         _int_in(1, 10000),
