@@ -126,6 +126,15 @@ class EmbeddedCluster:
     def ports(self) -> list[int]:
         return [node.port for node in self.nodes]
 
+    def ranges(self) -> dict[int, tuple[int, int]]:
+        """Each primary's slots as the first start assigned them, by port."""
+        return {
+            node.port: slots
+            for node, slots in zip(
+                self.nodes[: self.primaries], slot_ranges(self.primaries), strict=True
+            )
+        }
+
     def node(self, port: int) -> ClusterNode:
         return next(node for node in self.nodes if node.port == port)
 

@@ -21,8 +21,8 @@ Failure handling:
   once by `service.address.RedisAddress` (redis-py's clients are built from the same value). A
   new connection answers its whole handshake before any call can reach it; commands queued
   for a connection that is lost are never written to the next one.
-- Redis Cluster is refused at connect time with a clear error: every script's keys share one
-  slot, but routing by slot (MOVED/ASK) is not built into this transport yet.
+- A Redis Cluster node is refused at connect time with a clear error, unless the connection
+  is one of `service.store.cluster.ClusterPipelinedRedis`'s, which routes by slot (MOVED/ASK).
 
 Why not a client library: in one run on this machine (DESIGN.md's table), redis-py, coredis
 and valkey-glide behind a bare ASGI app reached 26-35% of the HTTP ceiling for /book, while a
@@ -146,8 +146,11 @@ class PipelinedRedis:
         timeout: float = 5.0,
         max_pending: int = 10_000,
         connect_timeout: float = 3.0,
+        cluster_node: bool = False,
     ) -> None:
         self.address = address if isinstance(address, RedisAddress) else RedisAddress.parse(address)
+        self.cluster_node = cluster_node
+        """A node of a cluster, routed to by `ClusterPipelinedRedis`: not refused for it."""
         self.timeout = timeout
         self.max_pending = max_pending
         self.connect_timeout = connect_timeout
@@ -217,10 +220,10 @@ class PipelinedRedis:
                     raise ConfigurationError(f"REDIS_URL: Redis refused the handshake: {reply}")
                 if isinstance(reply, BaseException):
                     raise reply
-            if "cluster_enabled:1" in str(replies[-1]):
+            if "cluster_enabled:1" in str(replies[-1]) and not self.cluster_node:
                 raise ConfigurationError(
-                    "REDIS_URL points at a Redis Cluster: every boxoffice script touches one "
-                    "slot, but slot routing is not built into the hot-path transport yet."
+                    "REDIS_URL points at a Redis Cluster, and cluster mode is off: set "
+                    "BOXOFFICE_REDIS_CLUSTER=true (or auto)."
                 )
             if protocol.closed or self._closing:
                 raise BackendUnavailable("the connection to Redis was lost during its handshake")
@@ -286,6 +289,12 @@ class PipelinedRedis:
     @property
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.closed
+
+    @property
+    def pending(self) -> int:
+        """Calls sent and not answered yet."""
+        protocol = self._protocol
+        return 0 if protocol is None else len(protocol.pending)
 
     # -- calls ------------------------------------------------------------------------------
 
