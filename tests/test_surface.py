@@ -278,9 +278,15 @@ def test_readme_documents_every_setting() -> None:
 def test_compose_file_is_complete_and_uses_real_settings() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"valkey", "postgres", "migrate", "api", "writer"}
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == {"valkey", "postgres", "migrate", "api", "writer"}
+    cluster = set(services) - default
+    assert cluster == {
+        "valkey-node", "cluster-init", "migrate-cluster", "api-cluster", "writer-cluster", "lb"
+    }  # fmt: skip
+    assert all(services[name]["profiles"] == ["cluster"] for name in cluster)
     known = set(Settings.variables())
-    for name in ("migrate", "api", "writer"):
+    for name in ("migrate", "api", "writer", "migrate-cluster", "api-cluster", "writer-cluster"):
         env = services[name]["environment"]
         assert set(env) <= known, set(env) - known
         assert {"REDIS_URL", "DATABASE_URL"} <= set(env)
@@ -291,6 +297,14 @@ def test_compose_file_is_complete_and_uses_real_settings() -> None:
     for name in ("valkey", "postgres", "api"):
         assert "healthcheck" in services[name], name
     assert "--appendonly" in services["valkey"]["command"]
+    # The cluster profile: 3 primaries + 3 replicas, APIs and writers scaled out behind `lb`.
+    assert services["valkey-node"]["deploy"]["replicas"] == 6
+    assert "--cluster-replicas 1" in services["cluster-init"]["command"][0]
+    assert services["api-cluster"]["deploy"]["replicas"] >= 2
+    assert services["writer-cluster"]["deploy"]["replicas"] >= 2
+    assert services["api-cluster"]["environment"]["BOXOFFICE_REDIS_CLUSTER"] == "true"
+    assert services["api-cluster"]["environment"]["BOXOFFICE_WRITER"] == "false"
+    assert "api-cluster:8000" in services["lb"]["command"][0]
     assert set(compose["volumes"]) == {"valkey-data", "postgres-data"}
     docker = shutil.which("docker")
     if (
