@@ -12,13 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
-from redis.asyncio import Redis
 
 from boxoffice.ledger.database import connect_pool
 from boxoffice.ledger.reconcile import Report, reconcile, wait_for_drain
 from boxoffice.ledger.writer import Writer, WriterConfig
 from boxoffice.service.settings import Settings
-from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.clients import StoreClient, connect_redis
 from boxoffice.service.store.keys import Keyspace
 from testkit.support import boxoffice_command, stores_env
 
@@ -28,7 +27,7 @@ QUARANTINING = replace(FAST, retry_blocked_s=0.5)
 quarantine: held, parked and released records)."""
 
 
-async def reconciled(redis: Redis, database_url: str, keyspace: Keyspace) -> Report:
+async def reconciled(redis: StoreClient, database_url: str, keyspace: Keyspace) -> Report:
     """`reconcile` of the whole keyspace, on a ledger connection of its own."""
     database = await asyncpg.connect(database_url)
     try:

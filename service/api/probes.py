@@ -9,7 +9,8 @@ from typing import Literal
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
+
+from boxoffice.service.store.clients import StoreClient
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -83,7 +84,7 @@ class Probe:
 class RedisProbe(Probe):
     """Whether Redis answers a PING (over the worker's redis-py pool)."""
 
-    def __init__(self, redis: Redis, timeout_s: float = 2.0, cache_s: float = 1.0) -> None:
+    def __init__(self, redis: StoreClient, timeout_s: float = 2.0, cache_s: float = 1.0) -> None:
         super().__init__(timeout_s, cache_s)
         self.redis = redis
 
