@@ -48,9 +48,14 @@ async def ledger_pool(database_url: str, max_size: int = 8) -> AsyncIterator[asy
 
 @asynccontextmanager
 async def running_writer(
-    redis_url: str, database_url: str, keyspace: Keyspace, name: str, config: WriterConfig = FAST
+    redis_url: str,
+    database_url: str,
+    keyspace: Keyspace,
+    name: str,
+    config: WriterConfig = FAST,
+    cluster: bool = False,
 ) -> AsyncIterator[Writer]:
-    connection = await connect_redis(redis_url, 40)
+    connection = await connect_redis(redis_url, 40, cluster)
     try:
         async with ledger_pool(database_url) as pool:
             writer = Writer(connection, pool, keyspace, redis_url, name=name, config=config)
@@ -65,8 +70,8 @@ async def running_writer(
         await connection.aclose()
 
 
-async def drained(redis_url: str, keyspace: Keyspace) -> None:
-    connection = await connect_redis(redis_url, 2)
+async def drained(redis_url: str, keyspace: Keyspace, cluster: bool = False) -> None:
+    connection = await connect_redis(redis_url, 2, cluster)
     try:
         assert await wait_for_drain(connection, keyspace, 30) == 0, "the writer did not drain"
     finally:
