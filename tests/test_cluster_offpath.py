@@ -16,15 +16,22 @@ from boxoffice.ledger.reconcile import reconcile, repair
 from boxoffice.ledger.restore import restore
 from boxoffice.ledger.state import redis_event_ids, redis_state
 from boxoffice.ledger.writer import stream_transport
+from boxoffice.service.api.probes import RedisProbe
+from boxoffice.service.api.ratelimit import PipelinedClusterStorage, limits_storage
 from boxoffice.service.booking.engine import Booked, BookingEngine, Waitlisted
 from boxoffice.service.errors import ConfigurationError
 from boxoffice.service.run.cluster import EmbeddedCluster
 from boxoffice.service.store import epoch
-from boxoffice.service.store.clients import cluster_enabled, connect_redis, resolve_cluster
+from boxoffice.service.store.clients import (
+    check_eviction,
+    cluster_enabled,
+    connect_redis,
+    resolve_cluster,
+)
 from boxoffice.service.store.keys import Keyspace, key_slot
 from boxoffice.service.store.layout import claim_layout
 from boxoffice.service.store.outbox import ensure_groups, partition_lags
-from boxoffice.service.store.scripts import NAMES, Script, Scripts
+from boxoffice.service.store.scripts import NAMES, RedisPyRunner, Script, Scripts
 from testkit.ledger import running_writer
 from testkit.support import delete_keyspace
 
@@ -309,3 +316,20 @@ async def _drained(store: RedisCluster, keyspace: Keyspace) -> int:
     from boxoffice.ledger.reconcile import wait_for_drain
 
     return await wait_for_drain(store, keyspace, 30)
+
+
+# -- readiness, the eviction check, the exact rate limits' storage ------------------------------
+
+
+async def test_readiness_eviction_check_and_limits_storage(
+    store: RedisCluster, cluster_keyspace: Keyspace
+) -> None:
+    probe = RedisProbe(store)
+    try:
+        assert await probe.failure() is None  # every primary answered PING
+    finally:
+        await probe.close()
+    assert await check_eviction(store) is None  # noeviction on all three primaries
+    storage = limits_storage(RedisPyRunner(store), store, cluster_keyspace.rate_limits)
+    assert isinstance(storage, PipelinedClusterStorage)
+    assert await storage.check() is True  # over the worker's own cluster client
