@@ -31,12 +31,17 @@ def _free_run(base: int, count: int) -> bool:
             sock.close()
 
 
+BUS_OFFSET = 10_000
+"""A cluster node also listens on its port + 10,000, the cluster bus: both runs must be free."""
+
+
 def free_port_run(count: int = NODES) -> int:
-    """The first of `count` consecutive ports free on loopback (outside the ephemeral range
-    most systems hand out, so a client's port is unlikely to take one before the node does)."""
+    """The first of `count` consecutive ports free on loopback, with their cluster bus ports.
+    Both runs lie below the ephemeral range most systems hand out (32768 and up), so a
+    client's port is unlikely to take one before the node does."""
     for _ in range(_TRIES):
-        base = random.randrange(20_000, 32_000 - count)
-        if _free_run(base, count):
+        base = random.randrange(10_000, 22_000 - count)
+        if _free_run(base, count) and _free_run(base + BUS_OFFSET, count):
             return base
     raise RuntimeError(f"no {count} consecutive free ports found in {_TRIES} tries")
 
