@@ -24,15 +24,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import asyncpg
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from boxoffice.ledger.batch import REJECTED, apply_on
 from boxoffice.ledger.database import Connection
 from boxoffice.ledger.queries import query
 from boxoffice.ledger.records import MalformedRecord, Record, parse
+from boxoffice.service.store.clients import StoreClient, StorePipeline
 from boxoffice.service.store.keys import Keyspace
 
 QUARANTINED = ("conflict", "malformed", "unsupported-version", "rejected")
@@ -145,7 +145,7 @@ async def park(
     return [r for r in records if not waits(r, frozen)]
 
 
-async def freeze(redis: Redis, keyspace: Keyspace, letters: Sequence[DeadLetter]) -> None:
+async def freeze(redis: StoreClient, keyspace: Keyspace, letters: Sequence[DeadLetter]) -> None:
     """Mark the quarantined records' events frozen in Redis and list the records for
     `/readyz`. An event Redis does not know is not created by it."""
     async with redis.pipeline(transaction=False) as pipe:
@@ -172,7 +172,7 @@ class Released:
 
 
 async def release(
-    redis: Redis,
+    redis: StoreClient,
     connection: Connection,
     keyspace: Keyspace,
     event_id: str | None,
@@ -232,18 +232,23 @@ async def release(
         return result
     meta = keyspace.event(event_id).meta
 
-    async def unfreeze(pipe: Pipeline) -> None:
+    async def unfreeze(pipe: StorePipeline) -> None:
         named = await pipe.hget(meta, "frozen")
         pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         if named is None or named in resolved_ids:
             pipe.hdel(meta, "frozen")
 
-    await redis.transaction(unfreeze, meta)
+    # WATCH, HGET, MULTI, HDEL, EXEC on the one key: on a cluster too, the whole transaction
+    # goes to the primary of its slot. (RedisCluster.transaction annotates its callable as a
+    # coroutine object; it takes the function, as Redis.transaction does.)
+    await redis.transaction(cast("Any", unfreeze), meta)
     await _unlist(redis, keyspace, event_id, resolved_ids)
     return result
 
 
-async def _unlist(redis: Redis, keyspace: Keyspace, event_id: str, resolved: set[str]) -> None:
+async def _unlist(
+    redis: StoreClient, keyspace: Keyspace, event_id: str, resolved: set[str]
+) -> None:
     """Drop resolved records from the list `/readyz` reports."""
     listed = await redis.hgetall(keyspace.quarantine)
     mine = [
@@ -282,7 +287,7 @@ class _Refused(Exception):
 
 
 async def release_or_refuse(
-    redis: Redis,
+    redis: StoreClient,
     pool: asyncpg.Pool,
     keyspace: Keyspace,
     event_id: str | None,

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
 
 from boxoffice.ledger.batch import ACKABLE, apply_records
 from boxoffice.ledger.database import Connection
@@ -34,6 +33,7 @@ from boxoffice.ledger.state import (
     snapshot,
 )
 from boxoffice.ledger.state import redis_state as read_redis_state
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.outbox import GROUP, ledger_lag, read_range
 
@@ -150,16 +150,16 @@ def compare(
         return report
 
     if redis.total != ledger.total:
-        say(f"total tickets: Redis {redis.total}, ledger {ledger.total}")
+        say(f"total tickets: StoreClient {redis.total}, ledger {ledger.total}")
     if redis.waitlist_limit != ledger.waitlist_limit:
         say(
-            f"waiting-list limit: Redis {_limit(redis.waitlist_limit)}, "
+            f"waiting-list limit: StoreClient {_limit(redis.waitlist_limit)}, "
             f"ledger {_limit(ledger.waitlist_limit)}"
         )
     if redis.available != ledger.available:
-        say(f"available tickets: Redis {redis.available}, ledger {ledger.available}")
+        say(f"available tickets: StoreClient {redis.available}, ledger {ledger.available}")
     if len(redis.holders) != len(ledger.holders):
-        say(f"booked count: Redis {len(redis.holders)}, ledger {len(ledger.holders)}")
+        say(f"booked count: StoreClient {len(redis.holders)}, ledger {len(ledger.holders)}")
     only_redis = sorted(set(redis.holders) - set(ledger.holders))
     only_ledger = sorted(set(ledger.holders) - set(redis.holders))
     other_id = sorted(
@@ -181,11 +181,11 @@ def compare(
             min(len(redis.waitlist), len(ledger.waitlist)),
         )
         say(
-            f"waiting list differs from position {at + 1}: Redis has {len(redis.waitlist)} "
+            f"waiting list differs from position {at + 1}: StoreClient has {len(redis.waitlist)} "
             f"waiting, the ledger {len(ledger.waitlist)}"
         )
     if redis.seq > ledger.seq:
-        say(f"ledger behind: Redis is at seq {redis.seq}, the ledger at {ledger.seq}")
+        say(f"ledger behind: StoreClient is at seq {redis.seq}, the ledger at {ledger.seq}")
         report.ledger_behind_from = ledger.seq + 1
     elif redis.seq < ledger.seq:
         say(f"Redis behind: the ledger is at seq {ledger.seq}, Redis at {redis.seq} (lost writes?)")
@@ -201,7 +201,7 @@ def compare(
 
 
 async def reconcile(
-    redis: Redis,
+    redis: StoreClient,
     connection: Connection,
     keyspace: Keyspace,
     event_id: str | None = None,
@@ -253,7 +253,7 @@ async def reconcile(
     return Report(events, await ledger_lag(redis, keyspace), quarantined=quarantined)
 
 
-async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> int:
+async def wait_for_drain(redis: StoreClient, keyspace: Keyspace, seconds: float) -> int:
     """Wait until the writer has acknowledged everything (or `seconds` pass); the lag left."""
     deadline = time.monotonic() + seconds
     # The condition lives in another process: polling is the way to wait for it.
@@ -263,7 +263,7 @@ async def wait_for_drain(redis: Redis, keyspace: Keyspace, seconds: float) -> in
 
 
 async def repair(
-    redis: Redis, pool: asyncpg.Pool, keyspace: Keyspace, report: Report, chunk: int = CHUNK
+    redis: StoreClient, pool: asyncpg.Pool, keyspace: Keyspace, report: Report, chunk: int = CHUNK
 ) -> int:
     """Re-deliver records the ledger lacks that are still in the outbox streams; returns how
     many were written. The streams are read `chunk` entries per XRANGE (5,000 took ~3 ms of

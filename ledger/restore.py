@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from boxoffice.ledger.database import Connection
 from boxoffice.ledger.state import (
     CHUNK,
@@ -28,6 +26,7 @@ from boxoffice.ledger.state import (
 )
 from boxoffice.service.errors import BoxofficeError
 from boxoffice.service.store import epoch
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.layout import claim_layout
 from boxoffice.service.store.outbox import ensure_groups
@@ -45,7 +44,7 @@ class Restored:
     replaced: int
 
 
-async def _wipe(redis: Redis, keyspace: Keyspace) -> int:
+async def _wipe(redis: StoreClient, keyspace: Keyspace) -> int:
     """Delete every event, staged key, outbox stream and lease of the keyspace; returns events
     deleted."""
     events = 0
@@ -67,16 +66,17 @@ async def _wipe(redis: Redis, keyspace: Keyspace) -> int:
     return events
 
 
-async def _unlink(redis: Redis, keys: list[str]) -> None:
+async def _unlink(redis: StoreClient, keys: list[str]) -> None:
     """UNLINK, one key per command (a cluster takes no multi-key command across slots), all
-    in one round trip."""
+    in one round trip (a cluster's: one per primary). Through `execute_command`: redis-py's
+    cluster pipeline makes `unlink` a coroutine that queues nothing."""
     async with redis.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.unlink(key)
+            pipe.execute_command("UNLINK", key)
         await pipe.execute()
 
 
-async def _write(redis: Redis, keyspace: Keyspace, state: EventState, chunk: int) -> None:
+async def _write(redis: StoreClient, keyspace: Keyspace, state: EventState, chunk: int) -> None:
     keys, staged = keyspace.event(state.event_id), keyspace.staged(state.event_id)
     # Left by an interrupted restore, if any (the wipe removes them too).
     await redis.unlink(staged.meta, staged.holders, staged.waitlist)
@@ -99,19 +99,21 @@ async def _write(redis: Redis, keyspace: Keyspace, state: EventState, chunk: int
         meta["wlimit"] = state.waitlist_limit
     await redis.hset(staged.meta, mapping=meta)  # type: ignore[arg-type]
     # All at once: whatever is live under the event's keys goes (UNLINK: freed in the
-    # background), the staged keys take their place, the meta key last.
+    # background), the staged keys take their place, the meta key last. One MULTI on a
+    # cluster too: every key has the event's hash tag, so one slot and one primary. Commands
+    # through `execute_command`: the cluster pipeline blocks `rename` and queues no `unlink`.
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.unlink(keys.meta, keys.holders, keys.waitlist)
+        pipe.execute_command("UNLINK", keys.meta, keys.holders, keys.waitlist)
         if holders:
-            pipe.rename(staged.holders, keys.holders)
+            pipe.execute_command("RENAME", staged.holders, keys.holders)
         if waiting:
-            pipe.rename(staged.waitlist, keys.waitlist)
-        pipe.rename(staged.meta, keys.meta)
+            pipe.execute_command("RENAME", staged.waitlist, keys.waitlist)
+        pipe.execute_command("RENAME", staged.meta, keys.meta)
         await pipe.execute()
 
 
 async def restore(
-    redis: Redis,
+    redis: StoreClient,
     connection: Connection,
     keyspace: Keyspace,
     force: bool = False,

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asyncpg.transaction import Transaction
-from redis.asyncio import Redis
 
 from boxoffice.ledger.database import Connection
 from boxoffice.ledger.queries import query
 from boxoffice.service.errors import BoxofficeError
 from boxoffice.service.settings import DEFAULTS
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 
 CHUNK = DEFAULTS.chunk_size
@@ -75,7 +75,7 @@ class Continuity:
     """Missing sequence numbers up to `last` (at most the first 20)."""
 
 
-async def redis_event_ids(redis: Redis, keyspace: Keyspace) -> list[str]:
+async def redis_event_ids(redis: StoreClient, keyspace: Keyspace) -> list[str]:
     ids = [
         keyspace.event_id_of(key)
         async for key in redis.scan_iter(match=keyspace.event_meta_pattern(), count=1000)
@@ -84,7 +84,7 @@ async def redis_event_ids(redis: Redis, keyspace: Keyspace) -> list[str]:
 
 
 async def redis_state(
-    redis: Redis, keyspace: Keyspace, event_id: str, chunk: int = CHUNK, tries: int = TRIES
+    redis: StoreClient, keyspace: Keyspace, event_id: str, chunk: int = CHUNK, tries: int = TRIES
 ) -> EventState | None:
     """One event as Redis holds it, read in pages; None when Redis has no such event.
 

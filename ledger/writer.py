@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from boxoffice.ledger.batch import ACKABLE, REJECTED, apply_on, apply_records
 from boxoffice.ledger.deadletters import (
@@ -47,7 +47,9 @@ from boxoffice.ledger.deadletters import (
     waits,
 )
 from boxoffice.ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
+from boxoffice.service.errors import ConfigurationError
 from boxoffice.service.settings import DEFAULTS
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
 from boxoffice.service.store.scripts import Scripts
@@ -153,7 +155,7 @@ class Writer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: StoreClient,
         pool: asyncpg.Pool,
         keyspace: Keyspace,
         redis_url: str,
@@ -177,6 +179,8 @@ class Writer:
         """(stream, stream id) -> when the record was first found blocked."""
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Built, not connected: a store the writer cannot drain is refused before it starts.
+        stream_transport(self.redis_url, isinstance(self.redis, RedisCluster), 1.0)
         await ensure_groups(self.redis, self.keyspace)
         log.info("writer %s started on %d partitions", self.name, self.keyspace.partitions)
         tasks = [
@@ -239,7 +243,8 @@ class Writer:
         # A read blocks block_ms; past that, a reply later than a PostgreSQL call may take means
         # the connection is stuck, and the lease must not run out while we wait on it.
         timeout = self.config.block_ms / 1000 + self.config.command_timeout_s
-        stream_redis = PipelinedRedis(self.redis_url, timeout=timeout)
+        cluster = isinstance(self.redis, RedisCluster)
+        stream_redis = stream_transport(self.redis_url, cluster, timeout)
         await stream_redis.connect()
         try:
             await self._drain_over(stream_redis, partition, stop)
@@ -586,6 +591,22 @@ class Writer:
                 self._live_writers,
             )
             last = applied
+
+
+def stream_transport(address: str, cluster: bool, timeout: float) -> PipelinedRedis:
+    """The connection a drained partition reads its stream over: its reads block, so each
+    partition has one of its own, auto-pipelined, with replies parsed by hiredis (redis-py
+    parses XREADGROUP, XAUTOCLAIM and XINFO into shapes of its own, even on a cluster).
+
+    ISSUE 15, the one place the writer picks its stream transport: on a cluster, the
+    slot-routing transport (`service.store.cluster.ClusterPipelinedRedis`, same interface) goes
+    here; every command of a partition's stream names one key, so one slot."""
+    if cluster:
+        raise ConfigurationError(
+            "the ledger writer cannot drain a Redis Cluster yet: its stream transport routes "
+            "by slot only once service.store.cluster is in (issue 15)"
+        )
+    return PipelinedRedis(address, timeout=timeout)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

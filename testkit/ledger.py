@@ -12,13 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
-from redis.asyncio import Redis
 
 from boxoffice.ledger.database import connect_pool
 from boxoffice.ledger.reconcile import Report, reconcile, wait_for_drain
 from boxoffice.ledger.writer import Writer, WriterConfig
 from boxoffice.service.settings import Settings
-from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.clients import StoreClient, connect_redis
 from boxoffice.service.store.keys import Keyspace
 from testkit.support import boxoffice_command, stores_env
 
@@ -28,7 +27,7 @@ QUARANTINING = replace(FAST, retry_blocked_s=0.5)
 quarantine: held, parked and released records)."""
 
 
-async def reconciled(redis: Redis, database_url: str, keyspace: Keyspace) -> Report:
+async def reconciled(redis: StoreClient, database_url: str, keyspace: Keyspace) -> Report:
     """`reconcile` of the whole keyspace, on a ledger connection of its own."""
     database = await asyncpg.connect(database_url)
     try:
@@ -49,9 +48,14 @@ async def ledger_pool(database_url: str, max_size: int = 8) -> AsyncIterator[asy
 
 @asynccontextmanager
 async def running_writer(
-    redis_url: str, database_url: str, keyspace: Keyspace, name: str, config: WriterConfig = FAST
+    redis_url: str,
+    database_url: str,
+    keyspace: Keyspace,
+    name: str,
+    config: WriterConfig = FAST,
+    cluster: bool = False,
 ) -> AsyncIterator[Writer]:
-    connection = await connect_redis(redis_url, 40)
+    connection = await connect_redis(redis_url, 40, cluster)
     try:
         async with ledger_pool(database_url) as pool:
             writer = Writer(connection, pool, keyspace, redis_url, name=name, config=config)
@@ -66,8 +70,8 @@ async def running_writer(
         await connection.aclose()
 
 
-async def drained(redis_url: str, keyspace: Keyspace) -> None:
-    connection = await connect_redis(redis_url, 2)
+async def drained(redis_url: str, keyspace: Keyspace, cluster: bool = False) -> None:
+    connection = await connect_redis(redis_url, 2, cluster)
     try:
         assert await wait_for_drain(connection, keyspace, 30) == 0, "the writer did not drain"
     finally:

@@ -94,7 +94,9 @@ def redis_at(url: str, **options: Any) -> redis.Redis:
     return redis.Redis(**RedisAddress.parse(url).client_options(), **options)
 
 
-def delete_keyspace(client: redis.Redis, keyspace: Keyspace) -> None:
+def delete_keyspace(client: redis.Redis | redis.RedisCluster, keyspace: Keyspace) -> None:
+    """Every key of the keyspace, found by SCAN (a cluster client's scans every primary) and
+    UNLINKed in batches (a cluster client's splits each batch by slot)."""
     batch: list[Any] = []
     for key in client.scan_iter(match=keyspace.pattern, count=1000):
         batch.append(key)

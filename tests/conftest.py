@@ -30,6 +30,7 @@ import redis
 
 from boxoffice.ledger.migrate import migrate
 from boxoffice.service.booking.engine import BookingEngine
+from boxoffice.service.run.cluster import EmbeddedCluster
 from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from boxoffice.service.settings import Settings
 from boxoffice.service.store import epoch
@@ -37,6 +38,7 @@ from boxoffice.service.store.clients import connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Scripts
 from testkit.app import app_client
+from testkit.cluster import embedded_cluster
 from testkit.ledger import ledger_pool as open_ledger_pool
 from testkit.support import (
     ServedBoxoffice,
@@ -216,6 +218,14 @@ def empty_database_url(postgres_url: str) -> Iterator[str]:
     run_sql(postgres_url, f'CREATE DATABASE "{name}"')
     yield database_url_for(postgres_url, name)
     run_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real Valkey cluster, 3 primaries + 3 replicas on loopback (started in ~2 s), shared
+    by the cluster tests (marker `cluster`); each test keeps to a key prefix of its own."""
+    with embedded_cluster(tmp_path_factory.mktemp("valkey-cluster") / "cluster") as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

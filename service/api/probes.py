@@ -9,7 +9,9 @@ from typing import Literal
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from boxoffice.service.store.clients import StoreClient
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -81,15 +83,18 @@ class Probe:
 
 
 class RedisProbe(Probe):
-    """Whether Redis answers a PING (over the worker's redis-py pool)."""
+    """Whether Redis answers a PING (over the worker's redis-py pool); on a cluster, whether
+    every primary does: a primary down takes its slots' events with it."""
 
-    def __init__(self, redis: Redis, timeout_s: float = 2.0, cache_s: float = 1.0) -> None:
+    def __init__(self, redis: StoreClient, timeout_s: float = 2.0, cache_s: float = 1.0) -> None:
         super().__init__(timeout_s, cache_s)
         self.redis = redis
 
     async def _check(self) -> str | None:
         try:
-            await self.redis.ping()
+            await self.redis.ping()  # on a cluster, learns the slot map first
+            if isinstance(self.redis, RedisCluster):
+                await self.redis.execute_command("PING", target_nodes=self.redis.get_primaries())
         except Exception as error:
             return f"{type(error).__name__}: {error}"
         return None

@@ -35,22 +35,25 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from limits import parse
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
-from redis.asyncio import ConnectionPool
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from boxoffice.service.api import asgi, problems
 from boxoffice.service.api.asgi import ASGIApp, Message, Receive, Scope, Send
 from boxoffice.service.api.auth import USER
 from boxoffice.service.api.tally import Policy, Tallies
 from boxoffice.service.settings import Settings
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Runner, Script, evaluate
 
@@ -99,14 +102,19 @@ class PipelinedStorage(RedisStorage):
     """limits' Redis storage, with its counting scripts (limits' own Lua, unchanged) sent over
     the hot path's auto-pipelined connection instead of redis-py's pool: a limited request
     then costs one more command in a shared write, not a second slow client round trip.
-    Maintenance calls (reset, check) stay on redis-py."""
+    Maintenance calls (reset, check) stay on redis-py, on the worker's own pool."""
 
-    def __init__(self, runner: Runner, pool: ConnectionPool, key_prefix: str) -> None:
+    def __init__(self, runner: Runner, redis: StoreClient, key_prefix: str) -> None:
+        if isinstance(redis, Redis):
+            uri, options = "async+redis://", {"connection_pool": redis.connection_pool}
+        else:
+            uri, options = f"async+redis+cluster://{_seed(redis)}", {}
+        self._client = redis
         super().__init__(
-            "async+redis://",
+            uri,
             implementation="redispy",
             key_prefix=key_prefix,
-            connection_pool=pool,  # type: ignore[arg-type]  # limits types its options loosely
+            **options,  # type: ignore[arg-type]  # limits types its options loosely
         )
         self._runner = runner
         self._prefix = key_prefix
@@ -160,10 +168,34 @@ class PipelinedStorage(RedisStorage):
         return now, 0
 
 
+class PipelinedClusterStorage(PipelinedStorage, RedisClusterStorage):
+    """`PipelinedStorage` on a Redis Cluster: limits' cluster storage (its `reset` walks every
+    node; a sliding window's two keys share a hash tag) over the worker's own `RedisCluster`,
+    never a second client of limits' making. The scripts go over the hot path's transport,
+    which routes each call by its key's slot."""
+
+    def configure_bridge(self) -> None:
+        bridge: Any = self.bridge  # limits' bridge for redis-py: `storage` is its client
+        bridge.storage = self._client
+        bridge.connection_getter = lambda readonly: self._client
+
+
+def _seed(redis: RedisCluster) -> str:
+    """host:port of the node the cluster client started from (limits wants a URI)."""
+    return next(iter(redis.nodes_manager.startup_nodes))
+
+
+def limits_storage(runner: Runner, redis: StoreClient, key_prefix: str) -> PipelinedStorage:
+    """The exact strategies' storage, for one server or a cluster as `redis` is."""
+    if isinstance(redis, RedisCluster):
+        return PipelinedClusterStorage(runner, redis, key_prefix)
+    return PipelinedStorage(runner, redis, key_prefix)
+
+
 class RateLimits:
     """The two budgets and the strategy counting them."""
 
-    def __init__(self, settings: Settings, pool: ConnectionPool, runner: Runner) -> None:
+    def __init__(self, settings: Settings, redis: StoreClient, runner: Runner) -> None:
         self.reads = Policy.of("reads", parse(settings.rate_limit)) if settings.rate_limit else None
         self.writes = (
             Policy.of("writes", parse(settings.write_rate_limit))
@@ -178,7 +210,7 @@ class RateLimits:
             interval = settings.rate_limit_settle_ms / 1000
             self.tallies = Tallies(keyspace, runner, policies, interval)
         else:
-            storage = PipelinedStorage(runner, pool, keyspace.rate_limits)
+            storage = limits_storage(runner, redis, keyspace.rate_limits)
             self.strategy = STRATEGIES[settings.rate_limit_strategy](storage)
         self.on_error: Callable[[], None] = lambda: None
         self.on_limited: Callable[[str], None] = lambda policy: None

@@ -6,10 +6,9 @@ request checks the bound without a round trip.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from boxoffice.service.errors import LedgerBehind
 from boxoffice.service.store import epoch
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.outbox import ledger_lag
 
@@ -35,10 +34,10 @@ class LedgerWatch:
         """Whether the ledger trails by more than the bound."""
         return bool(self.bound) and self.lag > self.bound
 
-    async def poll_lag(self, redis: Redis) -> None:
+    async def poll_lag(self, redis: StoreClient) -> None:
         self.lag = await ledger_lag(redis, self.keyspace)
 
-    async def poll(self, redis: Redis) -> None:
+    async def poll(self, redis: StoreClient) -> None:
         """Refresh everything (three round trips)."""
         await self.poll_lag(redis)
         listed = await redis.hgetall(self.keyspace.quarantine)

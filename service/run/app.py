@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from boxoffice.service.address import RedisAddress
@@ -29,7 +28,12 @@ from boxoffice.service.booking.admission import LedgerWatch
 from boxoffice.service.booking.engine import BookingEngine
 from boxoffice.service.errors import ConfigurationError
 from boxoffice.service.settings import Settings
-from boxoffice.service.store.clients import check_eviction, connect_redis
+from boxoffice.service.store.clients import (
+    StoreClient,
+    check_eviction,
+    connect_redis,
+    resolve_cluster,
+)
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.layout import claim_layout
 from boxoffice.service.store.outbox import ensure_groups
@@ -43,7 +47,7 @@ SHUTDOWN_S = 5.0
 
 
 async def _close(
-    redis: Redis, pipelined: PipelinedRedis, watcher: asyncio.Task[None] | None
+    redis: StoreClient, pipelined: PipelinedRedis, watcher: asyncio.Task[None] | None
 ) -> None:
     """Stop the lag watcher and close the connections, within SHUTDOWN_S: a worker must exit
     even if a connection will not close (what was still waiting is logged)."""
@@ -65,7 +69,7 @@ async def _close(
         log.error("shutdown took over %s s; left behind: %s", SHUTDOWN_S, "\n".join(stacks) or "-")
 
 
-async def _watch_ledger(ledger: LedgerWatch, redis: Redis) -> None:
+async def _watch_ledger(ledger: LedgerWatch, redis: StoreClient) -> None:
     """Keep `ledger` fresh, so requests check the bound without a round trip."""
     while True:
         await asyncio.sleep(LAG_POLL_S)
@@ -89,9 +93,10 @@ def lifespan(settings: Settings) -> Any:
         # The hot path (every script call) goes over one auto-pipelined connection; redis-py
         # serves the rest (layout claim, lag, readiness, rate limits).
         address = RedisAddress.parse(url)  # one reading of the URL for both clients
+        cluster = await resolve_cluster(address, settings.redis_cluster)
         pipelined = PipelinedRedis(address)
         await pipelined.connect()
-        redis = await connect_redis(address, settings.redis_max_connections)
+        redis = await connect_redis(address, settings.redis_max_connections, cluster)
         watcher: asyncio.Task[None] | None = None
         stats_folding: asyncio.Task[None] | None = None
         limits: RateLimits | None = None
@@ -108,7 +113,7 @@ def lifespan(settings: Settings) -> Any:
             watcher = asyncio.create_task(_watch_ledger(ledger, redis))
             stats_folding = asyncio.create_task(observability.STATS.fold_forever())
             if settings.rate_limit or settings.write_rate_limit:
-                limits = RateLimits(settings, redis.connection_pool, pipelined)
+                limits = RateLimits(settings, redis, pipelined)
                 limits.on_error = observability.LIMITER_ERRORS.inc
                 limits.on_limited = lambda policy: observability.RATE_LIMITED.labels(policy).inc()
                 await limits.start()

@@ -29,12 +29,11 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from boxoffice.service.errors import BoxofficeError, ConfigurationError
 from boxoffice.service.run.stores import Stores, open_stores
 from boxoffice.service.settings import Settings, mask_url
-from boxoffice.service.store.clients import check_eviction, connect_redis
+from boxoffice.service.store.clients import StoreClient, check_eviction, connect_store
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.layout import claim_layout
 
@@ -46,7 +45,7 @@ EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
 @dataclass(frozen=True, slots=True)
 class Connections:
-    redis: Redis
+    redis: StoreClient
     pool: asyncpg.Pool
     keyspace: Keyspace
 
@@ -57,7 +56,8 @@ async def connections(
 ) -> AsyncIterator[Connections]:
     from boxoffice.ledger.database import COMMAND_TIMEOUT_S, connect_pool
 
-    redis = await connect_redis(stores.redis_url, 32)
+    # A cluster client or not as BOXOFFICE_REDIS_CLUSTER says (auto: as the server says).
+    redis = await connect_store(stores.redis_url, 32, settings.redis_cluster)
     try:
         await redis.ping()
         keyspace = Keyspace(settings.key_prefix, settings.partitions)
@@ -111,7 +111,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # import whether metrics go to those files, and a single worker runs in this process.
         from boxoffice.service.api.protocol import uvicorn_protocol
 
-        warnings = [warning] if (warning := asyncio.run(_check_store(stores.redis_url))) else []
+        warnings = (
+            [warning] if (warning := asyncio.run(_check_store(settings, stores.redis_url))) else []
+        )
         applied, _ = asyncio.run(_prepare(settings, stores))
         writer = None
         if settings.run_writer:
@@ -285,10 +287,10 @@ def admin_line(settings: Settings, host: str) -> str:
     )
 
 
-async def _check_store(url: str) -> str | None:
+async def _check_store(settings: Settings, url: str) -> str | None:
     """Refuse a store that may evict booking state before anything starts (the API's
     lifespan checks again, for whoever runs it without `serve`)."""
-    redis = await connect_redis(url, 1)
+    redis = await connect_store(url, 1, settings.redis_cluster)
     try:
         return await check_eviction(redis)
     finally:
@@ -317,7 +319,7 @@ async def _prepare(settings: Settings, stores: Stores) -> tuple[list[str], int]:
     from boxoffice.service.store import epoch
 
     keyspace = Keyspace(settings.key_prefix, settings.partitions)
-    redis = await connect_redis(stores.redis_url, 2)
+    redis = await connect_store(stores.redis_url, 2, settings.redis_cluster)
     try:
         await claim_layout(redis, keyspace)  # before anything is written to either store
         applied = await _migrate_url(stores.database_url)

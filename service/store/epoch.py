@@ -25,8 +25,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import redis
-from redis.asyncio import Redis
 
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 
 NEW = "new"
@@ -41,7 +41,7 @@ def markers(keyspace: Keyspace, origin: str) -> dict[str, str]:
     return dict.fromkeys(keyspace.epochs(), value)
 
 
-async def mark(redis_client: Redis, keyspace: Keyspace, origin: str = RESTORED) -> None:
+async def mark(redis_client: StoreClient, keyspace: Keyspace, origin: str = RESTORED) -> None:
     """Set every partition's marker (overwriting): the store holds what the ledger holds."""
     async with redis_client.pipeline(transaction=False) as pipe:
         for key, value in markers(keyspace, origin).items():
@@ -49,7 +49,7 @@ async def mark(redis_client: Redis, keyspace: Keyspace, origin: str = RESTORED) 
         await pipe.execute()
 
 
-async def mark_new(redis_client: Redis, keyspace: Keyspace) -> int:
+async def mark_new(redis_client: StoreClient, keyspace: Keyspace) -> int:
     """Set the markers that are missing; the caller has checked the ledger holds nothing.
     Returns how many were set."""
     async with redis_client.pipeline(transaction=False) as pipe:
@@ -58,12 +58,13 @@ async def mark_new(redis_client: Redis, keyspace: Keyspace) -> int:
         return sum(1 for done in await pipe.execute() if done)
 
 
-async def clear(redis_client: Redis, keyspace: Keyspace) -> None:
-    """Take every marker away: the store refuses every request until `mark`."""
+async def clear(redis_client: StoreClient, keyspace: Keyspace) -> None:
+    """Take every marker away: the store refuses every request until `mark`. (One UNLINK of
+    keys in many slots: `RedisCluster` splits it into one per slot.)"""
     await redis_client.unlink(*keyspace.epochs())
 
 
-async def missing(redis_client: Redis, keyspace: Keyspace) -> int:
+async def missing(redis_client: StoreClient, keyspace: Keyspace) -> int:
     """How many partitions have no marker (one round trip; a key per command, so it works
     where the partitions live on different cluster slots)."""
     async with redis_client.pipeline(transaction=False) as pipe:
@@ -72,7 +73,9 @@ async def missing(redis_client: Redis, keyspace: Keyspace) -> int:
         return sum(1 for found in await pipe.execute() if not found)
 
 
-def mark_blocking(client: redis.Redis, keyspace: Keyspace, origin: str = NEW) -> None:
+def mark_blocking(
+    client: redis.Redis | redis.RedisCluster, keyspace: Keyspace, origin: str = NEW
+) -> None:
     """`mark`, for synchronous callers (test fixtures, benchmarks)."""
     with client.pipeline(transaction=False) as pipe:
         for key, value in markers(keyspace, origin).items():

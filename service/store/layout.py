@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import json
 
-from redis.asyncio import Redis
-
 from boxoffice.service.errors import ConfigurationError
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 
 LAYOUT = 2
@@ -32,7 +31,7 @@ LAYOUT = 2
 `service.store.keys`."""
 
 
-async def claim_layout(redis: Redis, keyspace: Keyspace) -> None:
+async def claim_layout(redis: StoreClient, keyspace: Keyspace) -> None:
     """Record this process's layout if the keyspace has none; refuse (ConfigurationError, one
     line) if it has another. Two round trips when the record exists (start-up only)."""
     recorded = await redis.get(keyspace.layout_key)

@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import cast
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.transport import PipelinedRedis
 
 GROUP = "ledger"
 
 
-async def ensure_groups(redis: Redis, keyspace: Keyspace) -> None:
+async def ensure_groups(redis: StoreClient, keyspace: Keyspace) -> None:
     """Create the consumer group of every partition, reading from the stream's first entry, so
     nothing appended before the first writer started is skipped."""
     for stream in keyspace.outboxes():
@@ -29,7 +29,7 @@ async def ensure_groups(redis: Redis, keyspace: Keyspace) -> None:
                 raise
 
 
-async def partition_lags(redis: Redis, keyspace: Keyspace) -> list[int]:
+async def partition_lags(redis: StoreClient, keyspace: Keyspace) -> list[int]:
     """Records not yet acknowledged by the ledger, per partition (one round trip)."""
     async with redis.pipeline(transaction=False) as pipe:
         for stream in keyspace.outboxes():
@@ -52,7 +52,7 @@ async def partition_lags(redis: Redis, keyspace: Keyspace) -> list[int]:
     return lags
 
 
-async def ledger_lag(redis: Redis, keyspace: Keyspace) -> int:
+async def ledger_lag(redis: StoreClient, keyspace: Keyspace) -> int:
     return sum(await partition_lags(redis, keyspace))
 
 
@@ -82,7 +82,7 @@ async def read_group(
     ]
 
 
-async def read_range(redis: Redis, stream: str, after: str | None, count: int) -> list[Entry]:
+async def read_range(redis: StoreClient, stream: str, after: str | None, count: int) -> list[Entry]:
     """XRANGE from the start (or after a stream id), at most `count` entries."""
     start = "-" if after is None else f"({after}"
     return cast("list[Entry]", await redis.xrange(stream, min=start, count=count))

@@ -21,8 +21,10 @@ from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from boxoffice.service.errors import BackendUnavailable
+from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.transport import Arg, ReplyError
 
 NAMES = ("initialize", "book", "cancel", "status", "user_state", "lease", "retire")
@@ -83,13 +85,21 @@ _REDIS_PY_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError
 
 
 class RedisPyRunner:
-    """A redis-py client as a Runner (off the hot path: the writer, the tools, the tests)."""
+    """A redis-py client as a Runner (off the hot path: the writer, the tools, the tests), on
+    one server or a cluster (`RedisCluster` sends EVALSHA to the primary of its first key's
+    slot)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: StoreClient) -> None:
         # redis-py leaves execute_command untyped; this is its typed face.
         self._execute: Callable[..., Awaitable[Any]] = redis.execute_command
+        self._cluster = isinstance(redis, RedisCluster)
 
     async def send(self, *args: Arg) -> Any:
+        if self._cluster and len(args) > 1 and args[0] == "SCRIPT" and isinstance(args[1], str):
+            # RedisCluster routes a keyless command by its name: "SCRIPT" alone has no route
+            # (it refuses), "SCRIPT LOAD" goes to every primary, so a script lost by any of
+            # them (NOSCRIPT) is loaded again wherever its keys may live.
+            args = (f"SCRIPT {args[1]}", *args[2:])
         try:
             return await self._execute(*args)
         except _REDIS_PY_UNAVAILABLE as error:  # BusyLoadingError is one of these
@@ -110,8 +120,10 @@ class RedisPyRunner:
 class Scripts:
     """Runs the boxoffice scripts through one Runner."""
 
-    def __init__(self, runner: Runner | Redis) -> None:
-        self._runner: Runner = RedisPyRunner(runner) if isinstance(runner, Redis) else runner
+    def __init__(self, runner: Runner | StoreClient) -> None:
+        self._runner: Runner = (
+            RedisPyRunner(runner) if isinstance(runner, Redis | RedisCluster) else runner
+        )
         self._scripts = read_all()
 
     async def load(self) -> None:
