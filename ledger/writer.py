@@ -47,13 +47,12 @@ from boxoffice.ledger.deadletters import (
     waits,
 )
 from boxoffice.ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
-from boxoffice.service.errors import ConfigurationError
 from boxoffice.service.settings import DEFAULTS
 from boxoffice.service.store.clients import StoreClient
+from boxoffice.service.store.cluster import Transport, hot_transport
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
 from boxoffice.service.store.scripts import Scripts
-from boxoffice.service.store.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.writer")
 
@@ -252,7 +251,7 @@ class Writer:
             await stream_redis.close()
 
     async def _drain_over(
-        self, stream_redis: PipelinedRedis, partition: int, stop: asyncio.Event
+        self, stream_redis: Transport, partition: int, stop: asyncio.Event
     ) -> None:
         stream = self.keyspace.outbox(partition)
         config = self.config
@@ -306,7 +305,7 @@ class Writer:
             if cursor == ">" and len(entries) < config.batch_size // 4:
                 await _sleep(stop, config.linger_ms / 1000)
 
-    async def _take_over(self, stream_redis: PipelinedRedis, stream: str, min_idle_ms: int) -> int:
+    async def _take_over(self, stream_redis: Transport, stream: str, min_idle_ms: int) -> int:
         """Claim what consumers left pending for at least `min_idle_ms`: holding the lease, this
         writer owns it. Returns how many records other consumers held."""
         start, taken = "0-0", 0
@@ -327,7 +326,7 @@ class Writer:
             )
         return taken
 
-    async def _retire(self, stream_redis: PipelinedRedis, stream: str) -> None:
+    async def _retire(self, stream_redis: Transport, stream: str) -> None:
         """Forget consumers that own nothing and have not read for longer than records may stay
         unacknowledged: writers that are gone, or hold other partitions (reading again brings a
         consumer back)."""
@@ -340,7 +339,7 @@ class Writer:
             if await self._scripts.call("retire", (stream,), (GROUP, name, idle_ms)):
                 log.info("%s: consumer %s retired (gone, owning nothing)", stream, name)
 
-    async def _write(self, stream_redis: PipelinedRedis, stream: str, entries: list[Entry]) -> int:
+    async def _write(self, stream_redis: Transport, stream: str, entries: list[Entry]) -> int:
         """Apply one batch and acknowledge what is written; returns how many wait for an
         earlier record."""
         records: list[Record] = []
@@ -540,7 +539,7 @@ class Writer:
             self._frozen_read_at = now
         return self._frozen
 
-    async def _trim(self, stream_redis: PipelinedRedis, stream: str) -> None:
+    async def _trim(self, stream_redis: Transport, stream: str) -> None:
         """Drop what every reader has acknowledged: up to the oldest pending record, or past
         the last delivered one when nothing is pending."""
         groups = [
@@ -593,20 +592,13 @@ class Writer:
             last = applied
 
 
-def stream_transport(address: str, cluster: bool, timeout: float) -> PipelinedRedis:
+def stream_transport(address: str, cluster: bool, timeout: float) -> Transport:
     """The connection a drained partition reads its stream over: its reads block, so each
     partition has one of its own, auto-pipelined, with replies parsed by hiredis (redis-py
-    parses XREADGROUP, XAUTOCLAIM and XINFO into shapes of its own, even on a cluster).
-
-    ISSUE 15, the one place the writer picks its stream transport: on a cluster, the
-    slot-routing transport (`service.store.cluster.ClusterPipelinedRedis`, same interface) goes
-    here; every command of a partition's stream names one key, so one slot."""
-    if cluster:
-        raise ConfigurationError(
-            "the ledger writer cannot drain a Redis Cluster yet: its stream transport routes "
-            "by slot only once service.store.cluster is in (issue 15)"
-        )
-    return PipelinedRedis(address, timeout=timeout)
+    parses XREADGROUP, XAUTOCLAIM and XINFO into shapes of its own, even on a cluster). On a
+    cluster it routes by slot (every command of a partition's stream names one key, so one
+    slot) and follows the partition when its slot moves or its primary fails over."""
+    return hot_transport(address, cluster, timeout=timeout)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -280,12 +280,6 @@ async def test_reconcile_repair_and_restore_over_every_primary(
 # -- the writer ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigurationError,
-    reason="the writer's stream transport on a cluster is service.store.cluster (issue 15, "
-    "ledger.writer.stream_transport): until it is in, the writer refuses a cluster at start",
-)
 async def test_writer_drains_partitions_on_every_primary(
     redis_cluster: EmbeddedCluster,
     store: RedisCluster,

@@ -34,11 +34,11 @@ from boxoffice.service.store.clients import (
     connect_redis,
     resolve_cluster,
 )
+from boxoffice.service.store.cluster import Transport, hot_transport
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.layout import claim_layout
 from boxoffice.service.store.outbox import ensure_groups
 from boxoffice.service.store.scripts import Scripts
-from boxoffice.service.store.transport import PipelinedRedis
 
 log = logging.getLogger("boxoffice.http")
 
@@ -47,7 +47,7 @@ SHUTDOWN_S = 5.0
 
 
 async def _close(
-    redis: StoreClient, pipelined: PipelinedRedis, watcher: asyncio.Task[None] | None
+    redis: StoreClient, pipelined: Transport, watcher: asyncio.Task[None] | None
 ) -> None:
     """Stop the lag watcher and close the connections, within SHUTDOWN_S: a worker must exit
     even if a connection will not close (what was still waiting is logged)."""
@@ -94,7 +94,7 @@ def lifespan(settings: Settings) -> Any:
         # serves the rest (layout claim, lag, readiness, rate limits).
         address = RedisAddress.parse(url)  # one reading of the URL for both clients
         cluster = await resolve_cluster(address, settings.redis_cluster)
-        pipelined = PipelinedRedis(address)
+        pipelined = hot_transport(address, cluster)
         await pipelined.connect()
         redis = await connect_redis(address, settings.redis_max_connections, cluster)
         watcher: asyncio.Task[None] | None = None

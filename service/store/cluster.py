@@ -35,7 +35,7 @@ import functools
 import logging
 import random
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import BackendUnavailable, ConfigurationError
@@ -57,6 +57,11 @@ _slot_of = functools.lru_cache(maxsize=65_536)(key_slot)
 
 _ANY_NODE = frozenset({"PING", "INFO", "CLUSTER", "ECHO", "TIME", "ROLE"})
 _EVERY_PRIMARY = frozenset({"SCRIPT"})
+
+
+Transport: TypeAlias = "PipelinedRedis | ClusterPipelinedRedis"
+"""Either hot-path transport: the same calls (`connect`, `close`, `connected`, `send`,
+`evalsha`)."""
 
 
 def command_key(args: Sequence[Arg]) -> str | bytes | None:
@@ -85,6 +90,17 @@ def _parse_redirection(message: str, sent_to: Node) -> tuple[int, Node]:
     _, slot, where = message.split(" ", 2)
     host, _, port = where.strip().rpartition(":")
     return int(slot), (host or sent_to[0], int(port))
+
+
+def hot_transport(
+    address: RedisAddress | str, cluster: bool, **options: Any
+) -> PipelinedRedis | ClusterPipelinedRedis:
+    """The hot path's transport for a store, not connected yet: slot-routing on a cluster
+    (`service.store.clients.resolve_cluster` says which), else one pipelined connection.
+    `options`: `timeout`, `max_pending`, `connect_timeout`."""
+    if cluster:
+        return ClusterPipelinedRedis(address, **options)
+    return PipelinedRedis(address, **options)
 
 
 class ClusterPipelinedRedis:

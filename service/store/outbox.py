@@ -7,13 +7,15 @@ acknowledged yet: entries never delivered plus entries delivered and still pendi
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from redis import exceptions as redis_errors
 
 from boxoffice.service.store.clients import StoreClient
 from boxoffice.service.store.keys import Keyspace
-from boxoffice.service.store.transport import PipelinedRedis
+
+if TYPE_CHECKING:
+    from boxoffice.service.store.cluster import Transport
 
 GROUP = "ledger"
 
@@ -61,7 +63,7 @@ Entry = tuple[str, dict[str, str]]
 
 
 async def read_group(
-    stream_redis: PipelinedRedis,
+    stream_redis: Transport,
     consumer: str,
     stream: str,
     cursor: str,
