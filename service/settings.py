@@ -396,6 +396,18 @@ class Settings:
     embedded_redis_port: int = _setting(
         "BOXOFFICE_EMBEDDED_REDIS_PORT", _int_in(1, 65535), 6390, "port of the embedded Valkey"
     )
+    embedded_cluster: bool = _setting(
+        "BOXOFFICE_EMBEDDED_CLUSTER",
+        _bool,
+        False,
+        "embedded Valkey as a cluster: 3 primaries + 3 replicas (`serve --embedded-cluster`)",
+    )
+    embedded_cluster_port: int = _setting(
+        "BOXOFFICE_EMBEDDED_CLUSTER_PORT",
+        _int_in(1, 55529),
+        6400,
+        "first of the embedded cluster's 6 ports (its bus: the same + 10000)",
+    )
     embedded_pg_port: int = _setting(
         "BOXOFFICE_EMBEDDED_PG_PORT", _int_in(1, 65535), 6391, "port of the embedded PostgreSQL"
     )

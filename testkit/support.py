@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +125,7 @@ class ServedBoxoffice:
         keyspace: Keyspace | None = None,
         database_url: str | None = None,
         python: str = sys.executable,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.keyspace = keyspace
         self.python = python
@@ -137,7 +138,7 @@ class ServedBoxoffice:
         self.log = (cwd or Path.cwd()) / f"serve-{self.port}.log"
         command = [
             *boxoffice_command(python), "serve",
-            "--port", str(self.port), "--workers", str(workers),
+            "--port", str(self.port), "--workers", str(workers), *extra_args,
         ]  # fmt: skip
         with self.log.open("wb") as log:
             # A session of its own: whatever happens, stop() can take down the whole tree.
@@ -163,9 +164,10 @@ class ServedBoxoffice:
             raise AssertionError(f"boxoffice serve exited early:\n{self.output()}")
         return _answers(f"{self.url}/healthz")
 
-    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Another `boxoffice` command in the same environment (an operator beside serve)."""
-        return run_cli(self.env, *args, cwd=self.cwd, python=self.python)
+    def command(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Another `boxoffice` command in the same environment (an operator beside serve),
+        with `env` added."""
+        return run_cli({**self.env, **env}, *args, cwd=self.cwd, python=self.python)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

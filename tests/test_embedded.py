@@ -479,3 +479,37 @@ def test_binaries_nobody_cannot_reach_are_copied_out_with_exact_modes(
             original = source.parent / path.relative_to(copied)
             wanted = 0o755 if original.stat().st_mode & 0o100 else 0o644
         assert (stat.S_IMODE(found.st_mode), found.st_uid) == (wanted, 0), path
+
+
+@pytest.mark.cluster
+def test_serve_with_an_embedded_cluster_books_across_restarts(shared_tmp: Path) -> None:
+    from testkit.cluster import cluster_ports
+
+    base = cluster_ports(6)
+    env = embedded_env(shared_tmp)
+    env.update(BOXOFFICE_EMBEDDED_CLUSTER_PORT=str(base))
+    first = ServedBoxoffice(env, workers=1, cwd=shared_tmp, extra_args=("--embedded-cluster",))
+    try:
+        line = f"Valkey cluster embedded at redis://127.0.0.1:{base}/0 (3 primaries + 3 replicas"
+        assert line in first.output()
+        made = httpx.post(f"{first.url}/initialize", json={"eventId": "show", "totalTickets": 1})
+        assert made.status_code == 201
+        booked = httpx.post(f"{first.url}/book", json={"userId": "ann", "eventId": "show"})
+        assert booked.status_code == 201
+        # The operator's commands find the running cluster when told it is one.
+        reconciled = first.command(
+            "reconcile", "--wait", "30", "--json", BOXOFFICE_EMBEDDED_CLUSTER="true"
+        )
+        assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+        report = json.loads(reconciled.stdout)
+        assert (report["consistent"], report["events"], report["drifted"]) == (True, 1, 0)
+        assert first.stop() == 0
+    finally:
+        first.stop()
+    assert not any(_listening(base + i) for i in range(6)), "a node outlived boxoffice serve"
+    second = ServedBoxoffice(env, workers=1, cwd=shared_tmp, extra_args=("--embedded-cluster",))
+    try:
+        ann = httpx.get(f"{second.url}/events/show/users/ann").json()
+        assert ann == booked.json()
+    finally:
+        assert second.stop() == 0

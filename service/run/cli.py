@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -86,6 +87,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     host, port, workers = args.host, args.port, args.workers
+    if args.embedded_cluster and not settings.embedded_cluster:
+        settings = dataclasses.replace(settings, embedded_cluster=True)
     users = auth_line(settings, host)  # refuses unauthenticated users beyond loopback
     admin = admin_line(settings, host)  # refuses an open admin beyond loopback
 
@@ -578,6 +581,13 @@ def parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         default=settings.workers,
         metavar="N",
         help=f"HTTP worker processes {_default(settings, 'workers')}",
+    )
+    serve.add_argument(
+        "--embedded-cluster",
+        action="store_true",
+        default=settings.embedded_cluster,
+        help="with no REDIS_URL, run the embedded Valkey as a cluster of 3 primaries and 3 "
+        "replicas (ports from BOXOFFICE_EMBEDDED_CLUSTER_PORT, 6400)",
     )
     serve.set_defaults(run=_serve)
 

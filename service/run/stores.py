@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+from boxoffice.service.run.cluster import EmbeddedCluster
 from boxoffice.service.run.embedded import (
     EmbeddedPostgres,
     EmbeddedValkey,
@@ -35,7 +36,9 @@ def open_stores(settings: Settings, *, share_running: bool) -> Iterator[Stores]:
     with ExitStack() as stack:
         lines: list[str] = []
 
-        def embedded(server: EmbeddedValkey | EmbeddedPostgres, running: bool, what: str) -> str:
+        def embedded(
+            server: EmbeddedValkey | EmbeddedCluster | EmbeddedPostgres, running: bool, what: str
+        ) -> str:
             # The URL people read has no password; the one returned carries it.
             if share_running and running:
                 lines.append(f"{server.name} embedded at {server.public_url} (already running)")
@@ -50,6 +53,14 @@ def open_stores(settings: Settings, *, share_running: bool) -> Iterator[Stores]:
             return server.url
 
         redis_url = settings.redis_url
+        if redis_url is None and settings.embedded_cluster:
+            cluster = EmbeddedCluster(
+                settings.data_dir / "valkey-cluster", settings.embedded_cluster_port
+            )
+            seed = cluster.seed
+            replicas = cluster.primaries * cluster.replicas
+            what = f"{cluster.primaries} primaries + {replicas} replicas, AOF on"
+            redis_url = embedded(cluster, answers_ping(seed.host, seed.port), what)
         if redis_url is None:
             valkey = EmbeddedValkey(settings.data_dir / "valkey", settings.embedded_redis_port)
             redis_url = embedded(valkey, answers_ping(valkey.host, valkey.port), "AOF on")
