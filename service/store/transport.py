@@ -21,6 +21,13 @@ Failure handling:
   once by `service.address.RedisAddress` (redis-py's clients are built from the same value). A
   new connection answers its whole handshake before any call can reach it; commands queued
   for a connection that is lost are never written to the next one.
+- Through Sentinels (`redis+sentinel://`), a `PrimaryResolver` names the node before each
+  (re)connect, and the handshake adds ROLE: a node that says it is a replica is refused (the
+  Sentinels are asked again, with the reconnect's backoff). A READONLY reply means the node was
+  demoted under the connection (a failover): the call fails as its error reply says (a 503, by
+  `scripts`), and the connection is dropped as if lost, so the next one goes to the primary
+  the Sentinels name now. Without Sentinels, the same drop makes a reconnect resolve the host
+  name again (a DNS-switched endpoint).
 - Redis Cluster is refused at connect time with a clear error: every script's keys share one
   slot, but routing by slot (MOVED/ASK) is not built into this transport yet.
 
@@ -45,6 +52,7 @@ import hiredis
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import BackendUnavailable, ConfigurationError
+from boxoffice.service.store.sentinel import PrimaryResolver, SentinelResolver
 
 log = logging.getLogger("boxoffice.transport")
 
@@ -93,6 +101,11 @@ class _Protocol(asyncio.Protocol):
                 continue
             if isinstance(reply, ReplyError):
                 future.set_exception(reply)
+                if str(reply).startswith("READONLY"):
+                    # Demoted: every call behind this one is on a replica too.
+                    self.owner._demoted(self)
+                    if self.closed:
+                        return
             else:
                 future.set_result(reply)
 
@@ -146,18 +159,25 @@ class PipelinedRedis:
         timeout: float = 5.0,
         max_pending: int = 10_000,
         connect_timeout: float = 3.0,
+        resolver: PrimaryResolver | None = None,
     ) -> None:
         self.address = address if isinstance(address, RedisAddress) else RedisAddress.parse(address)
         self.timeout = timeout
         self.max_pending = max_pending
         self.connect_timeout = connect_timeout
         self._ssl = self.address.ssl_context()  # once: a TLS file it cannot load fails here
+        if resolver is None and self.address.through_sentinels:
+            resolver = SentinelResolver(self.address, timeout=connect_timeout)
+        self._resolver = resolver
+        """Asked where the primary is before each connection; None: `address` is the server."""
         handshake: list[tuple[Arg, ...]] = []
         if self.address.password is not None:
             user = (self.address.username,) if self.address.username else ()
             handshake.append(("AUTH", *user, self.address.password))
         if self.address.db:
             handshake.append(("SELECT", self.address.db))
+        if self._resolver is not None:
+            handshake.append(("ROLE",))  # (its reply is the one before INFO's)
         handshake.append(("INFO", "cluster"))
         self._handshake = tuple(handshake)
         self._protocol: _Protocol | None = None
@@ -182,27 +202,30 @@ class PipelinedRedis:
         address = self.address
         loop = asyncio.get_running_loop()
         protocol: _Protocol | None = None
+        host, port = address.host, address.port
+        if self._resolver is not None:
+            host, port = await self._resolver.primary()
         try:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     _, protocol = await loop.create_connection(
                         lambda: _Protocol(self),
-                        address.host,
-                        address.port,
+                        host,
+                        port,
                         ssl=self._ssl,
-                        server_hostname=address.host if self._ssl else None,
+                        server_hostname=host if self._ssl else None,
                     )
                     replies = await asyncio.gather(
                         *protocol.call_now(self._handshake), return_exceptions=True
                     )
             except ssl.SSLCertVerificationError as error:
                 raise ConfigurationError(
-                    f"REDIS_URL: the TLS certificate of Redis at {address.host}:{address.port} "
+                    f"REDIS_URL: the TLS certificate of Redis at {host}:{port} "
                     f"was refused ({error.verify_message}); check ssl_ca_certs"
                 ) from None
             except ssl.SSLError as error:
                 raise ConfigurationError(
-                    f"REDIS_URL: no TLS session with Redis at {address.host}:{address.port} "
+                    f"REDIS_URL: no TLS session with Redis at {host}:{port} "
                     f"({error.reason or error}); is it a TLS port, and the URL rediss://?"
                 ) from None
             except (OSError, TimeoutError) as error:
@@ -210,13 +233,21 @@ class PipelinedRedis:
                 if self._ssl and isinstance(error, TimeoutError):
                     why += "; is it a TLS port?"  # a plain server waits for a line, silent
                 raise BackendUnavailable(
-                    f"Redis at {address.host}:{address.port} cannot be reached ({why})."
+                    f"Redis at {host}:{port} cannot be reached ({why})."
                 ) from error
             for reply in replies:
                 if isinstance(reply, ReplyError):
                     raise ConfigurationError(f"REDIS_URL: Redis refused the handshake: {reply}")
                 if isinstance(reply, BaseException):
                     raise reply
+            if (
+                self._resolver is not None
+                and (role := cast("list[Any]", replies[-2])[0]) != "master"
+            ):
+                raise BackendUnavailable(
+                    f"Redis at {host}:{port}, named the primary by the Sentinels, says it is "
+                    f"a {role}; asking them again"
+                )
             if "cluster_enabled:1" in str(replies[-1]):
                 raise ConfigurationError(
                     "REDIS_URL points at a Redis Cluster: every boxoffice script touches one "
@@ -234,6 +265,12 @@ class PipelinedRedis:
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.abandon(reason)
+
+    def _demoted(self, protocol: _Protocol) -> None:
+        if protocol is self._protocol:
+            log.warning("Redis answered READONLY (no longer the primary); reconnecting")
+            self._drop("Redis is no longer the primary (READONLY)")
+            self._start_reconnecting()
 
     def _lost(self, protocol: _Protocol) -> None:
         if protocol is not self._protocol:
