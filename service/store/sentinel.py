@@ -10,16 +10,22 @@ acknowledged there would be refused, or lost). The transport does that last chec
 handshake, and drops its connection when the node it is on answers READONLY (demoted under it).
 
 One short connection per question, not a kept one: a question is asked only when the
-transport (re)connects, rarely, and a Sentinel connection kept open is one more thing that
-can go stale. redis-py's `Sentinel` serves the clients off the hot path
-(`service.store.clients`).
+transport (re)connects, rarely. One connection is kept, though: subscribed to a Sentinel's
+`+switch-master`, so the transport leaves a primary the moment the Sentinels have promoted
+another. Without it, a failover that leaves the old primary up (`SENTINEL FAILOVER` without
+COORDINATED, or a primary cut off from the Sentinels but not from the service) keeps it
+taking writes, acknowledged and then lost when it is demoted, until Sentinel gets to demote it
+(seconds, or never while the partition lasts). redis-py's `Sentinel` serves the clients off the
+hot path (`service.store.clients`); it has no such subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import hiredis
@@ -27,11 +33,16 @@ import hiredis
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import BackendUnavailable
 
+log = logging.getLogger("boxoffice.sentinel")
+
 
 class PrimaryResolver(Protocol):
     """Where the primary is now: asked by the transport before each connection it opens."""
 
     async def primary(self) -> tuple[str, int]: ...
+
+    async def follow(self, moved: Callable[[str, int], None]) -> None:
+        """Call `moved(host, port)` whenever the primary may have changed, until cancelled."""
 
 
 class SentinelResolver:
@@ -74,6 +85,54 @@ class SentinelResolver:
         raise BackendUnavailable(
             f"no Sentinel named the primary of {self.service!r} ({'; '.join(said)})."
         )
+
+    async def follow(self, moved: Callable[[str, int], None]) -> None:
+        """Subscribed to `+switch-master` on one Sentinel after another: `moved` gets the new
+        primary of each switch of this service, and, after each (re)subscription, the primary
+        named then (a switch may have happened while no subscription was up)."""
+        delay = 0.1
+        while True:
+            for host, port in list(self.sentinels):
+                try:
+                    await self._follow_one(host, port, moved)
+                except (OSError, TimeoutError, EOFError, BackendUnavailable) as error:
+                    log.info("Sentinel %s:%s stopped telling switches: %s", host, port, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _follow_one(self, host: str, port: int, moved: Callable[[str, int], None]) -> None:
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=self._ssl, server_hostname=host if self._ssl else None
+            )
+        try:
+            commands = (*((self._auth,) if self._auth else ()), ("SUBSCRIBE", "+switch-master"))
+            writer.write(b"".join(hiredis.pack_command(c) for c in commands))
+            parser = hiredis.Reader(encoding="utf-8")
+            subscribed = False
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise EOFError("closed the connection")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise BackendUnavailable(f"refused the subscription: {reply}")
+                    if not isinstance(reply, list) or len(reply) != 3:
+                        continue
+                    if reply[0] == "subscribe" and not subscribed:
+                        subscribed = True
+                        with contextlib.suppress(BackendUnavailable):
+                            moved(*await self.primary())
+                    elif reply[0] == "message":
+                        # <service> <old ip> <old port> <new ip> <new port>
+                        words = str(reply[2]).split()
+                        if len(words) == 5 and words[0] == self.service:
+                            log.warning("Sentinel %s:%s: %s moved to %s:%s", host, port,
+                                        self.service, words[3], words[4])  # fmt: skip
+                            moved(words[3], int(words[4]))
+        finally:
+            writer.close()
 
     async def _ask(self, host: str, port: int) -> object:
         """`SENTINEL get-master-addr-by-name` asked of one Sentinel (after AUTH if it needs it):

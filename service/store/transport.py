@@ -23,11 +23,12 @@ Failure handling:
   for a connection that is lost are never written to the next one.
 - Through Sentinels (`redis+sentinel://`), a `PrimaryResolver` names the node before each
   (re)connect, and the handshake adds ROLE: a node that says it is a replica is refused (the
-  Sentinels are asked again, with the reconnect's backoff). A READONLY reply means the node was
-  demoted under the connection (a failover): the call fails as its error reply says (a 503, by
-  `scripts`), and the connection is dropped as if lost, so the next one goes to the primary
-  the Sentinels name now. Without Sentinels, the same drop makes a reconnect resolve the host
-  name again (a DNS-switched endpoint).
+  Sentinels are asked again, with the reconnect's backoff). The resolver also tells of each
+  switch (`follow`): a connection to another node than the primary named is dropped as lost.
+  A READONLY reply means the node was demoted under the connection (a failover): the call
+  fails as its error reply says (a 503, by `scripts`), and the connection is dropped as if
+  lost, so the next one goes to the primary the Sentinels name now. Without Sentinels, the
+  same drop makes a reconnect resolve the host name again (a DNS-switched endpoint).
 - Redis Cluster is refused at connect time with a clear error: every script's keys share one
   slot, but routing by slot (MOVED/ASK) is not built into this transport yet.
 
@@ -185,6 +186,11 @@ class PipelinedRedis:
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
+        self._node: tuple[str, int] | None = None
+        """The node the published connection is to."""
+        self._retry_now = asyncio.Event()
+        """Cuts a reconnect's backoff short: the resolver named a new primary."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- connection -------------------------------------------------------------------------
@@ -194,6 +200,8 @@ class PipelinedRedis:
         self._loop = asyncio.get_running_loop()
         await self._open()
         self._watchdog = asyncio.create_task(self._watch())
+        if self._resolver is not None:
+            self._following = asyncio.create_task(self._resolver.follow(self._moved))
 
     async def _open(self) -> None:
         """A new connection, handshaken in private: no call can reach it before AUTH, SELECT
@@ -260,6 +268,16 @@ class PipelinedRedis:
                 protocol.abandon("the handshake did not complete")
             raise
         self._protocol = protocol
+        self._node = (host, port)
+
+    def _moved(self, host: str, port: int) -> None:
+        """The resolver names (host, port) the primary now: a connection elsewhere is left, and
+        a reconnect waiting out its backoff tries at once."""
+        self._retry_now.set()
+        if self._protocol is not None and self._node != (host, port):
+            log.warning("the primary moved to %s:%s; reconnecting", host, port)
+            self._drop(f"the primary moved to {host}:{port}")
+            self._start_reconnecting()
 
     def _drop(self, reason: str) -> None:
         protocol, self._protocol = self._protocol, None
@@ -290,7 +308,10 @@ class PipelinedRedis:
                     await self._open()
                 except (BackendUnavailable, ConfigurationError) as error:
                     log.warning("reconnecting to Redis in %.2f s: %s", delay, error)
-                    await asyncio.sleep(delay)
+                    self._retry_now.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._retry_now.wait()
                     delay = min(delay * 2, 2.0)
                 else:
                     log.info("reconnected to Redis")
@@ -313,7 +334,7 @@ class PipelinedRedis:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._watchdog, self._reconnecting):
+        for task in (self._watchdog, self._reconnecting, self._following):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
