@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import redis
+from redis.asyncio import Redis
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import BackendUnavailable, ConfigurationError
@@ -318,6 +320,8 @@ async def fail_over_under_load(sentinels: EmbeddedSentinels, how: str) -> Outcom
     settings = Settings(redis_url=sentinels.url, key_prefix=keyspace.prefix)
     answers = Answers()
     stop = asyncio.Event()
+    offpath = await connect_redis(sentinels.url, 2)  # as the writer, probes and CLI use it
+    assert (await offpath.config_get("port"))["port"] == str(old.port)
     async with app_client(settings, raise_app_exceptions=False) as http:
         for event, total in EVENTS.items():
             response = await http.post(
@@ -354,6 +358,13 @@ async def fail_over_under_load(sentinels: EmbeddedSentinels, how: str) -> Outcom
             await load
     assert answers.wrong == [], answers.wrong[:5]
     assert new.role() == "master"
+    try:
+        # redis-py follows on its next connection (lost, or READONLY); with the old primary
+        # still up and not yet demoted (forced), its idle connections stay until Sentinel
+        # demotes it and kills its clients.
+        await offpath_follows(offpath, new)
+    finally:
+        await offpath.aclose()
     lost: list[tuple[str, float]] = []
     with new.client() as client:
         for event in EVENTS:
@@ -389,6 +400,19 @@ async def fail_over_under_load(sentinels: EmbeddedSentinels, how: str) -> Outcom
         )
     )
     return outcome
+
+
+async def offpath_follows(client: Redis, new: DataNode) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if (await client.config_get("port"))["port"] == str(new.port):
+                await client.set("off-path", "on the promoted primary")
+                return
+        except redis.RedisError:
+            pass
+        assert time.monotonic() < deadline, "redis-py did not reach the promoted primary in 30 s"
+        await asyncio.sleep(0.05)
 
 
 async def test_primary_killed_under_load(sentinels: EmbeddedSentinels) -> None:
