@@ -95,7 +95,7 @@ class SentinelResolver:
             for host, port in list(self.sentinels):
                 try:
                     await self._follow_one(host, port, moved)
-                except (OSError, TimeoutError, EOFError, BackendUnavailable) as error:
+                except Exception as error:  # whatever it was: on to the next Sentinel
                     log.info("Sentinel %s:%s stopped telling switches: %s", host, port, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
