@@ -191,6 +191,8 @@ class PipelinedRedis:
         """The node the published connection is to."""
         self._retry_now = asyncio.Event()
         """Cuts a reconnect's backoff short: the resolver named a new primary."""
+        self._named: tuple[int, tuple[str, int] | None] = (0, None)
+        """How many times the resolver told of the primary, and the last node it named."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- connection -------------------------------------------------------------------------
@@ -211,6 +213,7 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         protocol: _Protocol | None = None
         host, port = address.host, address.port
+        told = self._named[0]
         if self._resolver is not None:
             host, port = await self._resolver.primary()
         try:
@@ -256,6 +259,10 @@ class PipelinedRedis:
                     f"Redis at {host}:{port}, named the primary by the Sentinels, says it is "
                     f"a {role}; asking them again"
                 )
+            if self._named[0] != told and self._named[1] != (host, port):
+                # Told of a switch while this connection was being made: it may be to the
+                # old primary, which would still say master.
+                raise BackendUnavailable(f"the primary moved from {host}:{port} meanwhile")
             if "cluster_enabled:1" in str(replies[-1]):
                 raise ConfigurationError(
                     "REDIS_URL points at a Redis Cluster: every boxoffice script touches one "
@@ -273,6 +280,7 @@ class PipelinedRedis:
     def _moved(self, host: str, port: int) -> None:
         """The resolver names (host, port) the primary now: a connection elsewhere is left, and
         a reconnect waiting out its backoff tries at once."""
+        self._named = (self._named[0] + 1, (host, port))
         self._retry_now.set()
         if self._protocol is not None and self._node != (host, port):
             log.warning("the primary moved to %s:%s; reconnecting", host, port)
