@@ -12,12 +12,25 @@ Accepted:
     redis://[[username]:password@]host[:port][/db][?db=N]      (also valkey://)
     rediss://...?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...
                  &ssl_cert_reqs=required|optional|none&ssl_check_hostname=true|false
+    redis+sentinel://[[username]:password@]host[:port][,host[:port]...]/service[/db]
+                 [?sentinel_password=...&sentinel_username=...]
+                                                          (also valkey+sentinel://; TLS:
+                                                           rediss+sentinel://, valkeys+sentinel://)
 Username and password may be percent-encoded (`p%40ss` for `p@ss`), in the user part or as
 `?username=` / `?password=`. A database given twice must agree. Nothing else is accepted.
+
+Sentinel: the hosts are the Sentinels (port 26379 unless given), asked in turn for the primary
+of the monitored `service` (the name in `sentinel monitor <service> ...`); the user part and
+`?password=` are the data nodes' credentials, `?sentinel_password=` (and `?sentinel_username=`)
+the Sentinels' own, when they require one. TLS, with its `ssl_*` options, applies to the
+Sentinels and the data nodes alike (one CA for the whole set). The grammar is the one
+redis-sentinel-url and Prefect read: `/0` alone is refused (a service named 0, or database 0 of
+no service?), and so is a service name that is not one path segment of plain characters.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +40,10 @@ from boxoffice.service.errors import ConfigurationError
 
 SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 """Scheme: whether it means TLS."""
+SENTINEL_SCHEMES = {f"{scheme}+sentinel": tls for scheme, tls in SCHEMES.items()}
+"""The same, through Sentinels."""
+SENTINEL_PORT = 26379
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 PARAMETERS = (
@@ -38,6 +55,8 @@ PARAMETERS = (
     "ssl_keyfile",
     "ssl_cert_reqs",
     "ssl_check_hostname",
+    "sentinel_username",
+    "sentinel_password",
 )
 
 
@@ -91,6 +110,17 @@ class RedisAddress:
     password: str | None = field(default=None, repr=False)
     tls: TLS | None = None
     """None: plain TCP (`redis://`)."""
+    sentinels: tuple[tuple[str, int], ...] = ()
+    """The Sentinels asked for the primary, in the URL's order; empty: `host`:`port` is the
+    server. With Sentinels, `host`:`port` is only the first Sentinel's, never a data node."""
+    service: str | None = None
+    """The monitored primary's name (`sentinel monitor <service> ...`), with Sentinels."""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    @property
+    def through_sentinels(self) -> bool:
+        return bool(self.sentinels)
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
@@ -98,13 +128,15 @@ class RedisAddress:
         (without the password)."""
         try:
             parts = urlsplit(url.strip())
-            port = parts.port
+            sentinel = parts.scheme in SENTINEL_SCHEMES
+            # (a list of Sentinels is no host:port urlsplit can read: parsed below)
+            port = None if sentinel else parts.port
         except ValueError as error:
             raise _refuse(f"not a valid URL ({error})") from None
-        if parts.scheme not in SCHEMES:
+        if parts.scheme not in SCHEMES and not sentinel:
             raise _refuse(
                 f"scheme {parts.scheme + '://' if parts.scheme else '(none)'} is not supported; "
-                "expected redis:// or rediss:// (TLS)"
+                "expected redis://, rediss:// (TLS) or redis+sentinel://"
             )
         if parts.fragment:
             raise _refuse("a #fragment is not supported")
@@ -122,7 +154,13 @@ class RedisAddress:
                 raise _refuse(f"parameter {name!r} is given twice")
             query[name] = value
 
-        db = _database(parts.path, query.get("db"))
+        service = None
+        path = parts.path
+        if sentinel:
+            service, path = _service(parts.path)
+        elif sentinel_given := [n for n in query if n.startswith("sentinel_")]:
+            raise _refuse(f"{', '.join(sentinel_given)} need redis+sentinel://")
+        db = _database(path, query.get("db"))
         username = _agreeing(
             "username", unquote(parts.username) if parts.username else None, query.get("username")
         )
@@ -134,16 +172,33 @@ class RedisAddress:
         if username and not password:
             # (redis-py would send AUTH with no password, the transport no AUTH at all)
             raise _refuse("a username needs a password (user:password@host)")
-        tls = _tls(query) if SCHEMES[parts.scheme] else None
+        if query.get("sentinel_username") and not query.get("sentinel_password"):
+            raise _refuse("sentinel_username needs sentinel_password")
+        tls_scheme = SENTINEL_SCHEMES[parts.scheme] if sentinel else SCHEMES[parts.scheme]
+        tls = _tls(query) if tls_scheme else None
         if tls is None and (ssl_given := [n for n in query if n.startswith("ssl_")]):
             raise _refuse(f"{', '.join(ssl_given)} need rediss:// (TLS), not redis://")
+        if not sentinel:
+            return cls(
+                host=parts.hostname or "127.0.0.1",
+                port=port or 6379,
+                db=db,
+                username=username or None,
+                password=password or None,
+                tls=tls,
+            )
+        sentinels = _sentinels(parts.netloc.rpartition("@")[2])
         return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=port or 6379,
+            host=sentinels[0][0],
+            port=sentinels[0][1],
             db=db,
             username=username or None,
             password=password or None,
             tls=tls,
+            sentinels=sentinels,
+            service=service,
+            sentinel_username=query.get("sentinel_username") or None,
+            sentinel_password=query.get("sentinel_password") or None,
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -152,12 +207,30 @@ class RedisAddress:
     def redis_options(self) -> dict[str, Any]:
         """Keyword arguments of a redis-py connection (sync or asyncio) to this address; with
         TLS, the connection class must be redis-py's `SSLConnection`."""
+        if self.sentinels:
+            # host:port is a Sentinel: a client built on it would talk to the wrong daemon.
+            raise ConfigurationError(
+                "REDIS_URL names Sentinels: the server is the primary they name, not a fixed "
+                "host (connect_redis asks them)"
+            )
+        return {"host": self.host, "port": self.port, **self.node_options()}
+
+    def node_options(self) -> dict[str, Any]:
+        """`redis_options` without the host and port: how to talk to whichever data node."""
         options: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
             "db": self.db,
             "username": self.username,
             "password": self.password,
+        }
+        if self.tls:
+            options.update(self.tls.redis_options())
+        return options
+
+    def sentinel_options(self) -> dict[str, Any]:
+        """Keyword arguments of a redis-py connection to one of the Sentinels (no host, port)."""
+        options: dict[str, Any] = {
+            "username": self.sentinel_username,
+            "password": self.sentinel_password,
         }
         if self.tls:
             options.update(self.tls.redis_options())
@@ -181,6 +254,51 @@ def _database(path: str, query_db: str | None) -> int:
             f"database given twice and different (/{path} and ?db={query_db}); give it once"
         )
     return numbers.pop() if numbers else 0
+
+
+def _service(path: str) -> tuple[str, str]:
+    """(service name, the rest of the path: the database) of a Sentinel URL's path."""
+    segments = path.split("/")[1:] if path else []
+    if not segments or not segments[0]:
+        raise _refuse(
+            "a Sentinel URL needs the monitored service's name: "
+            "redis+sentinel://host:26379,host:26379/<service>[/db]"
+        )
+    if len(segments) > 2:
+        raise _refuse("a Sentinel URL's path is /<service>[/db], nothing more")
+    name = unquote(segments[0])
+    if name.isdigit():
+        raise _refuse(
+            f"service name {name!r} is a number: a database with no service? write "
+            "/<service>/<db> (a service named by digits only is refused as ambiguous)"
+        )
+    if not _SERVICE_NAME.fullmatch(name):
+        raise _refuse("the service name must be 1-128 of A-Z a-z 0-9 . _ : -")
+    return name, f"/{segments[1]}" if len(segments) == 2 else ""
+
+
+def _sentinels(hosts: str) -> tuple[tuple[str, int], ...]:
+    """The Sentinels of `host[:port],host[:port]...` (IPv6 literals in brackets)."""
+    found: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        if item.startswith("["):
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise _refuse("a Sentinel's IPv6 address must be [address]:port")
+            port_text = rest[1:] if rest else ""
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise _refuse(
+                "an empty Sentinel address (expected host[:port],host[:port],... before the /)"
+            )
+        if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+            raise _refuse(f"Sentinel port {port_text!r} is not a port number")
+        sentinel = (host.lower(), int(port_text) if port_text else SENTINEL_PORT)
+        if sentinel in found:
+            raise _refuse(f"Sentinel {sentinel[0]}:{sentinel[1]} is given twice")
+        found.append(sentinel)
+    return tuple(found)
 
 
 def _agreeing(what: str, in_user_part: str | None, in_query: str | None) -> str | None:

@@ -18,6 +18,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import ConfigurationError
@@ -60,6 +61,8 @@ async def connect_redis(
     the same `RedisAddress` as the hot path's transport (never redis-py's own URL reading).
     With `cluster`, a `RedisCluster` seeded by the address (`resolve_cluster` says which)."""
     address = _address(address)
+    if address.through_sentinels:
+        return _through_sentinels(address, max_connections)
     if cluster:
         return _cluster_client(address, max_connections)
     pool = BlockingConnectionPool(
@@ -74,6 +77,59 @@ async def connect_redis(
         **address.redis_options(),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+class _BoundedSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (it asks the Sentinels for the primary before each new
+    connection, and drops its idle connections when the answer changes; a READONLY reply
+    disconnects and fails the call as a lost connection) on the bounded pool `connect_redis`
+    uses for a fixed server: a caller waits up to `timeout` for a free connection instead of
+    opening one more."""
+
+
+class _SentinelClient(Redis):
+    """A client that closes its Sentinels' connections with its own (redis-py leaves them to
+    the `Sentinel` object, which nothing else here holds)."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+def _through_sentinels(address: RedisAddress, max_connections: int) -> Redis:
+    """`connect_redis` for a `redis+sentinel://` address: the same bounded pool, timeouts and
+    credentials, its server the primary the Sentinels name at each new connection, so the
+    writer, the layout claim, probes, rate limits and the CLI follow a failover."""
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        list(address.sentinels),
+        sentinel_kwargs={
+            "socket_timeout": 3,
+            "socket_connect_timeout": 3,
+            "ssl": address.tls is not None,
+            **address.sentinel_options(),
+        },
+    )
+    client = sentinels.master_for(
+        address.service or "",
+        redis_class=_SentinelClient,
+        connection_pool_class=_BoundedSentinelPool,
+        max_connections=max_connections,
+        timeout=5,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=2,  # as connect_redis' pool, and for the same reason
+        decode_responses=True,
+        ssl=address.tls is not None,  # (the Sentinel pool's choice of connection class)
+        **address.node_options(),
+    )
+    assert isinstance(client, _SentinelClient)
+    client.sentinels = sentinels
+    return client
 
 
 def _cluster_client(address: RedisAddress, max_connections: int) -> RedisCluster:

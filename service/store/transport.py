@@ -21,6 +21,14 @@ Failure handling:
   once by `service.address.RedisAddress` (redis-py's clients are built from the same value). A
   new connection answers its whole handshake before any call can reach it; commands queued
   for a connection that is lost are never written to the next one.
+- Through Sentinels (`redis+sentinel://`), a `PrimaryResolver` names the node before each
+  (re)connect, and the handshake adds ROLE: a node that says it is a replica is refused (the
+  Sentinels are asked again, with the reconnect's backoff). The resolver also tells of each
+  switch (`follow`): a connection to another node than the primary named is dropped as lost.
+  A READONLY reply means the node was demoted under the connection (a failover): the call
+  fails as its error reply says (a 503, by `scripts`), and the connection is dropped as if
+  lost, so the next one goes to the primary the Sentinels name now. Without Sentinels, the
+  same drop makes a reconnect resolve the host name again (a DNS-switched endpoint).
 - A Redis Cluster node is refused at connect time with a clear error, unless the connection
   is one of `service.store.cluster.ClusterPipelinedRedis`'s, which routes by slot (MOVED/ASK).
 
@@ -45,6 +53,7 @@ import hiredis
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import BackendUnavailable, ConfigurationError
+from boxoffice.service.store.sentinel import PrimaryResolver, SentinelResolver
 
 log = logging.getLogger("boxoffice.transport")
 
@@ -93,6 +102,11 @@ class _Protocol(asyncio.Protocol):
                 continue
             if isinstance(reply, ReplyError):
                 future.set_exception(reply)
+                if str(reply).startswith("READONLY"):
+                    # Demoted: every call behind this one is on a replica too.
+                    self.owner._demoted(self)
+                    if self.closed:
+                        return
             else:
                 future.set_result(reply)
 
@@ -147,6 +161,7 @@ class PipelinedRedis:
         max_pending: int = 10_000,
         connect_timeout: float = 3.0,
         cluster_node: bool = False,
+        resolver: PrimaryResolver | None = None,
     ) -> None:
         self.address = address if isinstance(address, RedisAddress) else RedisAddress.parse(address)
         self.cluster_node = cluster_node
@@ -155,12 +170,18 @@ class PipelinedRedis:
         self.max_pending = max_pending
         self.connect_timeout = connect_timeout
         self._ssl = self.address.ssl_context()  # once: a TLS file it cannot load fails here
+        if resolver is None and self.address.through_sentinels:
+            resolver = SentinelResolver(self.address, timeout=connect_timeout)
+        self._resolver = resolver
+        """Asked where the primary is before each connection; None: `address` is the server."""
         handshake: list[tuple[Arg, ...]] = []
         if self.address.password is not None:
             user = (self.address.username,) if self.address.username else ()
             handshake.append(("AUTH", *user, self.address.password))
         if self.address.db:
             handshake.append(("SELECT", self.address.db))
+        if self._resolver is not None:
+            handshake.append(("ROLE",))  # (its reply is the one before INFO's)
         handshake.append(("INFO", "cluster"))
         self._handshake = tuple(handshake)
         self._protocol: _Protocol | None = None
@@ -168,6 +189,13 @@ class PipelinedRedis:
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
+        self._node: tuple[str, int] | None = None
+        """The node the published connection is to."""
+        self._retry_now = asyncio.Event()
+        """Cuts a reconnect's backoff short: the resolver named a new primary."""
+        self._named: tuple[int, tuple[str, int] | None] = (0, None)
+        """How many times the resolver told of the primary, and the last node it named."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- connection -------------------------------------------------------------------------
@@ -177,6 +205,8 @@ class PipelinedRedis:
         self._loop = asyncio.get_running_loop()
         await self._open()
         self._watchdog = asyncio.create_task(self._watch())
+        if self._resolver is not None:
+            self._following = asyncio.create_task(self._resolver.follow(self._moved))
 
     async def _open(self) -> None:
         """A new connection, handshaken in private: no call can reach it before AUTH, SELECT
@@ -185,27 +215,31 @@ class PipelinedRedis:
         address = self.address
         loop = asyncio.get_running_loop()
         protocol: _Protocol | None = None
+        host, port = address.host, address.port
+        told = self._named[0]
+        if self._resolver is not None:
+            host, port = await self._resolver.primary()
         try:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     _, protocol = await loop.create_connection(
                         lambda: _Protocol(self),
-                        address.host,
-                        address.port,
+                        host,
+                        port,
                         ssl=self._ssl,
-                        server_hostname=address.host if self._ssl else None,
+                        server_hostname=host if self._ssl else None,
                     )
                     replies = await asyncio.gather(
                         *protocol.call_now(self._handshake), return_exceptions=True
                     )
             except ssl.SSLCertVerificationError as error:
                 raise ConfigurationError(
-                    f"REDIS_URL: the TLS certificate of Redis at {address.host}:{address.port} "
+                    f"REDIS_URL: the TLS certificate of Redis at {host}:{port} "
                     f"was refused ({error.verify_message}); check ssl_ca_certs"
                 ) from None
             except ssl.SSLError as error:
                 raise ConfigurationError(
-                    f"REDIS_URL: no TLS session with Redis at {address.host}:{address.port} "
+                    f"REDIS_URL: no TLS session with Redis at {host}:{port} "
                     f"({error.reason or error}); is it a TLS port, and the URL rediss://?"
                 ) from None
             except (OSError, TimeoutError) as error:
@@ -213,13 +247,25 @@ class PipelinedRedis:
                 if self._ssl and isinstance(error, TimeoutError):
                     why += "; is it a TLS port?"  # a plain server waits for a line, silent
                 raise BackendUnavailable(
-                    f"Redis at {address.host}:{address.port} cannot be reached ({why})."
+                    f"Redis at {host}:{port} cannot be reached ({why})."
                 ) from error
             for reply in replies:
                 if isinstance(reply, ReplyError):
                     raise ConfigurationError(f"REDIS_URL: Redis refused the handshake: {reply}")
                 if isinstance(reply, BaseException):
                     raise reply
+            if (
+                self._resolver is not None
+                and (role := cast("list[Any]", replies[-2])[0]) != "master"
+            ):
+                raise BackendUnavailable(
+                    f"Redis at {host}:{port}, named the primary by the Sentinels, says it is "
+                    f"a {role}; asking them again"
+                )
+            if self._named[0] != told and self._named[1] != (host, port):
+                # Told of a switch while this connection was being made: it may be to the
+                # old primary, which would still say master.
+                raise BackendUnavailable(f"the primary moved from {host}:{port} meanwhile")
             if "cluster_enabled:1" in str(replies[-1]) and not self.cluster_node:
                 raise ConfigurationError(
                     "REDIS_URL points at a Redis Cluster, and cluster mode is off: set "
@@ -232,11 +278,28 @@ class PipelinedRedis:
                 protocol.abandon("the handshake did not complete")
             raise
         self._protocol = protocol
+        self._node = (host, port)
+
+    def _moved(self, host: str, port: int) -> None:
+        """The resolver names (host, port) the primary now: a connection elsewhere is left, and
+        a reconnect waiting out its backoff tries at once."""
+        self._named = (self._named[0] + 1, (host, port))
+        self._retry_now.set()
+        if self._protocol is not None and self._node != (host, port):
+            log.warning("the primary moved to %s:%s; reconnecting", host, port)
+            self._drop(f"the primary moved to {host}:{port}")
+            self._start_reconnecting()
 
     def _drop(self, reason: str) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.abandon(reason)
+
+    def _demoted(self, protocol: _Protocol) -> None:
+        if protocol is self._protocol:
+            log.warning("Redis answered READONLY (no longer the primary); reconnecting")
+            self._drop("Redis is no longer the primary (READONLY)")
+            self._start_reconnecting()
 
     def _lost(self, protocol: _Protocol) -> None:
         if protocol is not self._protocol:
@@ -256,7 +319,10 @@ class PipelinedRedis:
                     await self._open()
                 except (BackendUnavailable, ConfigurationError) as error:
                     log.warning("reconnecting to Redis in %.2f s: %s", delay, error)
-                    await asyncio.sleep(delay)
+                    self._retry_now.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._retry_now.wait()
                     delay = min(delay * 2, 2.0)
                 else:
                     log.info("reconnected to Redis")
@@ -279,7 +345,7 @@ class PipelinedRedis:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._watchdog, self._reconnecting):
+        for task in (self._watchdog, self._reconnecting, self._following):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
