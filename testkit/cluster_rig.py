@@ -183,13 +183,15 @@ class ClusterRig:
         return [e for events in self.events.values() for e in events]
 
     def on(self, node: ClusterNode) -> set[str]:
+        """The events whose slot the node served when the cluster was made."""
         return set(self.events[node.port])
 
     # -- checks -------------------------------------------------------------------------------
 
     def reconcile(self, *extra: str) -> tuple[int, dict[str, Any]]:
         done = self.command("reconcile", "--json", *extra)
-        assert done.returncode in (0, 1) and done.stdout, done.stdout + done.stderr
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        assert done.stdout, done.stderr
         return done.returncode, json.loads(done.stdout)
 
     def check_invariants(self) -> None:
