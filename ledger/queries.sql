@@ -62,3 +62,16 @@ SELECT event_id, count(*) AS held
   FROM dead_letters
  WHERE resolved_at IS NULL AND reason = 'held' AND ($1::text IS NULL OR event_id = $1)
  GROUP BY event_id;
+
+-- name: raise_outbox_mark
+INSERT INTO outbox_marks AS m (stream, last_ms, last_n)
+VALUES ($1, $2, $3)
+ON CONFLICT (stream) DO UPDATE
+   SET last_ms = excluded.last_ms, last_n = excluded.last_n, updated_at = now()
+ WHERE (excluded.last_ms, excluded.last_n) > (m.last_ms, m.last_n);
+
+-- name: outbox_mark
+SELECT last_ms, last_n FROM outbox_marks WHERE stream = $1;
+
+-- name: outbox_marks
+SELECT stream, last_ms, last_n FROM outbox_marks;

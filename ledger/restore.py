@@ -2,7 +2,8 @@
 
 Every event comes back with its total, its waiting-list limit, its sequence counter, its holders and
 its waiting list in order (each waiting user keeps the sequence number it joined with). Outbox
-streams and their consumer groups start afresh, so the next state change of an event continues its
+streams and their consumer groups start afresh (their ids moved up to the ledger's mark of each,
+`ledger.fence.resume_streams`), so the next state change of an event continues its
 sequence where the ledger left it.
 
 Big events are written in pages (`chunk` entries per command, a few commands per round trip,
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from boxoffice.ledger.database import Connection
+from boxoffice.ledger.fence import resume_streams
 from boxoffice.ledger.state import (
     CHUNK,
     PAGES_PER_TRIP,
@@ -137,5 +139,7 @@ async def restore(
             bookings += len(state.holders)
             waiting += len(state.waitlist)
     await ensure_groups(redis, keyspace)
+    # The streams continue after every id the ledger has, so the writers' fence passes.
+    await resume_streams(redis, connection, keyspace)
     await epoch.mark(redis, keyspace, epoch.RESTORED)  # last: the store takes requests again
     return Restored(events=events, bookings=bookings, waiting=waiting, replaced=replaced)

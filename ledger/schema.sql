@@ -242,3 +242,15 @@ COMMENT ON COLUMN dead_letters.reason IS
     'never came): the record that froze its event; held: a later record of a frozen event, '
     'parked until release.';
 CREATE INDEX dead_letters_unresolved ON dead_letters (event_id, seq) WHERE resolved_at IS NULL;
+
+-- The ledger's high-water mark per outbox stream (migration 0007): the highest stream entry id
+-- the writer committed from it, compared with the stream in Redis to find a store that lost
+-- history the ledger has (ledger/writer.py, the fence).
+CREATE TABLE outbox_marks (
+    stream     text        PRIMARY KEY,
+    last_ms    bigint      NOT NULL CHECK (last_ms >= 0),
+    last_n     bigint      NOT NULL CHECK (last_n >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE outbox_marks IS
+    'Per outbox stream, the highest entry id (<last_ms>-<last_n>) the ledger writer committed.';

@@ -46,6 +46,14 @@ from boxoffice.ledger.deadletters import (
     stream_order,
     waits,
 )
+from boxoffice.ledger.fence import (
+    StreamId,
+    Verdict,
+    committed_mark,
+    inspect,
+    parse_id,
+    raise_mark,
+)
 from boxoffice.ledger.records import MalformedRecord, Record, UnsupportedVersion, parse
 from boxoffice.service.settings import DEFAULTS
 from boxoffice.service.store.clients import StoreClient
@@ -131,6 +139,8 @@ class WriterStats:
     """Records of frozen events set aside in dead_letters until their event is released."""
     batches: int = 0
     held: set[int] = field(default_factory=set)
+    fenced: dict[int, str] = field(default_factory=dict)
+    """Partitions this writer fenced (their store lost history the ledger has), with why."""
 
 
 _CONFLICT = "same event and seq as a ledger entry, other content"
@@ -176,6 +186,9 @@ class Writer:
         self._frozen_read_at = -math.inf
         self._blocked_since: dict[tuple[str, str], float] = {}
         """(stream, stream id) -> when the record was first found blocked."""
+        self._given: dict[str, StreamId] = {}
+        """Per stream held now, the latest entry its group has given this writer (the cursor
+        was there or later): a new-entries read starting at or before it went back."""
 
     async def run(self, stop: asyncio.Event) -> None:
         # Built, not connected: a store the writer cannot drain is refused before it starts.
@@ -255,6 +268,8 @@ class Writer:
     ) -> None:
         stream = self.keyspace.outbox(partition)
         config = self.config
+        if await self._fenced(stream_redis, partition):
+            return
         await self._take_over(stream_redis, stream, 0)
         self._frozen_read_at = -math.inf  # the previous holder may have frozen events
         for key in [k for k in self._blocked_since if k[0] == stream]:
@@ -279,6 +294,8 @@ class Writer:
                     log.warning("partition %d: lease lost", partition)
                     return
                 renewed = now
+                if await self._fenced(stream_redis, partition):
+                    return
                 if self._over_share():
                     log.info("partition %d: handed over to balance writers", partition)
                     return
@@ -299,11 +316,59 @@ class Writer:
                 cursor = entries[-1][0]
             if not entries:
                 continue
+            if cursor == ">" and await self._went_back(stream_redis, partition, entries):
+                return
             blocked = await self._write(stream_redis, stream, entries)
             if blocked and retry_blocked_at is None:
                 retry_blocked_at = time.monotonic() + config.retry_blocked_s
             if cursor == ">" and len(entries) < config.batch_size // 4:
                 await _sleep(stop, config.linger_ms / 1000)
+
+    async def _fenced(
+        self, stream_redis: Transport, partition: int, below: StreamId | None = None
+    ) -> bool:
+        """Whether Redis lost history of the partition that the ledger has (ledger/fence.py);
+        if so the partition is fenced: its epoch marker goes, so its scripts answer
+        store-reset and no writer leases it until `boxoffice restore`."""
+        stream = self.keyspace.outbox(partition)
+        async with self.pool.acquire(timeout=self.config.command_timeout_s) as connection:
+            mark = await committed_mark(connection, stream)
+        verdict = await inspect(stream_redis, stream, mark, below)
+        if not verdict.lost:
+            if verdict.delivered is not None:
+                given = self._given.get(stream, verdict.delivered)
+                self._given[stream] = max(given, verdict.delivered)
+            return False
+        await self._fence(partition, verdict)
+        return True
+
+    async def _fence(self, partition: int, verdict: Verdict) -> None:
+        stream = self.keyspace.outbox(partition)
+        await self.redis.delete(self.keyspace.epoch(partition))
+        self._given.pop(stream, None)
+        detail = verdict.describe(stream)
+        self.stats.fenced[partition] = detail
+        log.error(
+            "partition %d fenced: Redis lost history the ledger has (%s); its requests answer "
+            "store-reset until `boxoffice restore`",
+            partition,
+            detail,
+        )
+
+    async def _went_back(
+        self, stream_redis: Transport, partition: int, entries: list[Entry]
+    ) -> bool:
+        """After a new-entries read: note what was given, and when the read went back (an
+        entry given before came again: the group's cursor is behind where it was, as on a
+        promoted replica), check the stream against the ledger. True: fenced."""
+        stream = self.keyspace.outbox(partition)
+        first, last = parse_id(entries[0][0]), parse_id(entries[-1][0])
+        given = self._given.get(stream)
+        self._given[stream] = last if given is None else max(given, last)
+        if given is None or first > given:
+            return False
+        log.warning("%s: the group gave entry %s again (cursor went back)", stream, entries[0][0])
+        return await self._fenced(stream_redis, partition, below=first)
 
     async def _take_over(self, stream_redis: Transport, stream: str, min_idle_ms: int) -> int:
         """Claim what consumers left pending for at least `min_idle_ms`: holding the lease, this
@@ -481,6 +546,8 @@ class Writer:
                 conflicts = [r for r in records if outcomes[r.stream_id] == "conflict"]
                 if conflicts:
                     raise _Undo(conflicts)
+                done = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
+                await raise_mark(connection, stream, done)
             return outcomes, [], []
         except _Undo as undo:
             dead = [DeadLetter.of(stream, r, "conflict", _CONFLICT) for r in undo.records]
@@ -504,6 +571,9 @@ class Writer:
                 stopped.add(record.event)
                 continue
             outcomes.update(outcome)
+        committed = [sid for sid, outcome in outcomes.items() if outcome in ACKABLE]
+        async with self.pool.acquire(timeout=within) as connection:
+            await raise_mark(connection, stream, committed)
         return outcomes, dead, again
 
     async def _quarantine(self, stream: str, dead: list[DeadLetter]) -> None:

@@ -19,6 +19,7 @@ ALL = [
     "0004_dead_letters",
     "0005_record_format",
     "0006_waitlist_limit",
+    "0007_outbox_marks",
 ]
 
 

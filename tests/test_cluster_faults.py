@@ -1,0 +1,285 @@
+"""Cluster faults under booking load (issue 15, item 4).
+
+Each test has a 3+3 Valkey cluster of its own (`testkit.cluster_rig.ClusterRig`: node timeout
+2 s, `cluster-require-full-coverage no`), a ledger database of its own, `boxoffice serve
+--workers 2` on the cluster and a `boxoffice writer` beside it, and events spread over the three
+primaries. Clients book and cancel while the fault happens and log every answer. Afterwards:
+the invariants of every event, `boxoffice reconcile --wait 60`, and the ledger against what the
+clients were told. What each fault cost (503s, for how long, records lost) is printed; the
+README's "Cluster faults" has the figures of a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from boxoffice.service.run.cluster import ClusterNode
+from testkit.cluster_rig import ClusterRig, Log, answered_since, load
+from testkit.support import eventually, open_directory, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.faults, pytest.mark.anyio]
+
+
+@pytest.fixture
+def crig(database_url: str) -> Iterator[ClusterRig]:
+    """A cluster rig of this test's own, torn down afterwards."""
+    home = open_directory()
+    try:
+        rig = ClusterRig(home, database_url)
+        try:
+            yield rig
+        finally:
+            rig.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def book(url: str, event: str, user: str) -> httpx.Response:
+    return httpx.post(f"{url}/book", json={"userId": user, "eventId": event}, timeout=10)
+
+
+def problem_type(response: httpx.Response) -> str | None:
+    if response.status_code < 500:
+        return None
+    return str(response.json().get("type"))
+
+
+def replication(node: ClusterNode) -> dict[str, Any]:
+    with node.client() as client:
+        return dict(client.info("replication"))
+
+
+def in_sync(primary: ClusterNode, replica: ClusterNode) -> bool:
+    """The replica has every write its primary made (the same replication offset)."""
+    offset = replication(primary)["master_repl_offset"]
+    return bool(replication(replica).get("slave_repl_offset") == offset)
+
+
+def report(what: str, **figures: object) -> None:
+    print(f"\n[cluster fault] {what}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+async def steady_load(
+    rig: ClusterRig, events: list[str], log: Log, bookings: int
+) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """Start the load over `events` and return once it has `bookings` acknowledged bookings."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(load(rig.url, events, stop, log))
+    await eventually(lambda: len(log.seen.bookings) >= bookings, 30, f"{bookings} bookings")
+    return stop, task
+
+
+# -- 2. a primary killed -------------------------------------------------------------------------
+
+
+async def test_primary_killed_its_replica_takes_over(crig: ClusterRig) -> None:
+    """SIGKILL of a primary: its replica is promoted after the node timeout, the service finds
+    it by itself, and only that primary's events see 503s meanwhile. (Not the seed node that
+    REDIS_URL names: a CLI command started while it is down cannot connect; see README.)"""
+    victim, replica = crig.cluster.nodes[1], crig.cluster.nodes[4]
+    victims = crig.on(victim)
+    others = set(crig.all_events()) - victims
+    log = Log()
+    stop, running = await steady_load(crig, crig.all_events(), log, 60)
+    wait_for(lambda: in_sync(victim, replica), 10, "the replica to catch up")
+    killed_at = time.monotonic()
+    victim.kill()
+    await eventually(
+        lambda: replication(replica)["role"] == "master", 30, "the replica's promotion"
+    )
+    promoted_at = time.monotonic()
+    await eventually(lambda: answered_since(log, victims, promoted_at + 0.5), 30, "the victim")
+    stop.set()
+    await running
+
+    cost = log.outage(victims, killed_at)
+    report(
+        "primary killed",
+        promoted_after_s=round(promoted_at - killed_at, 2),
+        victim=cost,
+        others=log.outage(others, killed_at),
+        answers=len(log.answers),
+    )
+    assert cost["failed"] > 0, "the victim's events never failed: was the primary killed?"
+    assert log.failed(others) == []
+    assert cost["until_s"] < 20
+    await crig.assert_nothing_lost(log)
+
+
+# -- 4 and 5. a failover that lost acknowledged writes, the fence, restore ---------------------
+
+
+def cut_replication(replica: ClusterNode) -> None:
+    """Stop the replica's copying: a wrong `masterauth` and its link killed, so it cannot
+    reconnect (CLIENT PAUSE on the primary would not stop replication; DEBUG SLEEP would only
+    delay it: the primary's writes wait in the socket)."""
+    with replica.client() as client:
+        client.config_set("masterauth", "not-the-password")
+        client.execute_command("CLIENT", "KILL", "TYPE", "master")
+    wait_for(
+        lambda: replication(replica)["master_link_status"] == "down", 10, "the link to go down"
+    )
+
+
+def promote(replica: ClusterNode, password: str) -> None:
+    """`CLUSTER FAILOVER TAKEOVER`: the replica takes its dead primary's slots at once."""
+    with replica.client() as client:
+        client.config_set("masterauth", password)
+        client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+    wait_for(lambda: replication(replica)["role"] == "master", 10, "the replica's promotion")
+
+
+async def book_all(url: str, event: str, users: list[str]) -> dict[str, str]:
+    """Book each user (retrying 503s), booking id by user."""
+    ids: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for user in users:
+            deadline = time.monotonic() + 20
+            while (
+                answer := await http.post("/book", json={"userId": user, "eventId": event})
+            ).status_code >= 500:
+                assert time.monotonic() < deadline, answer.text
+                await asyncio.sleep(0.05)
+            assert answer.status_code == 201, answer.text
+            ids[user] = answer.json()["bookingId"]
+    return ids
+
+
+async def test_forced_loss_is_fenced_until_restore(crig: ClusterRig) -> None:
+    victim, replica = crig.cluster.nodes[1], crig.cluster.nodes[4]
+    event = sorted(crig.on(victim))[0]
+    partition = crig.keyspace.partition_of(event)
+    others = [e for e in crig.all_events() if e not in crig.on(victim)]
+    log = Log()
+    stop, running = await steady_load(crig, crig.all_events(), log, 40)
+    stop.set()
+    await running
+    wait_for(lambda: in_sync(victim, replica), 10, "the replica to catch up")
+
+    cut_replication(replica)
+    # Acknowledged by the primary only; the writer commits them: the ledger is ahead of what
+    # the replica will have.
+    committed = await book_all(crig.url, event, [f"b1-{n}" for n in range(5)])
+    await eventually_in_ledger(crig, event, committed)
+    os.kill(crig.writer.pid, signal.SIGSTOP)
+    # Acknowledged by the primary only, never written: the normal lag, lost with the primary.
+    unwritten = await book_all(crig.url, event, [f"b2-{n}" for n in range(3)])
+    background = Log()
+    stop, running = await steady_load(crig, others, background, 10)
+
+    victim.kill()
+    promote(replica, crig.cluster.password)
+    # Before the writer looks: the promoted replica takes bookings with the sequence numbers
+    # (and booking ids) it never saw used.
+    window = await book_all(crig.url, event, [f"w-{n}" for n in range(3)])
+    os.kill(crig.writer.pid, signal.SIGCONT)
+    fenced_at = time.monotonic()
+
+    probes = iter(range(1000))
+
+    def refused() -> bool:
+        """A booking of a new user: store-reset once fenced; until then a window booking."""
+        user = f"probe-{next(probes)}"
+        answer = book(crig.url, event, user)
+        if answer.status_code == 201:
+            window[user] = answer.json()["bookingId"]
+        return problem_type(answer) == "/problems/store-reset"
+
+    await eventually(refused, 30, "the partition to be fenced (store-reset)")
+    fence_took = time.monotonic() - fenced_at
+    await eventually(
+        lambda: answered_since(background, set(others), time.monotonic() - 0.5), 10, "other events"
+    )
+    stop.set()
+    await running
+    lines = [x for x in crig.writer_log.read_text().splitlines() if "fenced" in x]
+    assert any(f"partition {partition} fenced" in x for x in lines), lines
+    await eventually(
+        lambda: httpx.get(f"{crig.url}/readyz", timeout=10).status_code == 503,
+        15,
+        "/readyz to name the fenced partition",
+    )
+
+    code, drift = crig.reconcile()
+    repair = crig.command("reconcile", "--json", "--repair")
+    refusal = crig.command("restore")
+    # Every other event's records are in the ledger before the forced restore drops outboxes.
+    await eventually_all_in_ledger(crig, background)
+    restored = crig.command("restore", "--force")
+    assert restored.returncode == 0, restored.stderr
+
+    reused = set(window.values()) & (set(committed.values()) | set(unwritten.values()))
+    repaired = json.loads(repair.stdout) if repair.stdout else {}
+    report(
+        "forced loss",
+        partition=partition,
+        fence_after_continue_s=round(fence_took, 2),
+        committed_then_lost_in_redis=sorted(committed.values()),
+        acknowledged_never_written=sorted(unwritten.values()),
+        window_ids=sorted(window.values()),
+        window_reused=sorted(reused),
+        reconcile_exit=code,
+        reconcile=drift["differences"],
+        repair_exit=repair.returncode,
+        repair_records=repaired.get("repairedRecords"),
+        repair_quarantined=repaired.get("quarantined"),
+        repair_stderr=repair.stderr[-300:],
+        restore_without_force=refusal.returncode,
+        fence_log=lines[:2],
+    )
+    assert reused, "the window reused no booking id: was the replica behind?"
+    assert code == 1
+    assert refusal.returncode != 0
+
+    await eventually(
+        lambda: httpx.get(f"{crig.url}/status/{event}", timeout=10).status_code == 200,
+        20,
+        "the restored partition to answer",
+    )
+    # What the clients were told about this event, against the ledger: the bookings the
+    # writer had committed are there; those it had not, and those the promoted replica made
+    # before the fence (their booking ids were the committed ones again), are lost.
+    told = [(event, b, u) for u, b in {**committed, **unwritten, **window}.items()]
+    ledger = await crig.ledger_bookings()
+    lost = sorted(
+        (b, u) for e, b, u in told if (r := ledger.get((e, b))) is None or r["user_id"] != u
+    )
+    assert lost == sorted((b, u) for u, b in {**unwritten, **window}.items())
+    assert all(ledger[(event, b)]["user_id"] == u for u, b in committed.items())
+    assert await crig.missing(log.seen) == {}
+    assert await crig.missing(background.seen) == {}
+    report("forced loss: acknowledged and lost", lost=lost)
+    # Sequences continue from the ledger: a new booking gets an id nobody held.
+    after = await book_all(crig.url, event, ["after-0"])
+    assert (event, after["after-0"]) not in ledger
+    code, final = crig.reconcile("--wait", "60")
+    assert code == 0, final
+    crig.check_invariants()
+
+
+async def eventually_in_ledger(rig: ClusterRig, event: str, ids: dict[str, str]) -> None:
+    async def there() -> bool:
+        ledger = await rig.ledger_bookings()
+        return all((event, b) in ledger for b in ids.values())
+
+    deadline = time.monotonic() + 30
+    while not await there():
+        assert time.monotonic() < deadline, "the writer did not commit the bookings"
+        await asyncio.sleep(0.1)
+
+
+async def eventually_all_in_ledger(rig: ClusterRig, log: Log) -> None:
+    deadline = time.monotonic() + 30
+    while await rig.missing(log.seen):
+        assert time.monotonic() < deadline, "the writer did not commit the other events"
+        await asyncio.sleep(0.1)
