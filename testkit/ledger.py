@@ -53,7 +53,7 @@ async def running_writer(
     keyspace: Keyspace,
     name: str,
     config: WriterConfig = FAST,
-    cluster: bool = False,
+    cluster: bool | None = None,
 ) -> AsyncIterator[Writer]:
     connection = await connect_redis(redis_url, 40, cluster)
     try:
@@ -70,7 +70,7 @@ async def running_writer(
         await connection.aclose()
 
 
-async def drained(redis_url: str, keyspace: Keyspace, cluster: bool = False) -> None:
+async def drained(redis_url: str, keyspace: Keyspace, cluster: bool | None = None) -> None:
     connection = await connect_redis(redis_url, 2, cluster)
     try:
         assert await wait_for_drain(connection, keyspace, 30) == 0, "the writer did not drain"

@@ -4,6 +4,7 @@ scripts through redis-py, reconcile, repair and restore over events on every pri
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -327,3 +328,20 @@ async def test_readiness_eviction_check_and_limits_storage(
     storage = limits_storage(RedisPyRunner(store), store, cluster_keyspace.rate_limits)
     assert isinstance(storage, PipelinedClusterStorage)
     assert await storage.check() is True  # over the worker's own cluster client
+
+
+async def test_a_burst_past_the_pool_waits_for_a_turn_instead_of_failing(
+    redis_cluster: EmbeddedCluster, cluster_keyspace: Keyspace
+) -> None:
+    # redis-py's cluster pools refuse a call past max_connections (MaxConnectionsError, a 503
+    # for whoever asked); the one-server client's pool makes it wait. 200 calls at once on a
+    # pool of 2 per node must all be answered, as on one server.
+    client = await connect_redis(redis_cluster.url, 2, True)
+    try:
+        keys = [f"{cluster_keyspace.prefix}:burst:{i}" for i in range(200)]
+        answers = await asyncio.gather(*(client.incr(key) for key in keys))
+        assert answers == [1] * 200
+        assert len({key_slot(key) for key in keys}) > 100  # spread over every primary
+        await client.delete(*keys)
+    finally:
+        await client.aclose()

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import redis
-from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from boxoffice.service.booking.engine import (
@@ -21,7 +20,7 @@ from boxoffice.service.booking.engine import (
     Waitlisted,
 )
 from boxoffice.service.errors import EventConflict, NotBooked, UnknownEvent
-from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.clients import StoreClient, connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import NAMES, Scripts
 from boxoffice.service.store.transport import Arg
@@ -152,7 +151,7 @@ async def test_unknown_event_is_refused_by_every_operation_and_creates_nothing(
 class RecordingScripts(Scripts):
     """The real script runner, noting the KEYS of every call."""
 
-    def __init__(self, connection: Redis) -> None:
+    def __init__(self, connection: StoreClient) -> None:
         super().__init__(connection)
         self.calls: list[tuple[str, tuple[str, ...]]] = []
 

@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import redis
-from redis.asyncio import Redis
 
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import BackendUnavailable, ConfigurationError
 from boxoffice.service.run.sentinels import DataNode, EmbeddedSentinels
 from boxoffice.service.settings import Settings
 from boxoffice.service.store import epoch
-from boxoffice.service.store.clients import connect_redis
+from boxoffice.service.store.clients import StoreClient, connect_redis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.sentinel import SentinelResolver
 from boxoffice.service.store.transport import PipelinedRedis, ReplyError
@@ -400,7 +399,7 @@ async def fail_over_under_load(sentinels: EmbeddedSentinels, how: str) -> Outcom
     return outcome
 
 
-async def offpath_follows(client: Redis, new: DataNode) -> None:
+async def offpath_follows(client: StoreClient, new: DataNode) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -11,6 +11,7 @@ multi-key UNLINK go through `execute_command` (the cluster pipeline blocks `rena
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any, Literal, TypeAlias, overload
 
@@ -43,7 +44,7 @@ def _address(address: RedisAddress | str) -> RedisAddress:
 
 @overload
 async def connect_redis(
-    address: RedisAddress | str, max_connections: int, cluster: Literal[False] = False
+    address: RedisAddress | str, max_connections: int, cluster: Literal[False]
 ) -> Redis: ...
 @overload
 async def connect_redis(
@@ -51,18 +52,21 @@ async def connect_redis(
 ) -> RedisCluster: ...
 @overload
 async def connect_redis(
-    address: RedisAddress | str, max_connections: int, cluster: bool
+    address: RedisAddress | str, max_connections: int, cluster: bool | None = None
 ) -> StoreClient: ...
 async def connect_redis(
-    address: RedisAddress | str, max_connections: int, cluster: bool = False
+    address: RedisAddress | str, max_connections: int, cluster: bool | None = None
 ) -> StoreClient:
     """A client on a bounded pool: callers wait up to 5 s for a free connection, and no call
     waits more than 5 s for its reply, so a lost server is an error, never a hang. Built from
     the same `RedisAddress` as the hot path's transport (never redis-py's own URL reading).
-    With `cluster`, a `RedisCluster` seeded by the address (`resolve_cluster` says which)."""
+    With `cluster`, a `RedisCluster` seeded by the address (`resolve_cluster` says which);
+    None asks the server (one more round trip, once)."""
     address = _address(address)
     if address.through_sentinels:
         return _through_sentinels(address, max_connections)
+    if cluster is None:
+        cluster = await cluster_enabled(address)
     if cluster:
         return _cluster_client(address, max_connections)
     pool = BlockingConnectionPool(
@@ -132,10 +136,26 @@ def _through_sentinels(address: RedisAddress, max_connections: int) -> Redis:
     return client
 
 
+class _WaitingCluster(RedisCluster):
+    """redis-py's cluster client, whose calls wait for a turn instead of failing: its node pools
+    refuse a call past `max_connections` (MaxConnectionsError) where the one-server client's
+    BlockingConnectionPool waits for a free connection. A semaphore of the same size in front
+    of `execute_command` gives the cluster client the one-server client's behaviour: a burst
+    of calls (rate limits under load, a test's hundreds of concurrent scripts) queues."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(int(kwargs.get("max_connections", 64)))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._turns:
+            return await super().execute_command(*args, **kwargs)
+
+
 def _cluster_client(address: RedisAddress, max_connections: int) -> RedisCluster:
     """The cluster's client, learning the other nodes from the seed at its first command.
-    `max_connections` bounds each node's pool (redis-py's cluster pools refuse past it rather
-    than wait: the callers off the hot path make few calls at a time)."""
+    `max_connections` bounds each node's pool, and the calls in flight at once (they wait for
+    a turn, as on one server: `_WaitingCluster`)."""
     if address.db != 0:
         raise ConfigurationError(
             f"REDIS_URL selects database {address.db}, but a Redis Cluster has only database 0: "
@@ -143,7 +163,7 @@ def _cluster_client(address: RedisAddress, max_connections: int) -> RedisCluster
         )
     options = address.redis_options()
     del options["db"]
-    return RedisCluster(
+    return _WaitingCluster(
         max_connections=max_connections,
         health_check_interval=2,
         decode_responses=True,
@@ -157,7 +177,7 @@ async def cluster_enabled(address: RedisAddress | str) -> bool:
     """Whether the server the address names runs in cluster mode (`INFO cluster`), asked over
     one short-lived connection (a start-up question, never the hot path's)."""
     # Database 0: a cluster node refuses SELECT, and INFO is the same in every database.
-    client = await connect_redis(replace(_address(address), db=0), 1)
+    client = await connect_redis(replace(_address(address), db=0), 1, False)
     try:
         info = await client.info("cluster")
     finally:
