@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest smoke soak bench clean
+.PHONY: serve test lint typecheck pytest cluster smoke soak bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "boxoffice needs Python 3.11 or newer (set PYTHON=...)")'
@@ -26,6 +26,13 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)  ## the suite, with coverage of service/ and ledger/ (at least 90%)
 	$(BIN)/pytest --cov --cov-report=term
+
+CLUSTER_SUITES := tests/test_api.py tests/test_races.py tests/test_model.py tests/test_ledger.py \
+	tests/test_faults.py tests/test_ledger_faults.py
+
+cluster: $(STAMP)  ## the contract, race, model, ledger and fault suites again on an embedded cluster, then the full cluster faults
+	BOXOFFICE_TEST_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITES)
+	$(BIN)/pytest -m cluster_full
 
 soak: $(STAMP)  ## the soak test for 120 s (BOXOFFICE_SOAK_SECONDS=... for another length)
 	BOXOFFICE_SOAK_SECONDS=$${BOXOFFICE_SOAK_SECONDS:-120} $(BIN)/pytest -m soak -s

@@ -341,3 +341,15 @@ async def engine(redis_url: str, keyspace: Keyspace) -> AsyncIterator[BookingEng
 @pytest.fixture
 def event_id() -> str:
     return f"ev-{uuid.uuid4().hex[:16]}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The full cluster fault variants (marker `cluster_full`) run only when asked for
+    (`-m cluster_full`: `make cluster`, which `.ci/run` runs after the default suite), so the
+    default suite keeps its ~10 minutes."""
+    if "cluster_full" in str(config.getoption("markexpr") or ""):
+        return
+    full = [item for item in items if item.get_closest_marker("cluster_full") is not None]
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = [item for item in items if item.get_closest_marker("cluster_full") is None]
