@@ -150,16 +150,16 @@ def compare(
         return report
 
     if redis.total != ledger.total:
-        say(f"total tickets: StoreClient {redis.total}, ledger {ledger.total}")
+        say(f"total tickets: Redis {redis.total}, ledger {ledger.total}")
     if redis.waitlist_limit != ledger.waitlist_limit:
         say(
-            f"waiting-list limit: StoreClient {_limit(redis.waitlist_limit)}, "
+            f"waiting-list limit: Redis {_limit(redis.waitlist_limit)}, "
             f"ledger {_limit(ledger.waitlist_limit)}"
         )
     if redis.available != ledger.available:
-        say(f"available tickets: StoreClient {redis.available}, ledger {ledger.available}")
+        say(f"available tickets: Redis {redis.available}, ledger {ledger.available}")
     if len(redis.holders) != len(ledger.holders):
-        say(f"booked count: StoreClient {len(redis.holders)}, ledger {len(ledger.holders)}")
+        say(f"booked count: Redis {len(redis.holders)}, ledger {len(ledger.holders)}")
     only_redis = sorted(set(redis.holders) - set(ledger.holders))
     only_ledger = sorted(set(ledger.holders) - set(redis.holders))
     other_id = sorted(
@@ -181,11 +181,11 @@ def compare(
             min(len(redis.waitlist), len(ledger.waitlist)),
         )
         say(
-            f"waiting list differs from position {at + 1}: StoreClient has {len(redis.waitlist)} "
+            f"waiting list differs from position {at + 1}: Redis has {len(redis.waitlist)} "
             f"waiting, the ledger {len(ledger.waitlist)}"
         )
     if redis.seq > ledger.seq:
-        say(f"ledger behind: StoreClient is at seq {redis.seq}, the ledger at {ledger.seq}")
+        say(f"ledger behind: Redis is at seq {redis.seq}, the ledger at {ledger.seq}")
         report.ledger_behind_from = ledger.seq + 1
     elif redis.seq < ledger.seq:
         say(f"Redis behind: the ledger is at seq {ledger.seq}, Redis at {redis.seq} (lost writes?)")
