@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ import psutil
 import pytest
 import redis
 
+from boxoffice.service.run.cluster import EmbeddedCluster
 from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from boxoffice.service.store.keys import Keyspace
+from testkit.cluster import cluster_ports
 from testkit.support import (
     ServedBoxoffice,
     check_invariants,
@@ -65,7 +68,13 @@ class Rig:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.valkey = EmbeddedValkey(home / "valkey", free_port())
+        # On a cluster (BOXOFFICE_TEST_CLUSTER=1, `make cluster`): the whole store is a 3+3
+        # Valkey cluster, stopped, killed and restarted as one.
+        self.valkey: EmbeddedValkey | EmbeddedCluster = (
+            EmbeddedCluster(home / "valkey", cluster_ports())
+            if os.environ.get("BOXOFFICE_TEST_CLUSTER") == "1"
+            else EmbeddedValkey(home / "valkey", free_port())
+        )
         self.postgres = EmbeddedPostgres(home / "postgres", free_port())
         self.keyspace = Keyspace("bo", 16)
         # Whatever fails half way, what was started before it is stopped.

@@ -161,6 +161,12 @@ class EmbeddedCluster:
         for node in self.nodes:
             node.stop()
 
+    def kill(self) -> None:
+        """SIGKILL every node: the whole cluster crashes at once (each keeps its AOF and
+        `nodes.conf`, so `start` brings the same cluster back)."""
+        for node in self.nodes:
+            node.kill()
+
     def __enter__(self) -> EmbeddedCluster:
         self.start()
         return self
