@@ -69,6 +69,7 @@ from boxoffice.service.booking.engine import Booked, BookingEngine
 from boxoffice.service.run.cluster import SLOTS, EmbeddedCluster
 from boxoffice.service.run.embedded import EmbeddedValkey
 from boxoffice.service.store import epoch
+from boxoffice.service.store.cluster import ClusterPipelinedRedis
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.scripts import Script, Scripts
 from boxoffice.service.store.transport import PipelinedRedis
@@ -501,6 +502,88 @@ def _ceiling_line(row: dict[str, Any]) -> str:
     )
 
 
+# -- the transport alone ------------------------------------------------------------------------
+
+
+async def _transport_cpu(
+    transport: PipelinedRedis | ClusterPipelinedRedis,
+    keyspace: Keyspace,
+    events: list[str],
+    calls: int,
+    inflight: int,
+    tag: str,
+) -> float:
+    """This process's CPU µs per `engine.book` over `transport`, `inflight` calls at a time,
+    each a new user's booking on the events in turn (after a warm-up of 2,000 calls)."""
+    await transport.connect()
+    scripts = Scripts(transport)
+    await scripts.load()
+    engine = BookingEngine(scripts, keyspace)
+    for event in events:
+        await engine.initialize(event, 10_000_000)
+
+    async def worker(name: str, count: int) -> None:
+        for i in range(count):
+            await engine.book(events[i % len(events)], f"{name}-{i}")
+
+    await asyncio.gather(*(worker(f"{tag}-w{w}", 2000 // inflight) for w in range(inflight)))
+    started = time.process_time()
+    await asyncio.gather(*(worker(f"{tag}-{w}", calls // inflight) for w in range(inflight)))
+    spent = time.process_time() - started
+    await transport.close()
+    return spent * 1e6 / (calls // inflight * inflight)
+
+
+def transport_cost(
+    chosen: list[System], args: argparse.Namespace, log: Log
+) -> list[dict[str, Any]]:
+    """The client side alone, in this process on uvloop as the workers run: CPU per booking
+    through `PipelinedRedis` on the standalone Valkey and through `ClusterPipelinedRedis` on
+    the cluster, one event and 200 events, the two transports taking turns."""
+    import uvloop
+
+    standalone = next(s for s in chosen if s.name == "standalone")
+    cluster = next(s for s in chosen if s.name == "cluster")
+    samples: dict[tuple[str, int], list[float]] = {}
+    log(f"the transport alone ({args.transport_calls:,} bookings a run), {load_average()}")
+    for turn in range(args.transport_rounds):
+        for count in (1, 200):
+            events = [f"t-{n}" for n in range(count)]
+            order = [standalone, cluster] if turn % 2 == 0 else [cluster, standalone]
+            for system in order:
+                keyspace = Keyspace(f"tr-{uuid.uuid4().hex[:8]}", PARTITIONS)
+                client = store_client(system.stores)
+                epoch.mark_blocking(client, keyspace)
+                transport: PipelinedRedis | ClusterPipelinedRedis = (
+                    ClusterPipelinedRedis(system.stores.redis_url)
+                    if system.stores.cluster
+                    else PipelinedRedis(system.stores.redis_url)
+                )
+                try:
+                    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                        us = runner.run(
+                            _transport_cpu(
+                                transport, keyspace, events, args.transport_calls, 64, f"r{turn}"
+                            )
+                        )
+                finally:
+                    delete_keyspace(client, keyspace)
+                    client.close()
+                samples.setdefault((system.name, count), []).append(us)
+                log(f"  {system.name:<11} {count:>3} event(s)  {us:6.2f} µs CPU per booking")
+    rows = []
+    for (name, count), values in samples.items():
+        rows.append(
+            {
+                "system": name,
+                "events": count,
+                "us_per_call": round(statistics.median(values), 2),
+                "runs": len(values),
+            }
+        )
+    return rows
+
+
 # -- the report --------------------------------------------------------------------------------
 
 
@@ -522,7 +605,10 @@ def _ceiling_median(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any] |
 
 
 def markdown(
-    medians: list[dict[str, Any]], ceilings: list[dict[str, Any]], meta: dict[str, Any]
+    medians: list[dict[str, Any]],
+    ceilings: list[dict[str, Any]],
+    meta: dict[str, Any],
+    transports: list[dict[str, Any]] | None = None,
 ) -> str:
     lines = [
         f"{meta['date']}, {meta['cpus']} cores, {meta['server']}, {meta['load']}; "
@@ -605,6 +691,25 @@ def markdown(
                 f"{node['events'] if node['role'] != 'replica' else ''} | "
                 f"{node['redis_us']:.1f} | {node['redis_us'] / total:.0%} |"
             )
+    if transports:
+        lines += [
+            "",
+            "The transport alone: CPU µs per `engine.book` in one process on uvloop (no HTTP), "
+            "64 calls in flight, every call a new user's booking; `PipelinedRedis` on the "
+            "standalone Valkey, `ClusterPipelinedRedis` on the cluster.",
+            "",
+            "| events | standalone µs/booking | cluster µs/booking | cluster - standalone |",
+            "|---|---|---|---|",
+        ]
+        for count in sorted({row["events"] for row in transports}):
+            one = {
+                row["system"]: row["us_per_call"] for row in transports if row["events"] == count
+            }
+            if {"standalone", "cluster"} <= set(one):
+                lines.append(
+                    f"| {count} | {one['standalone']:.2f} | {one['cluster']:.2f} | "
+                    f"{one['cluster'] - one['standalone']:+.2f} |"
+                )
     if ceilings:
         lines += [
             "",
@@ -655,6 +760,13 @@ def main(argv: list[str] | None = None) -> int:
         default=40_000,
         help="redis-benchmark's calls per second of --ceiling-seconds",
     )
+    parser.add_argument(
+        "--transport-calls",
+        type=int,
+        default=50_000,
+        help="bookings per run of the transport alone (0: none)",
+    )
+    parser.add_argument("--transport-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cluster.json")
     args = parser.parse_args(argv)
     need_wrk()
@@ -664,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(args.duration, args.warmup, args.connections)
     runs: list[dict[str, Any]] = []
     ceilings: list[dict[str, Any]] = []
+    transports: list[dict[str, Any]] = []
     with systems(args.replicas) as chosen:
         names = [s.name for s in chosen]
         postgres = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
@@ -685,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
                         + f") load {us['load']:.1f} µs/req  errors {run['errors']}  "
                         f"{'checks ok' if run['invariants_ok'] else 'CHECKS FAILED'}  ({average})"
                     )
+        if args.transport_calls > 0:
+            transports = transport_cost(chosen, args, log)
         if args.ceiling_seconds > 0:
             ceilings = ceiling(next(s for s in chosen if s.name == "cluster"), args, log)
     medians = [
@@ -707,13 +822,14 @@ def main(argv: list[str] | None = None) -> int:
         m for m in (_ceiling_median(ceilings, "engine"), _ceiling_median(ceilings, "redis"))
         if m is not None
     ]  # fmt: skip
-    table = markdown(medians, ceilings, meta)
+    table = markdown(medians, ceilings, meta, transports)
     args.out.write_text(
         json.dumps(
             {
                 "meta": meta,
                 "medians": medians,
                 "runs": runs,
+                "transport": transports,
                 "ceiling": ceilings,
                 "ceiling_medians": ceiling_medians,
             },
