@@ -1,7 +1,8 @@
 """boxoffice on a 3-primary Valkey cluster against one Valkey, in the same run.
 
     python -m benchmarks cluster [--rounds 2] [--duration 5] [--scenario NAME ...]
-                                 [--replicas] [--ceiling-seconds 5] [--out FILE]
+                                 [--replicas] [--transport-calls 50000] [--ceiling-seconds 5]
+                                 [--out FILE]
 
 Systems, each `boxoffice serve --workers 2` with its ledger writer, the suite's settings, a key
 prefix and a ledger database of its own (benchmarks/stores.py `served`), taking turns round
@@ -27,6 +28,10 @@ Redis taken per node by pid: which primary spent what. `api` (the two workers) c
 standalone is the slot-routing transport's extra cost per request; `api ÷ load` is steadier
 than req/s on a machine whose speed drifts. After every run: each event's invariants through
 /status, and `boxoffice reconcile --wait 120` exits 0.
+
+Then the transport alone, without HTTP: this process's CPU per `engine.book` through
+`PipelinedRedis` on the standalone Valkey and through `ClusterPipelinedRedis` on the cluster,
+one event and 200, taking turns (`--transport-rounds`).
 
 Last, the per-event ceiling: `book.lua` for one event driven directly at the primary holding
 it, bypassing HTTP, by `--ceiling-drivers` processes each running the real engine over

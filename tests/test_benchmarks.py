@@ -324,7 +324,8 @@ def test_the_cluster_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         [
             "--rounds", "1", "--duration", "1", "--warmup", "0", "--idle", "0.5",
             "--scenario", "hot-book", "--ceiling-seconds", "1", "--ceiling-drivers", "1",
-            "--ceiling-rate-guess", "5000", "--out", str(out),
+            "--ceiling-rate-guess", "5000", "--transport-calls", "2000", "--transport-rounds", "1",
+            "--out", str(out),
         ]
     )  # fmt: skip
     assert code == 0
@@ -340,4 +341,7 @@ def test_the_cluster_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert found["ceiling"]
     assert all(row["bookings"] > 0 for row in found["ceiling"])
     assert "| hot-book | cluster |" in out.with_suffix(".md").read_text()
+    assert {(row["system"], row["events"]) for row in found["transport"]} == {
+        (system, events) for system in ("standalone", "cluster") for events in (1, 200)
+    }
     assert "per-event ceiling" in out.with_suffix(".log").read_text()
