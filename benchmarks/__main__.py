@@ -14,7 +14,7 @@ REV, boxoffice and boxoffice-api (those selected) also run from commit REV, as
 own (benchmarks/baseline.py; built on first use, about a minute).
 
 The other commands measure one thing each (`python -m benchmarks COMMAND --help` for theirs):
-auth, book, contract, ledger, openloop, protocol, ratelimit, scripts, stall.
+auth, book, cluster, contract, ledger, openloop, protocol, ratelimit, scripts, stall.
 """
 
 from __future__ import annotations
@@ -25,7 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import auth, baseline, book, contract, openloop, protocol, ratelimit, scripts, stall
+from benchmarks import (
+    auth,
+    baseline,
+    book,
+    cluster,
+    contract,
+    openloop,
+    protocol,
+    ratelimit,
+    scripts,
+    stall,
+)
 from benchmarks import ledger as ledger_bench
 from benchmarks.book import HERE
 from benchmarks.ledger import writer_vs_booking
@@ -39,6 +50,7 @@ SYSTEMS = ["ceiling", "bare", "boxoffice", "boxoffice-api", "naive", "pg-lock"]
 TOOLS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
     "auth": (auth.main, "/book with auth off and with JWTs of each algorithm, k per token"),
     "book": (book.main, "/book at 1 and 2 workers against the bare ASGI ceiling, writer off"),
+    "cluster": (cluster.main, "boxoffice on a 3-primary Valkey cluster against one Valkey"),
     "contract": (contract.main, "every route's answers, this tree against another revision"),
     "ledger": (ledger_bench.main, "the ledger writer against the booking rate"),
     "openloop": (openloop.main, "drive a running service at a fixed rate (open loop)"),

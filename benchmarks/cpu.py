@@ -12,6 +12,9 @@ Parts, by process (on this machine; a `--target` elsewhere is not measured):
   redis     every redis-server / valkey-server process
   postgres  every postgres process (its backends included)
   load      the load generator (wrk, or benchmarks/openloop.py)
+
+`Meter.by_pid` keeps each process's own share too, for a finer split than the part (each
+primary of a Redis Cluster: benchmarks/cluster.py).
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ class Meter:
         self._before: dict[int, tuple[str, float]] = {}
         self._children = 0.0
         self.seconds: dict[str, float] = {}
+        self.by_pid: dict[int, float] = {}
+        """CPU seconds each metered process spent between `start` and `stop`."""
 
     def start(self) -> None:
         self._before = _sample()
@@ -81,10 +86,12 @@ class Meter:
     def stop(self) -> dict[str, float]:
         after = _sample()
         spent = dict.fromkeys(PARTS, 0.0)
+        self.by_pid = {}
         for pid, (part, total) in after.items():
             before = self._before.get(pid)
             # A process started during the run (a new PostgreSQL backend) counts whole.
-            spent[part] += total - (before[1] if before and before[0] == part else 0.0)
+            self.by_pid[pid] = total - (before[1] if before and before[0] == part else 0.0)
+            spent[part] += self.by_pid[pid]
         spent["load"] = _children_cpu() - self._children
         self.seconds = spent
         return spent

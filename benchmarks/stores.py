@@ -17,6 +17,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+from redis.cluster import RedisCluster
+
+from boxoffice.service.address import RedisAddress
 from boxoffice.service.run.embedded import EmbeddedPostgres, EmbeddedValkey
 from boxoffice.service.store.keys import Keyspace
 from testkit.support import (
@@ -39,6 +43,21 @@ class BenchStores:
     """A scratch directory the embedded PostgreSQL's user can reach."""
     kind: str
     """What the stores are, for the results file."""
+    cluster: bool = False
+    """`redis_url` names a node of a Redis Cluster (benchmarks/cluster.py)."""
+
+
+def store_client(stores: BenchStores) -> redis.Redis | RedisCluster:
+    """A redis-py client of the stores' Redis: a cluster client on a cluster."""
+    if not stores.cluster:
+        return redis_at(stores.redis_url)
+    address = RedisAddress.parse(stores.redis_url)
+    return RedisCluster(
+        host=address.host,
+        port=address.port,
+        username=address.username,
+        password=address.password,
+    )
 
 
 def need_wrk() -> None:
@@ -101,7 +120,7 @@ def served(
             yield server, keyspace
         finally:
             server.stop()
-            client = redis_at(stores.redis_url)
+            client = store_client(stores)
             delete_keyspace(client, keyspace)
             client.close()
     finally:

@@ -192,13 +192,20 @@ def consistent(url: str, scenario: Scenario) -> bool:
 
 
 def measure(
-    system: str, url: str, scenario: Scenario, load: Load, check: Callable[[], bool] | None
+    system: str,
+    url: str,
+    scenario: Scenario,
+    load: Load,
+    check: Callable[[], bool] | None,
+    meter: cpu.Meter | None = None,
 ) -> Run:
+    """One run; `meter` (a new one if None) holds its CPU figures afterwards, each process's
+    too (`Meter.by_pid`)."""
     if system != "ceiling":
         asyncio.run(_prepare(url, scenario, os.environ.get("BOXOFFICE_ADMIN_TOKEN")))
     if load.warmup:
         wrk(url, load.warmup, load.connections, *scenario.args("warmup"))
-    meter = cpu.Meter()
+    meter = meter or cpu.Meter()
     if system != "target":
         meter.start()
     report = None

@@ -1,21 +1,25 @@
 """The benchmark suite's own arithmetic: the CPU meter, wrk's figures, the report's ratios.
 
 The suite itself needs wrk and minutes of load, so it is not run here; what it computes from
-its measurements is, on real processes and real wrk output."""
+its measurements is, on real processes and real wrk output. `python -m benchmarks cluster`
+runs once, for a second per run, so that its command cannot rot."""
 
 from __future__ import annotations
 
 import ast
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from benchmarks import baseline, cpu, openloop, suite
+from benchmarks import cluster as cluster_bench
 from benchmarks.__main__ import TOOLS
 from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.book import _ms, answers
@@ -45,6 +49,7 @@ def test_meter_counts_a_live_python_child_as_api_and_a_waited_one_as_load() -> N
     assert set(spent) == set(cpu.PARTS)
     assert 0.35 <= spent["load"] <= 1.0
     assert spent["api"] >= 0.2  # (other servers the suite's fixtures keep may add to it)
+    assert meter.by_pid[server.pid] >= 0.2  # each process's own share, too
 
 
 def test_per_request_is_microseconds_and_safe_at_zero() -> None:
@@ -260,3 +265,83 @@ def test_every_benchmark_runs_from_the_one_entry_point(capsys: pytest.CaptureFix
             benchmarks_main([name, "--help"])
         assert exit.value.code == 0
         assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks {name} ")
+
+
+def _cluster_run(
+    system: str, scenario: str, rps: float, api: float, nodes: list[float]
+) -> dict[str, Any]:
+    return {
+        "system": system,
+        "scenario": scenario,
+        "rps": rps,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "errors": 0,
+        "invariants_ok": True,
+        "cpu_us": {
+            "api": api,
+            "writer": 1.0,
+            "redis": sum(nodes),
+            "postgres": 1.0,
+            "load": 20.0,
+            "total": api + sum(nodes) + 22.0,
+            "api_net": api - 1.0,
+        },
+        "idle_ms_per_s": {"api": 10.0, "writer": 1.0, "redis": 1.0},
+        "nodes": [
+            {"port": 7000 + i, "role": "primary", "partitions": 5, "events": 1, "redis_us": us}
+            for i, us in enumerate(nodes)
+        ],
+    }
+
+
+def test_cluster_report_takes_medians_per_node_and_ratios_against_standalone() -> None:
+    runs = [
+        _cluster_run("cluster", "hot-book", 900, 110.0, [1.0, 40.0, 1.0]),
+        _cluster_run("cluster", "hot-book", 1000, 120.0, [3.0, 50.0, 1.0]),
+        _cluster_run("cluster", "hot-book", 1100, 130.0, [2.0, 60.0, 9.0]),
+    ]
+    row = cluster_bench.median_of(runs)
+    assert (row["rps"], row["cpu_us"]["api"], row["rounds"]) == (1000, 120.0, 3)
+    assert [node["redis_us"] for node in row["nodes"]] == [2.0, 50.0, 1.0]
+    base = cluster_bench.median_of([_cluster_run("standalone", "hot-book", 1250, 100.0, [40.0])])
+    meta = {
+        "date": "d", "cpus": 2, "server": "s", "load": "l", "redis": "r", "postgres": "p",
+        "seconds_per_run": 1, "rounds": 3, "load_average": "a",
+    }  # fmt: skip
+    table = cluster_bench.markdown([base, row], [], meta)
+    assert "| hot-book | cluster | 1,000 | 0.80 |" in table
+    assert "| hot-book | cluster | 120.0 | 1.200 |" in table
+    assert "| hot-book | cluster | 7001 | primary | 5 | 1 | 50.0 | 94% |" in table
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
+def test_the_cluster_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """Both systems serve hot-book for a second, pass their checks, and the hot event's
+    primary spends the cluster's Redis CPU; the per-event ceiling books on that primary."""
+    out = tmp_path / "cluster.json"
+    code = cluster_bench.main(
+        [
+            "--rounds", "1", "--duration", "1", "--warmup", "0", "--idle", "0.5",
+            "--scenario", "hot-book", "--ceiling-seconds", "1", "--ceiling-drivers", "1",
+            "--ceiling-rate-guess", "5000", "--transport-calls", "2000", "--transport-rounds", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    found = json.loads(out.read_text())
+    medians = {row["system"]: row for row in found["medians"]}
+    assert set(medians) == {"standalone", "cluster"}
+    assert all(row["invariants_ok"] and row["rps"] > 0 for row in medians.values())
+    nodes = medians["cluster"]["nodes"]
+    assert [node["role"] for node in nodes] == ["primary"] * 3
+    hot = max(nodes, key=lambda node: node["redis_us"])
+    assert hot["events"] == 1
+    assert sum(node["events"] for node in nodes) == 1
+    assert found["ceiling"]
+    assert all(row["bookings"] > 0 for row in found["ceiling"])
+    assert "| hot-book | cluster |" in out.with_suffix(".md").read_text()
+    assert {(row["system"], row["events"]) for row in found["transport"]} == {
+        (system, events) for system in ("standalone", "cluster") for events in (1, 200)
+    }
+    assert "per-event ceiling" in out.with_suffix(".log").read_text()
