@@ -638,8 +638,11 @@ class Writer:
                     pipe.zremrangebyscore(self.keyspace.writers, "-inf", now_ms)
                     pipe.zcard(self.keyspace.writers)
                     self._live_writers = int((await pipe.execute())[-1])
-            except redis_errors.RedisError as error:
-                log.warning("heartbeat: %s", error)
+            except Exception as error:
+                # Not only RedisError: redis-py's cluster pipeline, meeting a connection its
+                # node's restart closed, raises uvloop's RuntimeError; a heartbeat that died
+                # of it took the whole writer down (seen with every node of a cluster killed).
+                log.warning("heartbeat: %s: %s", type(error).__name__, error)
             await _sleep(stop, every)
 
     async def _report(self, stop: asyncio.Event) -> None:
@@ -649,7 +652,7 @@ class Writer:
             applied = self.stats.applied
             try:
                 lag = sum(await partition_lags(self.redis, self.keyspace))
-            except redis_errors.RedisError:
+            except Exception:  # as the heartbeat: a report must never stop the writer
                 lag = -1
             log.info(
                 "writer %s: %d records/s, lag %d, %d partitions held, %d writers",
