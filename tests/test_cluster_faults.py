@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 from boxoffice.service.run.cluster import ClusterNode
+from boxoffice.service.store.keys import key_slot
+from testkit.cluster import migrate_slot, move_keys, node_id, owner_of, start_migrating
 from testkit.cluster_rig import ClusterRig, Log, answered_since, load
 from testkit.support import eventually, open_directory, wait_for
 
@@ -283,3 +285,115 @@ async def eventually_all_in_ledger(rig: ClusterRig, log: Log) -> None:
     while await rig.missing(log.seen):
         assert time.monotonic() < deadline, "the writer did not commit the other events"
         await asyncio.sleep(0.1)
+
+
+# -- 1. a slot migrated while booking ------------------------------------------------------------
+
+MIGRATE_PACE_S = 0.25
+"""Between two keys moved by the classic flow: the load meets the slot half moved for a while
+(a few keys; `valkey-cli --cluster reshard` would move them in one batch, faster)."""
+
+
+def migrated_partition(rig: ClusterRig, source: ClusterNode) -> tuple[int, int, set[str]]:
+    """A partition whose events are on `source`: its number, its slot, its events."""
+    event = sorted(rig.on(source))[0]
+    partition = rig.keyspace.partition_of(event)
+    return partition, key_slot(rig.keyspace.outbox(partition)), rig.in_partition(partition)
+
+
+async def after_migration(
+    rig: ClusterRig,
+    flow: str,
+    load: tuple[asyncio.Event, asyncio.Task[None]],
+    log: Log,
+    moved: set[str],
+    partition: int,
+    started: float,
+) -> None:
+    """What a migration under load must leave: the other partitions' events never failed,
+    the migrated partition answers again and is not fenced (its stream moved with its group),
+    the writer drained it without a conflict, and nothing acknowledged was lost."""
+    finished = time.monotonic()
+    await eventually(lambda: answered_since(log, moved, finished + 0.5), 30, "the moved events")
+    stop, running = load
+    stop.set()
+    await running
+    others = set(rig.all_events()) - moved
+    report(
+        f"slot migrated ({flow})",
+        partition=partition,
+        events=sorted(moved),
+        migration_s=round(finished - started, 2),
+        moved=log.refusals(moved, started),
+        others=log.refusals(others, started),
+        answers=len(log.answers),
+        writer_warnings=[x[-160:] for x in rig.writer_lines("WARNING")][:4],
+        writer_checked_new_node=len(rig.writer_lines("another node serves it now")),
+    )
+    assert log.failed(others) == []
+    assert all(a.status == 503 for a in log.failed(moved)), log.refusals(moved, started)
+    # The writer saw its stream served by another node and ran the fence there: the stream
+    # and its group moved whole, so it passed.
+    assert rig.writer_lines(f"{rig.keyspace.outbox(partition)}: another node serves it now")
+    assert rig.epoch_held(partition), "the migrated partition was fenced"
+    assert rig.writer_lines("fenced") == []
+    assert rig.writer_lines("quarantined") == []
+    await rig.assert_nothing_lost(log)
+
+
+async def test_slot_migrated_classic_while_booking(crig: ClusterRig) -> None:
+    """SETSLOT IMPORTING/MIGRATING, the slot's keys MIGRATEd one by one, SETSLOT NODE, while
+    every event is booked and the writer drains: a key already moved is followed (ASK); a
+    script whose keys straddle the two nodes, or that would create a key on the importing side,
+    gets TRYAGAIN, a 503 with Retry-After."""
+    source, target = crig.cluster.nodes[1], crig.cluster.nodes[2]
+    partition, slot, moved = migrated_partition(crig, source)
+    log = Log()
+    stop, running = await steady_load(crig, crig.all_events(), log, 60)
+    started = time.monotonic()
+    start_migrating(slot, source, target)
+    with source.client() as client:
+        keys = [str(k) for k in client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)]
+    for key in keys:
+        move_keys(crig.cluster, slot, source, target, [key])
+        await asyncio.sleep(MIGRATE_PACE_S)
+    migrate_slot(crig.cluster, slot, source, target, finish_only=True)
+    assert owner_of(crig.cluster, slot).port == target.port
+    report("classic migration", slot=slot, keys_at_start=len(keys))
+    await after_migration(crig, "classic", (stop, running), log, moved, partition, started)
+
+
+def slot_migration_state(node: ClusterNode, name: str) -> str:
+    """The state `CLUSTER GETSLOTMIGRATIONS` gives the migration `name` on `node`."""
+    with node.client() as client:
+        for job in client.execute_command("CLUSTER", "GETSLOTMIGRATIONS"):
+            if job["name"] == name:
+                return str(job["state"])
+    return "unknown"
+
+
+@pytest.mark.cluster_full
+async def test_slot_migrated_atomically_while_booking(crig: ClusterRig) -> None:
+    """Valkey 9's atomic slot migration (`CLUSTER MIGRATESLOTS`): the target takes a snapshot
+    of the slot and its changes, then the slot fails over to it at once; no key is ever on
+    both sides, so no ASK or TRYAGAIN, only the MOVED afterwards."""
+    source, target = crig.cluster.nodes[1], crig.cluster.nodes[2]
+    partition, slot, moved = migrated_partition(crig, source)
+    log = Log()
+    stop, running = await steady_load(crig, crig.all_events(), log, 60)
+    started = time.monotonic()
+    with source.client() as client:
+        assert client.execute_command(
+            "CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", node_id(target)
+        )
+        jobs = client.execute_command("CLUSTER", "GETSLOTMIGRATIONS")
+    name = str(next(j["name"] for j in jobs if j["slot_ranges"] == f"{slot}-{slot}"))
+    await eventually(
+        lambda: slot_migration_state(source, name) in ("success", "failed", "cancelled"),
+        30,
+        "the slot migration to end",
+    )
+    assert slot_migration_state(source, name) == "success"
+    assert owner_of(crig.cluster, slot).port == target.port
+    report("atomic migration", slot=slot, took_s=round(time.monotonic() - started, 2))
+    await after_migration(crig, "atomic", (stop, running), log, moved, partition, started)
