@@ -471,7 +471,7 @@ async def test_primary_and_its_replica_lost(crig: ClusterRig, full_coverage: boo
         assert [a for a in during if a.event in others]
     else:
         assert log.failed(others) == []
-    assert victims_cost["failed"] > 0
+    assert log.failed(victims)
     assert [a for a in log.failed() if a.status not in (0, 503)] == []
     assert crig.writer_lines("fenced") == []
     await crig.assert_nothing_lost(log)
@@ -480,6 +480,7 @@ async def test_primary_and_its_replica_lost(crig: ClusterRig, full_coverage: boo
 # -- 4. the fence's gap closed: a failover behind the writer's back ------------------------------
 
 
+@pytest.mark.cluster_full
 async def test_failover_behind_the_writers_back_is_fenced(crig: ClusterRig) -> None:
     """The replica, cut off, is promoted (`CLUSTER FAILOVER TAKEOVER`) while its primary lives
     on: the primary turns replica and answers the writer's blocked stream read MOVED. The
@@ -499,8 +500,10 @@ async def test_failover_behind_the_writers_back_is_fenced(crig: ClusterRig) -> N
     await running
     await eventually_all_in_ledger(crig, log)
     crig.restart_writer(lease_s=60)
-    await book_all(crig.url, event, ["held-0"])
-    await eventually(lambda: crig.writer_lines("started on"), 30, "the writer to start")
+    # The new writer holds the partition and has read all of it, and the replica has that
+    # read too (its group's cursor at its stream's last entry): when promoted, nothing on it
+    # is given again, so the went-back check of ledger/fence.py cannot see the failover.
+    await eventually_in_ledger(crig, event, await book_all(crig.url, event, ["held-0"]))
     wait_for(lambda: in_sync(victim, replica), 10, "the replica to catch up")
 
     cut_replication(replica)
