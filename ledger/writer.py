@@ -61,6 +61,7 @@ from boxoffice.service.store.cluster import Transport, hot_transport
 from boxoffice.service.store.keys import Keyspace
 from boxoffice.service.store.outbox import GROUP, Entry, ensure_groups, partition_lags, read_group
 from boxoffice.service.store.scripts import Scripts
+from boxoffice.service.store.transport import NodeChanged
 
 log = logging.getLogger("boxoffice.writer")
 
@@ -268,6 +269,10 @@ class Writer:
     ) -> None:
         stream = self.keyspace.outbox(partition)
         config = self.config
+        # The fence's verdict holds for the node it asked. Reads go to that node only: when
+        # another serves the slot (a failover the lease renewals did not see, a migration),
+        # the new node is checked before a read can move its group's cursor past the evidence.
+        checked = stream_redis.node_generation(stream)
         if await self._fenced(stream_redis, partition):
             return
         await self._take_over(stream_redis, stream, 0)
@@ -305,10 +310,18 @@ class Writer:
                 await self._trim(stream_redis, stream)
                 trimmed = now
 
+            if (generation := stream_redis.node_generation(stream)) != checked:
+                checked = generation
+                log.info("%s: another node serves it now; checking it against the ledger", stream)
+                if await self._fenced(stream_redis, partition):
+                    return
             block = config.block_ms if cursor == ">" else None
-            entries = await read_group(
-                stream_redis, self.name, stream, cursor, config.batch_size, block
-            )
+            try:
+                entries = await read_group(
+                    stream_redis, self.name, stream, cursor, config.batch_size, block, checked
+                )
+            except NodeChanged:
+                continue
             if cursor != ">":
                 if not entries:
                     cursor = ">"

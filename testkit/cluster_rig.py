@@ -89,6 +89,20 @@ class Log:
             if (a.status >= 500 or a.status == 0) and (events is None or a.event in events)
         ]
 
+    def refusals(self, events: set[str], since: float) -> dict[str, object]:
+        """The failed answers of `events` after `since`: how many, of which problem types,
+        from the first to the last (seconds after `since`)."""
+        failed = [a for a in self.failed(events) if a.at >= since]
+        kinds: dict[str, int] = defaultdict(int)
+        for a in failed:
+            kinds[str((a.body or {}).get("type", a.status))] += 1
+        return {
+            "failed": len(failed),
+            "types": dict(kinds),
+            "first_s": round(min((a.at for a in failed), default=since) - since, 2),
+            "last_s": round(max((a.at for a in failed), default=since) - since, 2),
+        }
+
     def outage(self, events: set[str], since: float) -> dict[str, float]:
         """What a fault at `since` cost `events`: failed answers, seconds from the fault to the
         last failure, and the slowest answer to a request sent after the fault."""
@@ -133,11 +147,11 @@ class ClusterRig:
 
     # -- processes ----------------------------------------------------------------------------
 
-    def _start_writer(self) -> subprocess.Popen[bytes]:
+    def _start_writer(self, lease_s: float = WRITER_LEASE_S) -> subprocess.Popen[bytes]:
         env = {**self.env, "BOXOFFICE_LOG_LEVEL": "info"}
         command = [
             *boxoffice_command(sys.executable), "writer",
-            "--batch-size", "200", "--lease", str(WRITER_LEASE_S),
+            "--batch-size", "200", "--lease", str(lease_s),
         ]  # fmt: skip
         with self.writer_log.open("ab") as out:
             return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -151,6 +165,12 @@ class ClusterRig:
             except subprocess.TimeoutExpired:
                 self.writer.kill()
                 self.writer.wait()
+
+    def restart_writer(self, lease_s: float) -> None:
+        """The writer stopped and started again with another lease (its renewals, and the
+        fence's checks at each, come every third of it)."""
+        self.stop_writer()
+        self.writer = self._start_writer(lease_s)
 
     def stop(self) -> None:
         self._started.close()
@@ -181,6 +201,20 @@ class ClusterRig:
 
     def all_events(self) -> list[str]:
         return [e for events in self.events.values() for e in events]
+
+    def in_partition(self, partition: int) -> set[str]:
+        return {e for e in self.all_events() if self.keyspace.partition_of(e) == partition}
+
+    def writer_lines(self, word: str) -> list[str]:
+        return [x for x in self.writer_log.read_text().splitlines() if word in x]
+
+    def epoch_held(self, partition: int) -> bool:
+        """Whether the partition's epoch marker is there (a fenced partition loses it)."""
+        client = sync_cluster_client(self.cluster)
+        try:
+            return bool(client.exists(self.keyspace.epoch(partition)))
+        finally:
+            client.close()
 
     def on(self, node: ClusterNode) -> set[str]:
         """The events whose slot the node served when the cluster was made."""
@@ -234,6 +268,11 @@ class ClusterRig:
                 r["cancelled_seq"] is not None for (_, b), r in ledger.items() if b == booking
             ), booking
         assert log.seen.bookings, "the load acknowledged nothing"
+        active: dict[tuple[str, str], int] = defaultdict(int)
+        for (event, _), row in ledger.items():
+            if row["cancelled_seq"] is None:
+                active[(event, row["user_id"])] += 1
+        assert [k for k, n in active.items() if n > 1] == [], "a user booked twice in the ledger"
 
 
 async def load(

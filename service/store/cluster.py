@@ -18,6 +18,12 @@ What this adds is the routing:
 - **TRYAGAIN** (a multi-key call during a migration found some keys on each side) and
   **CLUSTERDOWN** are error replies like any other; `service.store.scripts` turns them into
   `BackendUnavailable`: a 503 problem with Retry-After.
+- **Who serves a slot** has a generation per slot (`node_generation`), bumped whenever the
+  map points the slot at another node (MOVED, a refresh). `send_if_same_node` sends only to
+  the node of a given generation, and raises `NodeChanged` instead of following a MOVED: the
+  ledger writer reads its stream that way, so a replica promoted behind its back (asynchronous
+  replication: it may lack history the ledger has) is checked by the fence before any read
+  moves its group's cursor (ledger/fence.py).
 - **A lost node** fails only its own pending calls, never resent (they may have run): the
   other primaries' calls go on. The map is refreshed until every slot's primary answers again,
   so a replica promoted by a failover takes the slots over without anyone's help.
@@ -40,7 +46,7 @@ from typing import Any, TypeAlias
 from boxoffice.service.address import RedisAddress
 from boxoffice.service.errors import BackendUnavailable, ConfigurationError
 from boxoffice.service.store.keys import SLOTS, key_slot
-from boxoffice.service.store.transport import Arg, PipelinedRedis, ReplyError
+from boxoffice.service.store.transport import Arg, NodeChanged, PipelinedRedis, ReplyError
 
 log = logging.getLogger("boxoffice.transport")
 
@@ -127,6 +133,8 @@ class ClusterPipelinedRedis:
         self._nodes: dict[Node, PipelinedRedis] = {}
         """Every node a connection was opened to: the primaries, and any left over."""
         self._slots: list[PipelinedRedis | None] = [None] * SLOTS
+        self._generations = [0] * SLOTS
+        """Per slot, bumped whenever the map points it at another connection."""
         self._seed: Node = (self.address.host, self.address.port)
         self._refreshing: asyncio.Task[None] | None = None
         self._periodic: asyncio.Task[None] | None = None
@@ -196,7 +204,11 @@ class ClusterPipelinedRedis:
                 primaries[node] = await self._node(node)
             except (BackendUnavailable, ConfigurationError) as error:
                 log.warning("cannot reach cluster node %s:%s: %s", node[0], node[1], error)
-        self._slots = [primaries[o] if o else None for o in owners]
+        slots = [primaries[o] if o else None for o in owners]
+        for slot, (old, new) in enumerate(zip(self._slots, slots, strict=True)):
+            if old is not new:
+                self._generations[slot] += 1
+        self._slots = slots
         # A node that serves no slot any more is closed once nothing waits on it: a call in
         # flight there may have run, and must get its own reply, not a 503.
         for node, connection in list(self._nodes.items()):
@@ -268,6 +280,23 @@ class ClusterPipelinedRedis:
         slot = _slot_of(key)
         return self._routed(self._slots[slot], args, slot)
 
+    def node_generation(self, key: str | bytes) -> int:
+        """The generation of the node serving the key's slot: it changes whenever the map
+        points the slot elsewhere (a failover, a migration), so a caller can tell that what it
+        checked on one node may not hold on the next."""
+        return self._generations[_slot_of(key)]
+
+    def send_if_same_node(self, generation: int, *args: Arg) -> Awaitable[Any]:
+        """`send`, to the node of `generation` only: if the slot's node changed since, or the
+        node answers MOVED (nothing ran), `NodeChanged` (the map then points at the new node).
+        ASK is followed: a migrating slot's keys move whole (a stream with its groups)."""
+        key = command_key(args)
+        assert key is not None, args
+        slot = _slot_of(key)
+        if self._generations[slot] != generation:
+            raise NodeChanged(f"slot {slot} is served by another node now")
+        return self._routed(self._slots[slot], args, slot, same_node=True)
+
     def evalsha(
         self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
     ) -> Awaitable[Any]:
@@ -280,7 +309,12 @@ class ClusterPipelinedRedis:
         return next((c for c in self._slots if c is not None and c.connected), None)
 
     async def _routed(
-        self, connection: PipelinedRedis | None, command: Sequence[Arg], slot: int
+        self,
+        connection: PipelinedRedis | None,
+        command: Sequence[Arg],
+        slot: int,
+        *,
+        same_node: bool = False,
     ) -> Any:
         asking = False
         for _ in range(MAX_REDIRECTIONS):
@@ -302,8 +336,12 @@ class ClusterPipelinedRedis:
                 if message.startswith("MOVED "):
                     moved, node = _parse_redirection(message, self._where(connection))
                     connection = await self._redirect_to(node)
-                    self._slots[moved] = connection
+                    if self._slots[moved] is not connection:
+                        self._slots[moved] = connection
+                        self._generations[moved] += 1
                     self._schedule_refresh()
+                    if same_node:
+                        raise NodeChanged(f"slot {moved} moved to {node[0]}:{node[1]}") from None
                     asking = False
                 elif message.startswith("ASK ") and not asking:
                     _, node = _parse_redirection(message, self._where(connection))

@@ -69,13 +69,20 @@ async def read_group(
     cursor: str,
     count: int,
     block_ms: int | None,
+    node_generation: int | None = None,
 ) -> list[Entry]:
     """XREADGROUP on one stream: new entries (cursor ">") or this consumer's pending ones after
-    `cursor`. Pending entries trimmed away meanwhile come back with empty fields."""
+    `cursor`. Pending entries trimmed away meanwhile come back with empty fields. With
+    `node_generation`, only from the node of that generation (else `NodeChanged`, nothing read:
+    the transport's `send_if_same_node`)."""
     command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count]
     if block_ms is not None:
         command += ["BLOCK", block_ms]
-    reply = await stream_redis.send(*command, "STREAMS", stream, cursor)
+    command += ["STREAMS", stream, cursor]
+    if node_generation is None:
+        reply = await stream_redis.send(*command)
+    else:
+        reply = await stream_redis.send_if_same_node(node_generation, *command)
     if not reply:
         return []
     return [

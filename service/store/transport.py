@@ -64,6 +64,13 @@ class ReplyError(Exception):
     """Redis answered this call with an error reply."""
 
 
+class NodeChanged(Exception):
+    """`send_if_same_node`: the node serving the key is not the one of the caller's
+    generation any more (a failover, a migrated slot); nothing was run. A caller whose checks
+    hold for one node only (the ledger's fence: a promoted replica may lack history) checks
+    again, then reads."""
+
+
 class _Protocol(asyncio.Protocol):
     """One connection: its own commands waiting to be written, its own calls waiting for
     replies, matched in order. Nothing of one connection is ever written to another."""
@@ -197,6 +204,8 @@ class PipelinedRedis:
         self._named: tuple[int, tuple[str, int] | None] = (0, None)
         """How many times the resolver told of the primary, and the last node it named."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        """Bumped whenever a connection to another node than the last is published."""
 
     # -- connection -------------------------------------------------------------------------
 
@@ -278,6 +287,8 @@ class PipelinedRedis:
                 protocol.abandon("the handshake did not complete")
             raise
         self._protocol = protocol
+        if self._node != (host, port):
+            self._generation += 1
         self._node = (host, port)
 
     def _moved(self, host: str, port: int) -> None:
@@ -384,6 +395,18 @@ class PipelinedRedis:
             protocol.flush_scheduled = True
             loop.call_soon(protocol.flush)
         return future
+
+    def node_generation(self, key: str | bytes) -> int:
+        """Changes whenever the node behind the connection does (a Sentinel named another
+        primary); as `ClusterPipelinedRedis.node_generation`, for any key."""
+        return self._generation
+
+    def send_if_same_node(self, generation: int, *args: Arg) -> asyncio.Future[Any]:
+        """`send`, unless the node changed since `generation` (`NodeChanged`). A reconnect
+        while the call waits fails the call: it cannot reach the new node either."""
+        if generation != self._generation:
+            raise NodeChanged(f"Redis is served by another node now ({self._node})")
+        return self.send(*args)
 
     def evalsha(
         self, sha: str, keys: Sequence[str], args: Sequence[Arg], read_only: bool = False
