@@ -66,7 +66,10 @@ async def connect_redis(
     if address.through_sentinels:
         return _through_sentinels(address, max_connections)
     if cluster is None:
-        cluster = await cluster_enabled(address)
+        try:
+            cluster = await cluster_enabled(address)
+        except (redis_errors.RedisError, OSError):
+            cluster = False  # a server that cannot be asked: the first call says why, as ever
     if cluster:
         return _cluster_client(address, max_connections)
     pool = BlockingConnectionPool(
