@@ -315,6 +315,7 @@ def test_cluster_report_takes_medians_per_node_and_ratios_against_standalone() -
     assert "| hot-book | cluster | 7001 | primary | 5 | 1 | 50.0 | 94% |" in table
 
 
+@pytest.mark.cluster_full  # ~30 s: after the default suite, in `make cluster`
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
 def test_the_cluster_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     """Both systems serve hot-book for a second, pass their checks, and the hot event's
