@@ -359,6 +359,7 @@ async def after_migration(
     await rig.assert_nothing_lost(log)
 
 
+@pytest.mark.cluster_full
 async def test_slot_migrated_classic_while_booking(crig: ClusterRig) -> None:
     """SETSLOT IMPORTING/MIGRATING, the slot's keys MIGRATEd one by one, SETSLOT NODE, while
     every event is booked and the writer drains: a key already moved is followed (ASK); a
@@ -429,7 +430,12 @@ def fail_seen(rig: ClusterRig, survivor: ClusterNode, lost: ClusterNode) -> bool
 
 
 @pytest.mark.parametrize(
-    "full_coverage", [False, pytest.param(True, marks=pytest.mark.cluster_full)], ids=["no", "yes"]
+    "full_coverage",
+    [
+        pytest.param(False, marks=pytest.mark.cluster_full),
+        pytest.param(True, marks=pytest.mark.cluster_full),
+    ],
+    ids=["no", "yes"],
 )
 async def test_primary_and_its_replica_lost(crig: ClusterRig, full_coverage: bool) -> None:
     """Both nodes of one primary SIGKILLed: no replica can take its slots over. With

@@ -430,6 +430,7 @@ async def test_coordinated_sentinel_failover_under_load_loses_nothing(
     assert outcome.recovered_after < 20
 
 
+@pytest.mark.cluster_full  # ~12 s: the full failover variants run after the default suite
 async def test_forced_sentinel_failover_under_load(sentinels: EmbeddedSentinels) -> None:
     """`SENTINEL FAILOVER` without COORDINATED promotes the replica while the old primary still
     takes writes, until the Sentinels announce the switch (about a second): what it
